@@ -1,0 +1,1 @@
+"""phy GUI shell."""
