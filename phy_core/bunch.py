@@ -33,7 +33,7 @@ class Bunch(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def copy(self) -> "Bunch":
+    def copy(self) -> Bunch:
         """Return a shallow copy, still a `Bunch`."""
         return Bunch(self)
 

@@ -146,7 +146,7 @@ def _as_spike_ids(spike_ids: Any, n_spikes: int) -> np.ndarray:
     """Validate spike ids and return them as an int64 array (original order)."""
     if isinstance(spike_ids, slice):
         # ValueError, not TypeError: the project reports all bad user input so.
-        raise ValueError("Spike ids must be a list or an array of integers, not a slice.")  # noqa: TRY004
+        raise ValueError("Spike ids must be a list or an array of integers, not a slice.")
     arr = np.asarray(spike_ids)
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -222,7 +222,8 @@ class Clustering(EventEmitter):
 
         if cluster_metadata is not None and not isinstance(cluster_metadata, ClusterMetadata):
             raise ValueError(
-                f"cluster_metadata must be a ClusterMetadata, got {type(cluster_metadata).__name__}."
+                "cluster_metadata must be a ClusterMetadata, "
+                f"got {type(cluster_metadata).__name__}."
             )
         self._metadata = cluster_metadata if cluster_metadata is not None else ClusterMetadata()
         self._metadata_0 = self._metadata.to_dict()
@@ -343,7 +344,7 @@ class Clustering(EventEmitter):
             self._cluster_ids_cache = None
 
     def _apply_meta(self, changes: list, reverse: bool = False) -> None:
-        # Reverse order on undo, so that a cluster changed twice ends at its first value.
+        # Undo applies the inverse changes in reverse order, as any undo log must.
         for field, cluster, old, new in reversed(changes) if reverse else changes:
             value = old if reverse else new
             if value is _UNSET:
@@ -412,7 +413,7 @@ class Clustering(EventEmitter):
             For unknown clusters or a `to` that is or was already used.
         """
         if isinstance(cluster_ids, numbers.Integral):
-            raise ValueError(  # noqa: TRY004 (bad user input is a ValueError in phy)
+            raise ValueError(
                 f"merge() expects a list of cluster ids, got the single id {cluster_ids!r}."
             )
         clusters = self._check_clusters(cluster_ids)
@@ -620,12 +621,9 @@ class Clustering(EventEmitter):
         deleted = sorted(set(before) - set(self._spc))
         added = sorted(set(self._spc) - set(before))
         spikes = _union_sorted([before[c] for c in deleted], self._n_spikes)
-        descendants = []
-        if len(spikes):
-            old = np.concatenate([np.full(len(before[c]), c) for c in deleted])
-            order = np.argsort(np.concatenate([before[c] for c in deleted]), kind="stable")
-            pairs = np.stack([old[order], self._spike_clusters[spikes]], axis=1)
-            descendants = [tuple(p) for p in np.unique(pairs, axis=0).tolist()]
+        descendants = [
+            (c, new) for c in deleted for new in np.unique(self._spike_clusters[before[c]]).tolist()
+        ]
 
         old_meta = self._metadata.to_dict()
         self._metadata.replace(self._metadata_0)

@@ -8,8 +8,9 @@ from `EventEmitter` and others connect to *that* object.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 
 def _event_name_from_callback(func: Callable) -> str:

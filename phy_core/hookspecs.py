@@ -14,8 +14,9 @@ be unique per kind: a duplicate is reported with both plugins named.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -41,7 +42,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec(historic=True)
-def phy_configure(settings: "Settings") -> None:
+def phy_configure(settings: Settings) -> None:
     """Configure the plugin with the session's settings.
 
     Called once when the plugin manager is set up, after the settings are
@@ -52,7 +53,7 @@ def phy_configure(settings: "Settings") -> None:
 
 
 @hookspec
-def phy_commands() -> "list[Command]":
+def phy_commands() -> list[Command]:
     """Return the `Command` descriptors this plugin adds to the ``phy`` CLI.
 
     Called once when the command line is assembled, before arguments are
@@ -65,7 +66,7 @@ def phy_commands() -> "list[Command]":
 
 
 @hookspec(firstresult=True)
-def phy_open_model(path: Path, options: Mapping[str, Any]) -> "DataModel | None":
+def phy_open_model(path: Path, options: Mapping[str, Any]) -> DataModel | None:
     """Open the dataset at `path` if this plugin reads it, else return None.
 
     Who reads this path? The first non-None result wins, so a plugin that
@@ -95,7 +96,7 @@ def phy_open_model(path: Path, options: Mapping[str, Any]) -> "DataModel | None"
 
 
 @hookspec
-def phy_register_stages() -> "list[Stage]":
+def phy_register_stages() -> list[Stage]:
     """Return the pipeline `Stage` descriptors this plugin provides.
 
     Collected from every plugin when a pipeline (e.g. spike detection) is
@@ -104,7 +105,7 @@ def phy_register_stages() -> "list[Stage]":
 
 
 @hookspec
-def phy_register_clustering_algorithms() -> "list[ClusteringAlgorithm]":
+def phy_register_clustering_algorithms() -> list[ClusteringAlgorithm]:
     """Return the automatic `ClusteringAlgorithm` descriptors of this plugin.
 
     Collected when ``phy cluster-auto`` or a recluster action runs.
@@ -115,7 +116,7 @@ def phy_register_clustering_algorithms() -> "list[ClusteringAlgorithm]":
 
 
 @hookspec
-def phy_register_statistics() -> "list[ClusterStatistic]":
+def phy_register_statistics() -> list[ClusterStatistic]:
     """Return per-cluster `ClusterStatistic` descriptors (cached by cluster id).
 
     Collected when a session opens a dataset; views and metrics read them.
@@ -123,7 +124,7 @@ def phy_register_statistics() -> "list[ClusterStatistic]":
 
 
 @hookspec
-def phy_register_metrics() -> "list[ClusterMetric]":
+def phy_register_metrics() -> list[ClusterMetric]:
     """Return scalar per-cluster `ClusterMetric` descriptors.
 
     Collected when a session opens a dataset; each becomes a column of the
@@ -132,7 +133,7 @@ def phy_register_metrics() -> "list[ClusterMetric]":
 
 
 @hookspec
-def phy_register_quality() -> "list[ClusterMetric]":
+def phy_register_quality() -> list[ClusterMetric]:
     """Return `ClusterMetric` descriptors meant to rank clusters in the wizard.
 
     The wizard uses the one named by the setting ``wizard.quality``, or the
@@ -141,7 +142,7 @@ def phy_register_quality() -> "list[ClusterMetric]":
 
 
 @hookspec
-def phy_register_similarity() -> "list[ClusterSimilarity]":
+def phy_register_similarity() -> list[ClusterSimilarity]:
     """Return `ClusterSimilarity` descriptors used to propose closest matches.
 
     The wizard uses the one named by the setting ``wizard.similarity``, or

@@ -75,7 +75,7 @@ def normalize_cluster_ids(cluster_ids: int | Iterable[int]) -> list[int]:
     if isinstance(cluster_ids, numbers.Integral):
         cluster_ids = [cluster_ids]
     elif isinstance(cluster_ids, (str, bytes)) or not isinstance(cluster_ids, Iterable):
-        raise ValueError(  # noqa: TRY004 (bad user input is a ValueError in phy)
+        raise ValueError(
             f"Invalid cluster ids {cluster_ids!r}: expected an integer or a list of integers."
         )
     return sorted({normalize_cluster_id(c) for c in np.asarray(cluster_ids).ravel().tolist()})
@@ -252,14 +252,14 @@ class ClusterMetadata:
 
     def _load(self, data: dict) -> None:
         if not isinstance(data, dict):
-            raise ValueError(  # noqa: TRY004 (bad user input is a ValueError in phy)
+            raise ValueError(
                 f"Cluster metadata must be a dict {{field: {{cluster: value}}}}, "
                 f"got {type(data).__name__}."
             )
         for field, values in data.items():
             field = _check_field(field)
             if not isinstance(values, dict):
-                raise ValueError(  # noqa: TRY004 (bad user input is a ValueError in phy)
+                raise ValueError(
                     f"Metadata field {field!r} must map cluster ids to values, "
                     f"got {type(values).__name__}."
                 )

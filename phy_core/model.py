@@ -15,8 +15,9 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def summary(model: DataModel) -> Bunch:
         sample_rate=float(model.sample_rate),
         n_channels=int(model.n_channels),
         n_spikes=int(model.n_spikes),
-        n_clusters=int(len(np.unique(model.spike_clusters))),
+        n_clusters=len(np.unique(model.spike_clusters)),
         n_features_per_channel=int(model.n_features_per_channel),
         duration_s=float(duration),
     )

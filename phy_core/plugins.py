@@ -16,9 +16,10 @@ import importlib
 import inspect
 import os
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 

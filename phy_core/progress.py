@@ -342,7 +342,7 @@ class TerminalProgressBar:
         self._end_line()
 
     # typing.Self needs Python 3.11, and phy_core may not use typing_extensions.
-    def __enter__(self) -> TerminalProgressBar:  # noqa: PYI034
+    def __enter__(self) -> TerminalProgressBar:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

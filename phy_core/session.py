@@ -8,7 +8,8 @@ similarity chosen in the settings). The GUI and scripts use it the same way.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .clustering import Clustering
 from .descriptors import Services
@@ -32,7 +33,7 @@ def choose(descriptors: Sequence[Any], wanted: str | None, kind: str) -> Any:
         if descriptor.name == wanted:
             return descriptor
     names = ", ".join(d.name for d in descriptors)
-    raise PluginError(f"The setting wizard.{kind} is {wanted!r}, but the available ones are: {names}")
+    raise PluginError(f"The setting wizard.{kind} is {wanted!r}; the available ones are: {names}")
 
 
 class Session(EventEmitter):

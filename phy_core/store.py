@@ -7,7 +7,8 @@ very spikes they had, and their cached statistics are still right.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .descriptors import ClusterStatistic
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @hookspec
-def phy_register_views() -> "list[ViewSpec]":
+def phy_register_views() -> list[ViewSpec]:
     """Return the `ViewSpec` descriptors of the views this plugin provides.
 
     Collected when the GUI is assembled. A view's factory is called only
@@ -27,7 +27,7 @@ def phy_register_views() -> "list[ViewSpec]":
 
 
 @hookspec
-def phy_register_actions() -> "list[ActionSpec]":
+def phy_register_actions() -> list[ActionSpec]:
     """Return the `ActionSpec` descriptors (menu entries, shortcuts, snippets).
 
     Collected when the GUI is assembled.

@@ -28,3 +28,13 @@ def test_hookspec_documented_with_signature(func):
 def test_hook_count():
     # A hook added without documentation would fail above; this catches a hook lost silently.
     assert len(list(_hookspecs())) == 12
+
+
+def test_readme_python_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("In Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # our own documentation, not data
+    clustering = namespace["clustering"]
+    assert clustering.cluster_ids.tolist() == [0, 1, 2]
+    assert clustering.redo().added == [3]

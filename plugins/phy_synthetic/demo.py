@@ -56,6 +56,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace, services: Services) -> int:
     from phy_commands.commands import open_model
+
     from phy_core.progress import ProgressReporter, show_progress
     from phy_core.session import Session
 
@@ -79,7 +80,9 @@ def _run(args: argparse.Namespace, services: Services) -> int:
     with show_progress(reporter):
         while wizard.best is not None:
             wizard.pin()
-            while wizard.match is not None and similarity(wizard.best, wizard.match) >= -args.max_distance:
+            # Merge the closest match while it is close enough: the same unit, split.
+            while (wizard.match is not None
+                   and similarity(wizard.best, wizard.match) >= -args.max_distance):
                 pair = list(wizard.selection)
                 up = clustering.merge(pair)
                 merges.append((pair, up.added[0]))
@@ -122,7 +125,7 @@ def _run(args: argparse.Namespace, services: Services) -> int:
 
 demo_command = Command(
     name="demo",
-    help="curate a synthetic recording with the wizard, undo/redo, and check it against ground truth",
+    help="curate a synthetic dataset with the wizard and undo/redo; check it against ground truth",
     run=_run,
     add_arguments=_add_arguments,
 )

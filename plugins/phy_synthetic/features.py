@@ -15,7 +15,8 @@ and statistics quickly.
 from __future__ import annotations
 
 import ast
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from phy_core.model import summary
 class LazyWaveforms:
     """Waveforms made on indexing, deterministic per spike (never all in RAM)."""
 
-    def __init__(self, model: "SyntheticFeatureModel", n_samples: int = 32) -> None:
+    def __init__(self, model: SyntheticFeatureModel, n_samples: int = 32) -> None:
         self._model = model
         self.shape = (model.n_spikes, n_samples, model.n_channels)
         self.dtype = np.dtype(np.float32)
