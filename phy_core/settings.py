@@ -26,13 +26,14 @@ import difflib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import appdirs
+
+from .atomic import atomic_write
 
 try:
     import tomllib
@@ -144,40 +145,6 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that `path` is either the old or the new file.
-
-    A temporary file in the same directory (same filesystem, so the rename is
-    atomic) is written, flushed and fsynced, then renamed over `path`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            # mkstemp creates 0600 files; keep the permissions the user chose.
-            os.chmod(tmp_name, path.stat().st_mode & 0o7777)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    # Make the rename itself durable (POSIX only; best effort).
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _check_serializable(key: str, value: Any) -> Any:
@@ -392,7 +359,7 @@ class Settings:
                 if corrupt:
                     _move_aside(path)
             text = json.dumps(store, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-            _atomic_write_text(path, text)
+            atomic_write(path, text)
             self._corrupt[level] = False
             self._dirty.discard(level)
             logger.debug("Saved %s settings to %s.", level, path)

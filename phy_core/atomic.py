@@ -1,0 +1,68 @@
+"""Atomic file writes: a file is always either its old or its new content.
+
+Write a temporary file in the same directory (same filesystem, so the
+rename is atomic), flush and fsync it, rename it over the target, then
+fsync the directory so the rename itself survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def _fsync_directory(directory: Path) -> None:
+    # POSIX only; best effort (some filesystems refuse to open directories).
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file that replaces `path` when the block ends without error.
+
+    On an exception the temporary file is removed and `path` is untouched.
+
+    Examples
+    --------
+    >>> with atomic_writer(tmp / "spike_clusters.npy") as f:   # doctest: +SKIP
+    ...     np.save(f, spike_clusters)
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_writer mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        kwargs = {"encoding": "utf-8"} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            # mkstemp creates 0600 files; keep the permissions the user chose.
+            os.chmod(tmp_name, path.stat().st_mode & 0o7777)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` (text is UTF-8) to `path` atomically."""
+    with atomic_writer(path, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)

@@ -1,0 +1,1 @@
+"""The Kwik format (klusta / SpikeDetekt): .kwik, .kwx, .raw.kwd."""

@@ -1,0 +1,1 @@
+"""Probes: .prb files (parsed as literals), built-in probes, MEA."""

@@ -1,0 +1,1 @@
+"""Template directories (Kilosort / phy 2 output)."""
