@@ -20,7 +20,9 @@ from phy_core.descriptors import ClusterMetric, ClusterSimilarity, ClusterStatis
 MAX_SPIKES = 10_000
 
 
-def _subsample(spike_ids: np.ndarray, max_spikes: int = MAX_SPIKES) -> np.ndarray:
+def _subsample(spike_ids: np.ndarray, max_spikes: int | None = None) -> np.ndarray:
+    # Read MAX_SPIKES at call time (a default argument would freeze it at import).
+    max_spikes = MAX_SPIKES if max_spikes is None else max_spikes
     spike_ids = np.asarray(spike_ids)
     if len(spike_ids) <= max_spikes:
         return spike_ids

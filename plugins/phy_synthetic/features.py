@@ -38,7 +38,9 @@ class LazyWaveforms:
         return self.shape[0]
 
     def __getitem__(self, spike_ids) -> np.ndarray:
-        spike_ids = np.atleast_1d(np.arange(self.shape[0])[spike_ids])
+        spike_ids = np.arange(self.shape[0])[spike_ids]
+        scalar = spike_ids.ndim == 0  # an int index drops the first axis, as in numpy
+        spike_ids = np.atleast_1d(spike_ids)
         model = self._model
         units = model.spike_units[spike_ids]
         amplitudes = model.unit_amplitudes[units][:, None] * model.masks[spike_ids]
@@ -46,7 +48,8 @@ class LazyWaveforms:
         for i, spike in enumerate(spike_ids):
             noise = np.random.default_rng([model.seed, int(spike)])
             out[i] += 0.05 * noise.standard_normal(out.shape[1:])
-        return out.astype(np.float32)
+        out = out.astype(np.float32)
+        return out[0] if scalar else out
 
 
 class SyntheticFeatureModel:
@@ -182,7 +185,8 @@ def parse_synthetic_path(text: str) -> dict[str, Any]:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             raise ValueError(f"{text}: {key} must be a number, got {raw!r}") from None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or (isinstance(value, float) and not np.isfinite(value))):
             raise ValueError(f"{text}: {key} must be a number, got {raw!r}")
         if _PARAMETERS[key] is int and value != int(value):
             raise ValueError(f"{text}: {key} must be an integer, got {raw!r}")

@@ -101,7 +101,8 @@ def test_random_text_gives_values_or_a_clean_error(text):
 
 @settings(max_examples=200, deadline=None)
 @given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10)
+    | st.floats(allow_nan=False, allow_infinity=False),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.integers() | st.text(max_size=5), children, max_size=4),
     max_leaves=20,
