@@ -17,11 +17,9 @@ import numpy as np
 
 from .bunch import Bunch
 from .events import EventEmitter
+from .metadata import GROUP_NAMES, UNSORTED, normalize_group
 
-#: Cluster group numbers and names. Noise and MUA clusters are ignored by the wizard.
-GROUP_NAMES = {0: "noise", 1: "mua", 2: "good", 3: "unsorted"}
-_GROUP_IDS = {name: number for number, name in GROUP_NAMES.items()}
-UNSORTED = 3
+# Noise and MUA clusters are ignored by the wizard.
 IGNORED_GROUPS = frozenset((0, 1))
 
 _QUALITY_HELP = (
@@ -39,20 +37,8 @@ _SIMILARITY_HELP = (
 
 
 def group_id(group: Any) -> int:
-    """Return the group number (0 noise, 1 mua, 2 good, 3 unsorted) of a number or a name."""
-    if group is None:
-        return UNSORTED
-    if isinstance(group, str):
-        try:
-            return _GROUP_IDS[group.lower()]
-        except KeyError:
-            raise ValueError(
-                f"Unknown cluster group {group!r}: expected one of {sorted(_GROUP_IDS)}."
-            ) from None
-    number = int(group)
-    if number not in GROUP_NAMES:
-        raise ValueError(f"Unknown cluster group {group!r}: expected one of {sorted(GROUP_NAMES)}.")
-    return number
+    """The group number of a group number or name; None means unsorted."""
+    return UNSORTED if group is None else normalize_group(group)
 
 
 def _sort_key(value: Any) -> float:

@@ -16,6 +16,8 @@ Other assignments in the file are ignored (older files carry e.g.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import pprint
 from pathlib import Path
@@ -31,11 +33,22 @@ class ProbeError(PhyError, ValueError):
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # numbers.Integral also accepts numpy integers, so callers may pass arrays' items.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite real number (an int too big for a float is refused, not an OverflowError)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+# Channel ids index int64 arrays downstream: refuse what would overflow them.
+_MAX_CHANNEL = 2**63 - 1
 
 
 def validate_channel_groups(channel_groups: Any, source: str = "probe") -> dict[int, dict]:
@@ -69,8 +82,8 @@ def validate_channel_groups(channel_groups: Any, source: str = "probe") -> dict[
         channels = spec.get("channels")
         if not isinstance(channels, (list, tuple)) or not channels:
             raise ProbeError(f"{where}: 'channels' must be a non-empty list of channel ids.")
-        if not all(_is_int(c) and c >= 0 for c in channels):
-            bad = next(c for c in channels if not (_is_int(c) and c >= 0))
+        if not all(_is_int(c) and 0 <= c <= _MAX_CHANNEL for c in channels):
+            bad = next(c for c in channels if not (_is_int(c) and 0 <= c <= _MAX_CHANNEL))
             raise ProbeError(f"{where}: channel ids must be non-negative integers, got {bad!r}.")
         for c in channels:
             if c in seen:
@@ -79,7 +92,12 @@ def validate_channel_groups(channel_groups: Any, source: str = "probe") -> dict[
             seen[c] = group
         members = set(channels)
         graph = []
-        for edge in spec.get("graph", []) or []:
+        raw_graph = spec.get("graph")
+        raw_graph = [] if raw_graph is None else raw_graph
+        if not isinstance(raw_graph, (list, tuple)):
+            raise ProbeError(f"{where}: 'graph' must be a list of (channel, channel) pairs, "
+                             f"got {type(raw_graph).__name__}.")
+        for edge in raw_graph:
             if not isinstance(edge, (list, tuple)) or len(edge) != 2 or \
                     not all(_is_int(c) for c in edge):
                 raise ProbeError(f"{where}: graph edges must be pairs of channel ids, "
@@ -90,7 +108,8 @@ def validate_channel_groups(channel_groups: Any, source: str = "probe") -> dict[
                                  "which is not in this group's channels.")
             graph.append((int(edge[0]), int(edge[1])))
         geometry = {}
-        raw_geometry = spec.get("geometry", {}) or {}
+        raw_geometry = spec.get("geometry")
+        raw_geometry = {} if raw_geometry is None else raw_geometry
         if not isinstance(raw_geometry, dict):
             raise ProbeError(f"{where}: 'geometry' must be a dict {{channel: (x, y)}}.")
         for c, position in raw_geometry.items():
@@ -100,7 +119,7 @@ def validate_channel_groups(channel_groups: Any, source: str = "probe") -> dict[
             if not isinstance(position, (list, tuple)) or len(position) != 2 or \
                     not all(_is_number(v) for v in position):
                 raise ProbeError(f"{where}: the position of channel {c} must be (x, y) "
-                                 f"numbers, got {position!r}.")
+                                 f"finite numbers, got {position!r}.")
             geometry[int(c)] = (float(position[0]), float(position[1]))
         if geometry and set(geometry) != members:
             missing = sorted(members - set(geometry))

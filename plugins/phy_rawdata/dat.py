@@ -18,7 +18,7 @@ class RawDataError(PhyError, ValueError):
 def _check_dtype(dtype, filename) -> np.dtype:
     try:
         dtype = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
         raise RawDataError(f"{filename}: {dtype!r} is not a data type (e.g. 'int16').") from None
     if dtype.kind not in "iuf" or dtype.itemsize > 8:
         raise RawDataError(f"{filename}: the data type must be an integer or float, got {dtype}.")
@@ -59,31 +59,49 @@ def read_dat(
         If a file is missing, or its size after the offset is not a multiple
         of ``n_channels * itemsize`` (the message gives the numbers).
     """
+    if shape is not None:
+        if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0
+            for n in shape
+        ):
+            raise RawDataError(f"read_dat: shape must be (n_samples, n_channels), got {shape!r}.")
+        if n_channels is not None and n_channels != shape[1]:
+            raise RawDataError(
+                f"read_dat: n_channels={n_channels!r} disagrees with shape={tuple(shape)}."
+            )
+        n_channels = shape[1]
     if not isinstance(filename, (str, os.PathLike)):
         files = list(filename)
         if not files:
             raise RawDataError("read_dat: no file given.")
         if len(files) > 1:
-            return ConcatenatedArrays(
+            arrays = ConcatenatedArrays(
                 [read_dat(f, dtype=dtype, offset=offset, n_channels=n_channels) for f in files]
             )
+            if shape is not None and tuple(shape) != arrays.shape:
+                raise RawDataError(
+                    f"{', '.join(map(str, files))}: the shape {tuple(shape)} disagrees with "
+                    f"the file sizes, which give {arrays.shape}."
+                )
+            return arrays
         filename = files[0]
     path = Path(filename)
     if dtype is None:
         raise RawDataError(f"{path}: give the data type of the samples (dtype=...).")
     dtype = _check_dtype(dtype, path)
-    if shape is None and n_channels is None:
-        raise RawDataError(f"{path}: give n_channels (or the shape) of the data.")
     if n_channels is None:
-        n_channels = shape[1]
-    if not isinstance(n_channels, (int, np.integer)) or n_channels < 1:
+        raise RawDataError(f"{path}: give n_channels (or the shape) of the data.")
+    if not isinstance(n_channels, (int, np.integer)) or isinstance(n_channels, bool) \
+            or n_channels < 1:
         raise RawDataError(f"{path}: n_channels must be a positive integer, got {n_channels!r}.")
-    if not isinstance(offset, (int, np.integer)) or offset < 0:
+    if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool) or offset < 0:
         raise RawDataError(f"{path}: offset must be a non-negative integer, got {offset!r}.")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise RawDataError(f"{path}: no such file.") from None
+    except OSError as exc:
+        raise RawDataError(f"{path}: cannot be read ({exc.strerror}).") from None
     if path.is_dir():
         raise RawDataError(f"{path}: is a directory, not a raw data file.")
     data_bytes = size - offset
@@ -105,7 +123,42 @@ def read_dat(
         )
     if n_samples == 0:
         return np.zeros((0, int(n_channels)), dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n_samples, int(n_channels)))
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset,
+                         shape=(n_samples, int(n_channels)))
+    except OSError as exc:
+        raise RawDataError(f"{path}: cannot be memory-mapped ({exc}).") from None
+
+
+def normalize_rows(rows, n: int):
+    """Row indices selected by `rows` in an axis of length `n`, as numpy would select them.
+
+    Returns an int or an int64 array of non-negative indices; raises IndexError
+    like numpy for out-of-bounds indices. Never allocates ``arange(n)``, so
+    indexing a long recording costs memory in the number of rows asked for.
+    """
+    if isinstance(rows, slice):
+        return np.arange(*rows.indices(n), dtype=np.int64)
+    if isinstance(rows, (int, np.integer)) and not isinstance(rows, (bool, np.bool_)):
+        if not -n <= rows < n:
+            raise IndexError(f"index {rows} is out of bounds for axis 0 with size {n}")
+        return int(rows) % n
+    index = np.asarray(rows)
+    if index.dtype == bool:
+        if index.shape != (n,):
+            raise IndexError(f"boolean index of shape {index.shape} does not match "
+                             f"axis 0 with size {n}")
+        return np.flatnonzero(index)
+    if index.size == 0:
+        return np.zeros(index.shape, dtype=np.int64)
+    if index.dtype.kind not in "iu":
+        raise IndexError("only integers, slices and integer or boolean arrays are valid "
+                         f"indices, got {index.dtype}")
+    index = index.astype(np.int64)
+    if index.min() < -n or index.max() >= n:
+        bad = index[(index < -n) | (index >= n)][0]
+        raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n}")
+    return np.where(index < 0, index + n, index)
 
 
 class ConcatenatedArrays:
@@ -146,23 +199,37 @@ class ConcatenatedArrays:
             return np.zeros((0, *self.shape[1:]), dtype=self.dtype)
         return np.concatenate(parts, axis=0)
 
+    def _take(self, index: np.ndarray) -> np.ndarray:
+        """Rows at arbitrary (non-negative, in-range) indices, in the given order."""
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        which = np.searchsorted(self.offsets, index, side="right") - 1
+        for i in np.unique(which):
+            sel = which == i
+            local = index[sel] - self.offsets[i]
+            # Contiguous reads are much faster on disk than scattered ones: read the
+            # span once when the requested rows are close together.
+            lo, hi = int(local.min()), int(local.max()) + 1
+            if hi - lo <= max(4 * len(local), 4096):
+                out[sel] = np.asarray(self.arrays[i][lo:hi])[local - lo]
+            else:
+                out[sel] = np.asarray(self.arrays[i][local])
+        return out
+
     def __getitem__(self, item):
         rows, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, ())
-        if isinstance(rows, slice):
-            start, stop, step = rows.indices(self.shape[0])
-            out = self._rows(start, stop)[::step] if step > 0 else \
-                self._rows(stop + 1, start + 1)[::step]
-        else:
-            index = np.arange(self.shape[0])[rows]
-            if np.ndim(index) == 0:
-                return self[int(index):int(index) + 1][0][rest] if rest else \
-                    self[int(index):int(index) + 1][0]
-            which = np.searchsorted(self.offsets, index, side="right") - 1
-            out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
-            for i in np.unique(which):
-                sel = which == i
-                out[sel] = np.asarray(self.arrays[i][index[sel] - self.offsets[i]])
-        return out[(slice(None), *rest)] if rest else out
+        if isinstance(rows, slice) and (rows.step is None or rows.step == 1):
+            start, stop, _ = rows.indices(self.shape[0])
+            out = self._rows(start, max(start, stop))
+            return out[(slice(None), *rest)] if rest else out
+        # Integers, arrays, boolean masks, strided slices: read each asked row once,
+        # then let numpy apply the index (with the rest of the tuple) to that block,
+        # so the semantics are numpy's own, broadcasting of advanced indices included.
+        index = normalize_rows(rows, self.shape[0])
+        if np.ndim(index) == 0:
+            return self._rows(index, index + 1)[(0, *rest)]
+        unique, inverse = np.unique(index.ravel(), return_inverse=True)
+        block = self._take(unique)
+        return block[(inverse.reshape(index.shape), *rest)]
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
