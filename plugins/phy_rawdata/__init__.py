@@ -16,7 +16,8 @@ _RAW_SUFFIXES = (".dat", ".bin", ".raw.kwd")
 def _prm_for(path: Path) -> Path | None:
     name = path.name
     if name.endswith(".prm"):
-        return path
+        # A missing file is left to the caller's "no such file" message.
+        return path if path.is_file() else None
     for suffix in _RAW_SUFFIXES:
         if name.endswith(suffix):
             prm = path.with_name(name[:-len(suffix)] + ".prm")
