@@ -20,7 +20,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .dat import ConcatenatedArrays, RawDataError, normalize_rows
+from phy_core.arrays import ConcatenatedArrays, normalize_rows
+
+from .dat import RawDataError
 
 
 class KwdError(RawDataError):

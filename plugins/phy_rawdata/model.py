@@ -2,13 +2,14 @@
 
 Channel mapping
 ---------------
-``model.traces`` is the whole file: ``(n_samples, n_channels_in_file)``,
+``model.raw_traces`` is the whole file: ``(n_samples, n_channels_in_file)``,
 every channel the acquisition system wrote, in file order.
 ``model.channel_order`` lists the file columns of the probe's current channel
 group, in the probe's order; ``model.n_channels`` is its length, and
-``waveforms``, ``masks``, ``channel_positions`` follow that order: column
-``j`` of a waveform is ``traces[:, channel_order[j]]``. When the probe uses
-every channel of the file in order (the usual case), the two coincide.
+``traces`` (a lazy view), ``waveforms``, ``masks`` and ``channel_positions``
+follow that order: column ``j`` of ``traces`` is
+``raw_traces[:, channel_order[j]]``. When the probe uses every channel of the
+file in order (the usual case), the two coincide.
 
 Spikes
 ------
@@ -28,61 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from phy_core.arrays import ChannelSubset, ConcatenatedArrays, SpikeWindows
 from phy_core.errors import PhyError
 from phy_core.model import summary
 
-from .dat import ConcatenatedArrays, RawDataError, normalize_rows, read_dat
+from .dat import RawDataError, read_dat
 from .prm import read_prm
 
 logger = logging.getLogger("phy")
 
 KWD_SUFFIX = ".raw.kwd"
-
-
-class RawWaveforms:
-    """Raw windows around spikes, read from the traces on indexing.
-
-    ``waveforms[spike_ids]`` is ``(n, n_before + n_after, n_channels)``: for a
-    spike at sample ``s``, samples ``s - n_before .. s + n_after - 1`` of the
-    given channels, zero-padded where the window leaves the recording.
-    """
-
-    def __init__(self, traces: Any, spike_samples: np.ndarray, channels: np.ndarray,
-                 n_before: int, n_after: int) -> None:
-        self.traces = traces
-        self.spike_samples = spike_samples
-        self.channels = np.asarray(channels, dtype=np.int64)
-        self.n_before = int(n_before)
-        self.n_after = int(n_after)
-        self.shape = (len(spike_samples), self.n_before + self.n_after, len(self.channels))
-        self.dtype = np.dtype(np.float32)
-        self.ndim = 3
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _window(self, sample: int) -> np.ndarray:
-        n_samples = self.traces.shape[0]
-        start, stop = sample - self.n_before, sample + self.n_after
-        out = np.zeros(self.shape[1:], dtype=self.dtype)
-        lo, hi = max(start, 0), min(stop, n_samples)
-        if lo < hi:
-            out[lo - start:hi - start] = np.asarray(self.traces[lo:hi])[:, self.channels]
-        return out
-
-    def __getitem__(self, item):
-        spikes, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, ())
-        index = normalize_rows(spikes, self.shape[0])
-        if np.ndim(index) == 0:
-            out = self._window(int(self.spike_samples[index]))
-        else:
-            flat = index.ravel()
-            out = np.zeros((len(flat), *self.shape[1:]), dtype=self.dtype)
-            for i, spike in enumerate(flat):
-                out[i] = self._window(int(self.spike_samples[spike]))
-            out = out.reshape(*index.shape, *self.shape[1:])
-            rest = (slice(None), *rest) if rest else ()
-        return out[rest] if rest else out
 
 
 def _open_traces(prm) -> Any:
@@ -176,9 +132,11 @@ class RawRecordingModel:
     ----------
     prm : Bunch
         The validated parameters.
-    traces : array-like
+    raw_traces : array-like
         ``(n_samples, n_channels_in_file)``: the whole file (see the module
         docstring for the channel mapping).
+    traces : ChannelSubset
+        ``(n_samples, n_channels)``: the current channel group's columns.
     channel_order : int64 array
         File columns of the current channel group, in probe order.
     """
@@ -187,8 +145,8 @@ class RawRecordingModel:
         self.prm = read_prm(prm_path)
         self.path = self.prm.path
         self.sample_rate = self.prm.traces.sample_rate
-        self.traces = _open_traces(self.prm)
-        n_file_channels = int(self.traces.shape[1])
+        self.raw_traces = _open_traces(self.prm)
+        n_file_channels = int(self.raw_traces.shape[1])
         self.probe = _load_probe(self.prm, n_file_channels, channel_group)
         if self.probe is None:
             if channel_group not in (None, 0):
@@ -203,6 +161,8 @@ class RawRecordingModel:
             self.channel_order = np.asarray(self.probe.channels, dtype=np.int64)
             self.channel_positions = np.asarray(self.probe.positions, dtype=np.float64)
         self.n_channels = len(self.channel_order)
+        # The protocol's traces are the probe's channels, aligned with channel_positions.
+        self.traces = ChannelSubset(self.raw_traces, self.channel_order)
 
         gt_path = self.path.parent / f"{self.prm.experiment_name}.groundtruth.npz"
         self.ground_truth_path = gt_path if gt_path.exists() else None
@@ -217,8 +177,9 @@ class RawRecordingModel:
         self.spike_times = self.spike_samples / self.sample_rate
 
         sd = self.prm.spikedetekt
-        self.waveforms = RawWaveforms(self.traces, self.spike_samples, self.channel_order,
-                                      sd["extract_s_before"], sd["extract_s_after"])
+        self.waveforms = SpikeWindows(self.raw_traces, self.spike_samples,
+                                      sd["extract_s_before"], sd["extract_s_after"],
+                                      channels=self.channel_order)
         self.n_samples_waveforms = self.waveforms.shape[1]
         self.n_features_per_channel = 0
         self.features = np.zeros((self.n_spikes, 0), dtype=np.float32)
@@ -252,7 +213,7 @@ class RawRecordingModel:
             f"  duration          {s.duration_s:.1f} s ({int(self.traces.shape[0]):,} samples)",
             f"  sample rate       {s.sample_rate:g} Hz",
             f"  channels          {s.n_channels} (group {self.channel_group}; "
-            f"{int(self.traces.shape[1])} in the file)",
+            f"{int(self.raw_traces.shape[1])} in the file)",
             f"  dtype             {t.dtype}",
             f"  probe             {probe}",
         ]
@@ -267,8 +228,8 @@ class RawRecordingModel:
 
     def close(self) -> None:
         """Close the HDF5 files that `read_kwd` opened (memmaps close with the model)."""
-        arrays = self.traces.arrays if isinstance(self.traces, ConcatenatedArrays) \
-            else [self.traces]
+        arrays = self.raw_traces.arrays if isinstance(self.raw_traces, ConcatenatedArrays) \
+            else [self.raw_traces]
         for array in arrays:
             inner = array.arrays if isinstance(array, ConcatenatedArrays) else [array]
             for a in inner:

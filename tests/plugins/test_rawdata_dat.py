@@ -120,7 +120,7 @@ def test_missing_file_and_bad_arguments(tmp_path, data):
 def test_files_with_different_channel_counts_refused(tmp_path, data):
     a = _write(tmp_path / "a.dat", data[:, :2])
     b = _write(tmp_path / "b.dat", data[:, :3])
-    with pytest.raises(RawDataError, match="differ"):
+    with pytest.raises(ValueError, match="differ"):
         ConcatenatedArrays([read_dat(a, dtype="int16", n_channels=2),
                             read_dat(b, dtype="int16", n_channels=3)])
 

@@ -59,9 +59,11 @@ def test_model_fulfils_the_protocol(recording):
     assert check_model(model) == []
     assert model.path == folder / "rec.prm"
     assert model.sample_rate == SAMPLE_RATE and model.n_channels == N_CHANNELS
-    assert isinstance(model.traces, np.memmap)
-    np.testing.assert_array_equal(model.traces, traces)  # the full file, file order
+    assert isinstance(model.raw_traces, np.memmap)
+    np.testing.assert_array_equal(model.raw_traces, traces)  # the full file, file order
     np.testing.assert_array_equal(model.channel_order, PROBE_CHANNELS)
+    # The protocol's traces: the probe's channels, in probe order, read lazily.
+    np.testing.assert_array_equal(model.traces[10:20], traces[10:20][:, PROBE_CHANNELS])
     np.testing.assert_array_equal(model.channel_positions[:, 1], 20.0 * np.arange(6))
     np.testing.assert_array_equal(model.spike_samples, samples)
     np.testing.assert_array_equal(model.spike_clusters, clusters)
@@ -123,7 +125,9 @@ def test_channel_groups_and_mapping(recording):
     model = RawRecordingModel(folder / "rec.prm", channel_group=1)
     assert model.channel_group == 1 and model.n_channels == 3
     np.testing.assert_array_equal(model.channel_order, [5, 0, 2])
-    assert model.traces.shape == (N_SAMPLES, N_CHANNELS)  # the full file
+    assert model.raw_traces.shape == (N_SAMPLES, N_CHANNELS)  # the full file
+    assert model.traces.shape == (N_SAMPLES, 3)
+    np.testing.assert_array_equal(model.traces[5:9], traces[5:9][:, [5, 0, 2]])
     assert model.waveforms.shape == (8, 12, 3) and model.masks.shape == (8, 3)
     np.testing.assert_array_equal(model.waveforms[4],
                                   _expected_waveform(traces, samples[4], [5, 0, 2]))
@@ -183,7 +187,8 @@ def test_kwd_and_several_files(recording):
                                                 "['rec.raw.kwd', 'rest.dat']"))
     model = RawRecordingModel(folder / "rec.prm")
     assert check_model(model) == []
-    np.testing.assert_array_equal(np.asarray(model.traces), traces)
+    np.testing.assert_array_equal(np.asarray(model.raw_traces), traces)
+    np.testing.assert_array_equal(np.asarray(model.traces), traces[:, PROBE_CHANNELS])
     np.testing.assert_array_equal(model.waveforms[4],  # sample 999 across the two recordings
                                   _expected_waveform(traces, samples[4], PROBE_CHANNELS))
     model.close()
