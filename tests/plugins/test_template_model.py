@@ -10,6 +10,7 @@ from phy_template.tsv import TemplateFormatError, read_cluster_tsv
 
 from phy_core.model import check_model
 
+# The layout written by the make_template_dir fixture (conftest.py), as expected values.
 N_DAT, CHANNEL_MAP = 6, np.array([0, 2, 3, 5])
 N_SAMPLES_DAT, N_SAMPLES_T, N_PCS = 200, 8, 2
 SPIKES = np.array([2, 10, 30, 31, 50, 77, 100, 120, 150, 180, 196, 199])
@@ -17,38 +18,10 @@ TEMPLATES = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2, 1])
 IND = np.array([[0, 1], [3, 2], [1, 3]])
 
 
-def make_dir(path, with_clusters=False, dat=True):
-    rng = np.random.default_rng(0)
-    path.mkdir(exist_ok=True)
-    raw = rng.integers(-1000, 1000, (N_SAMPLES_DAT, N_DAT)).astype(np.int16)
-    if dat:
-        raw.tofile(path / "raw.dat")
-    (path / "params.py").write_text(
-        "dat_path = 'raw.dat'\nn_channels_dat = 6\ndtype = 'int16'\noffset = 0\n"
-        "sample_rate = 1000.\nhp_filtered = False\n"
-    )
-    n = len(SPIKES)
-    np.save(path / "spike_times.npy", SPIKES.astype(np.uint64)[:, None])  # MATLAB column
-    np.save(path / "spike_templates.npy", TEMPLATES.astype(np.uint32))
-    np.save(path / "amplitudes.npy", np.linspace(1, 2, n))
-    np.save(path / "templates.npy", rng.normal(size=(3, N_SAMPLES_T, 4)).astype(np.float32))
-    np.save(path / "channel_map.npy", CHANNEL_MAP.astype(np.int32))
-    np.save(path / "channel_positions.npy", np.c_[np.arange(4) * 10.0, np.arange(4) * 20.0])
-    np.save(path / "pc_features.npy", rng.normal(size=(n, N_PCS, 2)).astype(np.float32))
-    np.save(path / "pc_feature_ind.npy", IND.astype(np.uint32))
-    np.save(path / "similar_templates.npy", np.eye(3, dtype=np.float32))
-    (path / "cluster_group.tsv").write_text("cluster_id\tgroup\n0\tgood\n2\tnoise\n")
-    (path / "cluster_KSLabel.tsv").write_text("cluster_id\tKSLabel\n0\tgood\n1\tmua\n")
-    (path / "cluster_ContamPct.tsv").write_text("cluster_id\tContamPct\n0\t1.5\n1\t\n")
-    if with_clusters:
-        np.save(path / "spike_clusters.npy", TEMPLATES.astype(np.int64) + 10)
-    return raw
-
-
 @pytest.fixture
-def tdir(tmp_path):
+def tdir(tmp_path, make_template_dir):
     d = tmp_path / "ks"
-    raw = make_dir(d)
+    raw = make_template_dir(d)
     return d, raw
 
 
@@ -103,9 +76,9 @@ def test_waveforms_are_centred_windows(tdir):
         np.testing.assert_array_equal(model.waveforms[i], expected)
 
 
-def test_waveforms_from_templates_without_raw_data(tmp_path):
+def test_waveforms_from_templates_without_raw_data(tmp_path, make_template_dir):
     d = tmp_path / "ks"
-    make_dir(d, dat=False)
+    make_template_dir(d, dat=False)
     wmi = np.arange(16, dtype=np.float32).reshape(4, 4) / 10
     np.save(d / "whitening_mat_inv.npy", wmi)
     model = TemplateModel(d)
@@ -123,9 +96,9 @@ def test_spike_clusters_from_templates_not_written(tdir):
     assert not (d / "spike_clusters.npy").exists()
 
 
-def test_existing_spike_clusters(tmp_path):
+def test_existing_spike_clusters(tmp_path, make_template_dir):
     d = tmp_path / "ks"
-    make_dir(d, with_clusters=True)
+    make_template_dir(d, with_clusters=True)
     np.testing.assert_array_equal(TemplateModel(d).spike_clusters, TEMPLATES + 10)
 
 
@@ -236,9 +209,9 @@ def test_unknown_group(tdir):
 # -- save ------------------------------------------------------------------------
 
 
-def test_save_and_reopen(tmp_path):
+def test_save_and_reopen(tmp_path, make_template_dir):
     d = tmp_path / "ks"
-    make_dir(d, with_clusters=True)
+    make_template_dir(d, with_clusters=True)
     original = (d / "spike_clusters.npy").read_bytes()
     model = TemplateModel(d)
     new = np.arange(12) % 4 + 20
@@ -265,9 +238,9 @@ def test_first_save_without_spike_clusters_makes_no_backup(tdir):
     np.testing.assert_array_equal(np.load(d / "spike_clusters.npy"), TEMPLATES + 1)
 
 
-def test_save_is_atomic(tmp_path, monkeypatch):
+def test_save_is_atomic(tmp_path, monkeypatch, make_template_dir):
     d = tmp_path / "ks"
-    make_dir(d, with_clusters=True)
+    make_template_dir(d, with_clusters=True)
     (d / "spike_clusters.backup.npy").write_bytes((d / "spike_clusters.npy").read_bytes())
     before = {p.name: p.read_bytes() for p in d.iterdir()}
     model = TemplateModel(d)

@@ -6,7 +6,6 @@ from phy_synthetic.features import SyntheticFeatureModel
 from phy_template.model import TemplateModel
 from phy_template.tsv import TemplateFormatError
 from phy_template.writer import write_template_directory
-from test_template_model import make_dir
 
 from phy_core.cli import main
 from phy_core.model import check_model
@@ -14,9 +13,9 @@ from phy_core.progress import ProgressReporter
 
 
 @pytest.fixture
-def source(tmp_path):
+def source(tmp_path, make_template_dir):
     d = tmp_path / "ks"
-    make_dir(d, with_clusters=True)
+    make_template_dir(d, with_clusters=True)
     return TemplateModel(d)
 
 
