@@ -26,24 +26,18 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from phy_core.arrays import ChannelSubset, ConcatenatedArrays, SpikeWindows
 from phy_core.bunch import Bunch
 from phy_core.errors import PhyError
 from phy_core.model import summary
 
-from .arrays import (
-    FilteredWaveforms,
-    columns_view,
-    constant_view,
-    features_view,
-    make_bandpass,
-    masks_view,
-    mmap_h5_dataset,
-)
+from .arrays import constant_view, features_view, h5_view, make_bandpass, masks_view
 from .clusterings import ClusteringsMixin, ClusterMetadata
 from .errors import KwikError
 from .h5 import File, open_h5
@@ -286,7 +280,12 @@ class KwikModel(ClusteringsMixin):
             logger.warning("%s: %d features per channel in the data, %d in the metadata; "
                            "using the data.", self.kwx_path, shape[1] // n_channels, nfpc)
             self._n_features_per_channel = nfpc = shape[1] // n_channels
-        mapped = mmap_h5_dataset(str(self.kwx_path), fm)
+        from phy_rawdata.kwd import KwdError, memmap_h5_dataset
+
+        try:
+            mapped = memmap_h5_dataset(self.kwx_path, fm)
+        except KwdError as exc:  # truncated file
+            raise KwikError(str(exc)) from None
         self._features_masks = mapped if mapped is not None else fm
         where = f"{self.kwx_path}:{h5_path}"
         self._features = features_view(self._features_masks, nfpc, where)
@@ -294,34 +293,44 @@ class KwikModel(ClusteringsMixin):
 
     def _make_traces_waveforms(self) -> None:
         n_channels = len(self._channel_order)
-        self._traces = None
+        self._traces = raw = None
         if self._raw is not None:
-            from phy_rawdata.dat import ConcatenatedArrays
-
             n_all = self._raw[0].shape[1]
             if n_channels and self._channel_order.max() >= n_all:
                 logger.warning("%s: the raw data has %d channels, channel_order needs %d; "
                                "traces unavailable.", self.kwik_path, n_all,
                                int(self._channel_order.max()) + 1)
             else:
-                raw = self._raw[0] if len(self._raw) == 1 else ConcatenatedArrays(self._raw)
+                # HDF5 datasets (.raw.kwd) read in any row order, errors as KwikError.
+                arrays = [a if isinstance(a, np.ndarray) else h5_view(a, str(self.kwik_path))
+                          for a in self._raw]
+                raw = arrays[0] if len(arrays) == 1 else ConcatenatedArrays(arrays)
                 starts = np.cumsum([0] + [a.shape[0] for a in self._raw[:-1]])
                 declared = [self._recording_starts.get(r, 0) for r in self._recordings]
                 if len(declared) == len(starts) and not np.array_equal(declared, starts):
                     logger.warning("%s: the recordings' start_sample %s disagree with the "
                                    "raw data lengths (starts %s); waveforms may be "
                                    "misaligned.", self.kwik_path, declared, starts.tolist())
-                self._traces = columns_view(raw, self._channel_order, str(self.kwik_path))
+                self._traces = ChannelSubset(raw, self._channel_order)
         md = self._metadata
-        sos, margin = None, 0
+        n_before, n_after = int(md["extract_s_before"]), int(md["extract_s_after"])
+        sos, margin, bandpass = None, 0, None
         if self._traces is not None and bool(md.get("waveform_filter", True)):
+            from scipy.signal import sosfiltfilt
+
             sos, margin = make_bandpass(self._sample_rate, float(md["filter_low"]),
                                         float(md["filter_high_factor"]),
                                         int(md["filter_butter_order"]))
-        self._waveforms = FilteredWaveforms(
-            self._traces, self._spike_samples, int(md["extract_s_before"]),
-            int(md["extract_s_after"]), n_channels, sos=sos, margin=margin,
-            where=str(self.kwik_path))
+            # Zero-phase band-pass along time, for all requested windows in one call.
+            bandpass = partial(sosfiltfilt, sos, axis=-2)
+        if raw is None:  # no traces: waveforms are zeros
+            self._waveforms = constant_view((len(self._spike_samples), n_before + n_after,
+                                             n_channels))
+        else:
+            self._waveforms = SpikeWindows(raw, self._spike_samples, n_before, n_after,
+                                           channels=self._channel_order, filter=bandpass,
+                                           margin=margin)
+        self._waveforms.sos = sos  # the band-pass filter, None if unfiltered
 
     # Changing channel group -------------------------------------------------
 
@@ -456,8 +465,10 @@ class KwikModel(ClusteringsMixin):
         return self._traces
 
     @property
-    def waveforms(self) -> FilteredWaveforms:
-        """Filtered waveforms, extracted lazily (see `FilteredWaveforms`)."""
+    def waveforms(self):
+        """Waveforms extracted lazily and band-pass filtered; zeros without traces.
+
+        Their ``sos`` attribute is the filter (None: unfiltered)."""
         return self._waveforms
 
     @property

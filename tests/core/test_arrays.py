@@ -54,9 +54,9 @@ def test_spike_windows_with_padding_at_edges(traces):
 
 def test_spike_windows_filter_uses_margins(traces):
     # With a margin, the window equals the filtered whole array around the spike.
-    def diff(chunk):
+    def diff(chunk):  # along axis -2 (time), for (n, c) and (k, n, c) arrays
         out = np.zeros_like(chunk)
-        out[1:] = np.diff(chunk, axis=0)
+        out[..., 1:, :] = np.diff(chunk, axis=-2)
         return out
 
     whole = diff(traces.astype(np.float32))
@@ -65,6 +65,23 @@ def test_spike_windows_filter_uses_margins(traces):
     no_margin = SpikeWindows(traces, [100], 5, 5, filter=diff, margin=0)
     assert not np.array_equal(no_margin[0], whole[95:105])
 
+
+
+def test_spike_windows_filter_called_once_per_indexing(traces):
+    calls = []
+
+    def spy(windows):
+        calls.append(windows.shape)
+        return windows
+
+    windows = SpikeWindows(traces, [0, 50, 100, 198], 3, 4, channels=[1, 5], filter=spy,
+                           margin=2)
+    unfiltered = SpikeWindows(traces, [0, 50, 100, 198], 3, 4, channels=[1, 5])
+    np.testing.assert_array_equal(windows[[3, 0, 1]], unfiltered[[3, 0, 1]])
+    assert calls == [(3, 3 + 4 + 2 * 2, 2)]
+    np.testing.assert_array_equal(windows[2], unfiltered[2])
+    assert len(calls) == 2 and calls[1] == (1, 11, 2)
+    assert windows[2:2].shape == (0, 7, 2) and len(calls) == 2
 
 @settings(max_examples=200, deadline=None)
 @given(st.data())
