@@ -1,0 +1,122 @@
+"""Per-channel PCA of waveforms."""
+
+import numpy as np
+import pytest
+from phy_detect.pca import PCA, STAGES, PCAError, compute_pcs
+from scipy.linalg import subspace_angles
+
+
+def _synthetic(n_spikes=600, n_samples=24, n_channels=5, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, n_samples)
+    # A different 3D subspace per channel.
+    bases = []
+    for c in range(n_channels):
+        b = np.stack([np.sin(np.pi * (k + 1) * t + 0.3 * c) for k in range(3)], axis=1)
+        bases.append(b)
+    coefs = rng.normal(0, [3.0, 2.0, 1.0], (n_spikes, n_channels, 3))
+    w = np.einsum("ncf,csf->nsc", coefs, np.array(bases))
+    w += rng.normal(0, noise, w.shape)
+    return w.astype(np.float32), bases
+
+
+def test_pcs_span_the_components():
+    waveforms, bases = _synthetic()
+    pca = PCA(n_pcs=3)
+    pcs = pca.fit(waveforms, np.ones((waveforms.shape[0], waveforms.shape[2])))
+    assert pcs.shape == (3, 24, 5) and pcs.dtype == np.float32
+    for c, basis in enumerate(bases):
+        assert np.max(subspace_angles(pcs[:, :, c].T, basis)) < 0.05
+        # Orthonormal.
+        np.testing.assert_allclose(pcs[:, :, c] @ pcs[:, :, c].T, np.eye(3), atol=1e-5)
+
+
+def test_masked_spikes_are_ignored_per_channel():
+    waveforms, bases = _synthetic(seed=1)
+    rng = np.random.default_rng(2)
+    masks = (rng.random((waveforms.shape[0], waveforms.shape[2])) < 0.5).astype(np.float32)
+    # Masked (spike, channel) waveforms are huge garbage in another direction.
+    garbage = (
+        100
+        * rng.normal(size=(waveforms.shape[0], waveforms.shape[1], 1))
+        * np.cos(np.linspace(0, 9, waveforms.shape[1]))[None, :, None] ** 3
+    )
+    waveforms = np.where(masks[:, None, :] > 0, waveforms, garbage).astype(np.float32)
+    pcs = PCA(3).fit(waveforms, masks)
+    for c, basis in enumerate(bases):
+        assert np.max(subspace_angles(pcs[:, :, c].T, basis)) < 0.1
+    # Without the masks the garbage dominates.
+    pcs_nomask = PCA(3).fit(waveforms)
+    assert np.max(subspace_angles(pcs_nomask[:, :, 0].T, bases[0])) > 0.3
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_pcs_match_independent_eigh(sparse):
+    waveforms, _ = _synthetic(n_spikes=200, seed=4)
+    masks = np.ones((200, 5))
+    masks[:150, 2] = 0
+    if sparse:  # < 20% unmasked: the sparse-pairs accumulation
+        masks = np.random.default_rng(0).random((200, 5)) * 0.1
+        masks[masks < 0.09] = 0
+    pcs = compute_pcs(waveforms, 2, masks)
+    x = waveforms.astype(np.float64)
+    pooled = np.cov(np.concatenate([x[masks[:, c] > 0, :, c] for c in range(5)]), rowvar=False)
+    for c in range(5):
+        cov = np.cov(x[masks[:, c] > 0, :, c], rowvar=False) + pooled / 200
+        vals, vecs = np.linalg.eigh(cov)
+        top = vecs[:, ::-1][:, :2]
+        for f in range(2):
+            assert abs(abs(top[:, f] @ pcs[f, :, c]) - 1) < 1e-5
+
+
+def test_transform_shape_and_order():
+    waveforms, _ = _synthetic(n_spikes=50, seed=5)
+    pca = PCA(3)
+    pca.fit(waveforms)
+    features = pca.transform(waveforms)
+    assert features.shape == (50, 5, 3) and features.dtype == np.float32
+    pcs = pca.pcs
+    expected = np.einsum("nsc,fsc->ncf", waveforms.astype(np.float64), pcs.astype(np.float64))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+    # .kwx layout: channel-major.
+    flat = features.reshape(50, -1)
+    np.testing.assert_array_equal(flat[:, 2 * 3 + 1], features[:, 2, 1])
+    # Explicit PCs.
+    np.testing.assert_array_equal(PCA(3).transform(waveforms, pcs), features)
+
+
+def test_fit_subsample_bounded_and_reproducible():
+    waveforms, bases = _synthetic(n_spikes=1000, seed=6)
+    a = PCA(3, pca_n_waveforms_max=200, seed=1).fit(waveforms)
+    b = PCA(3, pca_n_waveforms_max=200, seed=1).fit(waveforms)
+    np.testing.assert_array_equal(a, b)
+    idx = np.sort(np.random.default_rng(1).choice(1000, 200, replace=False))
+    np.testing.assert_allclose(a, compute_pcs(waveforms[idx], 3), atol=1e-6)
+    assert not np.allclose(a, PCA(3, pca_n_waveforms_max=2000).fit(waveforms), atol=1e-6)
+    assert np.max(subspace_angles(a[:, :, 0].T, bases[0])) < 0.05
+
+
+def test_pca_errors_and_edge_cases():
+    with pytest.raises(PCAError, match="fit"):
+        PCA(3).transform(np.zeros((2, 10, 2)))
+    with pytest.raises(PCAError, match="masks"):
+        PCA(3).fit(np.zeros((4, 10, 2)), np.zeros((4, 3)))
+    with pytest.raises(PCAError, match="n_spikes, n_samples, n_channels"):
+        PCA(3).fit(np.zeros((4, 10)))
+    with pytest.raises(PCAError, match="n_pcs"):
+        PCA(0)
+    with pytest.raises(PCAError, match="do not match"):
+        PCA(3).transform(np.zeros((2, 10, 2)), np.zeros((3, 9, 2)))
+    # A channel with no unmasked spike still gets orthonormal PCs.
+    waveforms, _ = _synthetic(n_spikes=30, seed=7)
+    masks = np.ones((30, 5))
+    masks[:, 3] = 0
+    pcs = PCA(3).fit(waveforms, masks)
+    assert np.all(np.isfinite(pcs))
+    np.testing.assert_allclose(pcs[:, :, 3] @ pcs[:, :, 3].T, np.eye(3), atol=1e-5)
+
+
+def test_pca_stage():
+    (stage,) = STAGES
+    assert (stage.name, stage.kind) == ("pca", "features")
+    assert isinstance(stage.factory(**stage.parameters), PCA)
