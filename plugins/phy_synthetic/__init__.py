@@ -16,5 +16,6 @@ def phy_open_model(path, options):
 @hookimpl(trylast=True)
 def phy_commands():
     from .demo import demo_command
+    from .synth_command import synth_command
 
-    return [demo_command]
+    return [demo_command, synth_command]

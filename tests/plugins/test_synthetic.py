@@ -181,7 +181,7 @@ def test_reader_hook(phy_plugin_manager):
     assert pm.hook.phy_open_model(path=Path("data.dat"), options={}) is None
     with pytest.raises(ValueError, match="cannot understand"):
         pm.hook.phy_open_model(path=Path("synthetic:bogus=1"), options={})
-    assert [c.name for c in pm.collect("phy_commands")] == ["demo"]
+    assert [c.name for c in pm.collect("phy_commands")] == ["demo", "synth"]
 
 
 # Accuracy against ground truth
