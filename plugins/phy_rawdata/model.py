@@ -41,7 +41,7 @@ logger = logging.getLogger("phy")
 KWD_SUFFIX = ".raw.kwd"
 
 
-def _open_traces(prm) -> Any:
+def open_traces(prm) -> Any:
     """The traces of every raw data file of the PRM, concatenated in time."""
     t = prm.traces
     arrays = []
@@ -145,7 +145,7 @@ class RawRecordingModel:
         self.prm = read_prm(prm_path)
         self.path = self.prm.path
         self.sample_rate = self.prm.traces.sample_rate
-        self.raw_traces = _open_traces(self.prm)
+        self.raw_traces = open_traces(self.prm)
         n_file_channels = int(self.raw_traces.shape[1])
         self.probe = _load_probe(self.prm, n_file_channels, channel_group)
         if self.probe is None:

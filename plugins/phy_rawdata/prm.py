@@ -65,6 +65,8 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     weight_power=2,
     n_features_per_channel=3,
     pca_n_waveforms_max=10000,
+    # phy: choose a stage plugin per kind by name, e.g. dict(filter='butterworth').
+    stages=None,
 )
 
 KLUSTAKWIK2_DEFAULTS: dict[str, Any] = dict(

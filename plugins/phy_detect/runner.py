@@ -1,0 +1,361 @@
+"""The SpikeDetekt-style runner: a recording (PRM) in, ``.kwik`` + ``.kwx`` out.
+
+For each channel group of the probe:
+
+1. *Thresholds* from filtered excerpts spread through the recording.
+2. *PCA*: spikes detected in the same excerpts give the waveforms the
+   principal components are fitted on.
+3. *One pass over the recording* in overlapping chunks, in parallel: filter,
+   threshold, flood fill, extract and align, project on the PCs. Each job
+   returns the spike samples, masks and features of the spikes whose sample
+   falls in its chunk (the overlap makes them independent of the chunk
+   size); features go to temporary files as results arrive, so memory does
+   not grow with the recording.
+4. The Kwik files are written under temporary names and renamed only when
+   complete: an interrupted run leaves no file that claims to be complete.
+
+Stages come from plugins (hook `phy_register_stages`), one per kind, chosen
+by name with ``spikedetekt['stages']`` in the PRM (defaults below). A
+stage's factory receives the arguments listed in `STAGE_ARGUMENTS` for its
+kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phy_core.bunch import Bunch
+from phy_core.errors import PhyError
+from phy_core.progress import ProgressReporter
+
+from .chunks import Chunk, plan_chunks
+
+logger = logging.getLogger("phy")
+
+DEFAULT_STAGES = {"filter": "butterworth", "threshold": "mad", "detector": "floodfill",
+                  "extractor": "centroid", "features": "pca"}
+#: The keyword arguments the runner gives each kind of stage factory.
+STAGE_ARGUMENTS = {
+    "filter": ("rate", "low", "high", "order"),
+    "threshold": ("mode", "thresholds"),
+    "detector": ("probe_adjacency_list", "join_size"),
+    "extractor": ("extract_before", "extract_after", "weight_power", "thresholds"),
+    "features": ("n_pcs", "pca_n_waveforms_max"),
+}
+
+
+class DetectionError(PhyError, ValueError):
+    """The detection cannot run with these parameters."""
+
+
+def choose_stages(plugin_manager, names: dict | None = None) -> dict[str, Any]:
+    """The `Stage` descriptor for each kind, by name (defaults: `DEFAULT_STAGES`)."""
+    wanted = dict(DEFAULT_STAGES, **(names or {}))
+    by_kind: dict[str, dict[str, Any]] = {}
+    for stage in plugin_manager.collect("phy_register_stages"):
+        by_kind.setdefault(stage.kind, {})[stage.name] = stage
+    chosen = {}
+    for kind, name in wanted.items():
+        available = by_kind.get(kind, {})
+        if name not in available:
+            raise DetectionError(
+                f"No {kind} stage named {name!r}; available: "
+                f"{', '.join(sorted(available)) or 'none (is the detect plugin enabled?)'}."
+            )
+        chosen[kind] = available[name]
+    return chosen
+
+
+# -- What a worker does with one chunk -------------------------------------------
+
+
+@dataclass
+class GroupSetup:
+    """Everything a worker needs for one channel group (pickled to the workers)."""
+
+    prm_path: str
+    channels: np.ndarray  # file columns of the group
+    filter: Any
+    thresholder: Any
+    detector: Any
+    extractor: Any
+    pcs: Any  # the fitted features stage, or None while fitting
+
+
+_TRACES_CACHE: dict[str, Any] = {}
+
+
+def _traces(prm_path: str):
+    # Each worker opens the recording once (memory maps are cheap to keep).
+    if prm_path not in _TRACES_CACHE:
+        from phy_rawdata.model import open_traces
+        from phy_rawdata.prm import read_prm
+
+        _TRACES_CACHE[prm_path] = open_traces(read_prm(prm_path))
+    return _TRACES_CACHE[prm_path]
+
+
+def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
+    """Detect the spikes of one chunk; keep those whose sample is in its keep range.
+
+    Returns
+    -------
+    Bunch
+        ``spike_samples`` (float64, absolute), ``masks`` (n, C) float32,
+        ``waveforms`` (n, S, C) float32 when `setup.pcs` is None, else
+        ``features`` (n, C * n_pcs) float32 (channel-major).
+    """
+    traces = _traces(setup.prm_path)
+    raw = np.asarray(traces[chunk.load_start:chunk.load_stop])[:, setup.channels]
+    data = setup.filter(np.ascontiguousarray(raw, dtype=np.float32))
+    data_t = setup.thresholder.transform(data)
+    weak = setup.thresholder.detect(data_t, "weak")
+    strong = setup.thresholder.detect(data_t, "strong")
+    components = setup.detector.detect_flat(weak, strong)
+    extracted = setup.extractor.extract_all(components, data, data_t)
+    samples = extracted.spike_samples + chunk.load_start
+    keep = (np.floor(samples) >= chunk.keep_start) & (np.floor(samples) < chunk.keep_stop)
+    order = np.argsort(samples[keep], kind="stable")
+    out = Bunch(spike_samples=samples[keep][order], masks=extracted.masks[keep][order])
+    waveforms = extracted.waveforms[keep][order]
+    if setup.pcs is None:
+        out.waveforms = waveforms
+    else:
+        features = setup.pcs.transform(waveforms)  # (n, C, n_pcs)
+        out.features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(waveforms), -1)
+    return out
+
+
+def _run_job(job: tuple[GroupSetup, Chunk]) -> Bunch:
+    return detect_chunk(*job)
+
+
+# -- The runner -------------------------------------------------------------------
+
+
+def _adjacency_in_columns(probe, channels: np.ndarray) -> dict[int, list[int]]:
+    """The probe's adjacency in the group's column indices 0..C-1."""
+    column = {int(c): i for i, c in enumerate(channels)}
+    return {column[c]: [column[n] for n in neighbours if n in column]
+            for c, neighbours in probe.adjacency.items() if c in column}
+
+
+def _make(stage, **arguments):
+    return stage.factory(**arguments)
+
+
+def detect(
+    prm_path: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    plugin_manager=None,
+    executor=None,
+    chunk_size_s: float | None = None,
+    overwrite: bool = False,
+    reporter: ProgressReporter | None = None,
+) -> Path:
+    """Detect spikes in the recording of a PRM file; write ``<experiment_name>.kwik/.kwx``.
+
+    Parameters
+    ----------
+    prm_path : path
+        A klusta-style parameter file (see `phy_rawdata.prm.read_prm`).
+    output_dir : path or None
+        Where to write the Kwik files (default: the PRM's folder).
+    plugin_manager : PhyPluginManager or None
+        Where stages come from (default: all installed plugins).
+    executor : executor or None
+        From `phy_detect.executors.make_executor` (default: local processes).
+    chunk_size_s : float or None
+        Overrides ``spikedetekt['chunk_size_seconds']``.
+    overwrite : bool
+        Replace existing Kwik files.
+    reporter : ProgressReporter or None
+        Receives the progress (one step per chunk and channel group).
+
+    Returns
+    -------
+    kwik_path : Path
+    """
+    from phy_kwik.creator import KwikCreator
+    from phy_probes.builtin import load_probe
+    from phy_rawdata.model import open_traces
+    from phy_rawdata.prm import read_prm
+
+    from .executors import make_executor
+
+    prm = read_prm(prm_path)
+    sd = prm.spikedetekt
+    out_dir = Path(output_dir) if output_dir is not None else prm.path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwik_path = out_dir / f"{prm.experiment_name}.kwik"
+    kwx_path = kwik_path.with_suffix(".kwx")
+    if not overwrite and (kwik_path.exists() or kwx_path.exists()):
+        raise DetectionError(f"{kwik_path} already exists: use --overwrite to replace it.")
+    if plugin_manager is None:
+        from phy_core.plugins import create_plugin_manager
+
+        plugin_manager = create_plugin_manager()
+    stages = choose_stages(plugin_manager, sd.get("stages"))
+
+    rate = float(prm.traces.sample_rate)
+    traces = open_traces(prm)
+    n_samples, n_file_channels = traces.shape
+    probe = load_probe(prm.prb_file) if prm.prb_file is not None else None
+    if probe is None:
+        raise DetectionError(f"{prm.path}: spike detection needs a probe (prb_file).")
+    high = float(sd["filter_high_factor"]) * rate
+    filter_ = _make(stages["filter"], rate=rate, low=float(sd["filter_low"]), high=high,
+                    order=int(sd["filter_butter_order"]))
+    chunk_size = int(round((chunk_size_s or float(sd["chunk_size_seconds"])) * rate))
+    join = int(sd["connected_component_join_size"])
+    before, after = int(sd["extract_s_before"]), int(sd["extract_s_after"])
+    # Wide enough for the filter's edge effects, a component and its waveform.
+    margin = int(filter_.margin_samples) + before + after + 2 * join + 8
+    margin = max(margin, int(round(float(sd["chunk_overlap_seconds"]) * rate)))
+    chunks = plan_chunks(n_samples, chunk_size, margin)
+    groups = list(probe.channel_groups)
+
+    own_executor = executor is None
+    executor = executor or make_executor("processes")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{prm.experiment_name}.", dir=out_dir))
+    partial = tmp_dir / prm.experiment_name
+    reporter = reporter or ProgressReporter()
+    reporter.value_max = len(chunks) * len(groups)
+    t0 = time.perf_counter()
+    try:
+        creator = KwikCreator(partial)
+        creator.create_empty()
+        creator.set_probe(probe)
+        # One Kwik recording per raw data file, as klusta wrote them.
+        starts = _file_starts(traces)
+        for r, (raw_path, start) in enumerate(zip(prm.traces.raw_data_files, starts,
+                                                  strict=False)):
+            creator.add_recording(r, raw_path=raw_path, start_sample=int(start), sample_rate=rate)
+        creator.set_metadata("/application_data/spikedetekt", prb_file=str(prm.prb_file),
+                             dtype=str(prm.traces.dtype), n_channels=int(n_file_channels),
+                             sample_rate=rate,
+                             **{k: v for k, v in sd.items() if v is not None and k != "stages"})
+        n_total = 0
+        for group in groups:
+            probe.change_channel_group(group)
+            channels = np.asarray(probe.channels, dtype=np.int64)
+            if channels.max() >= n_file_channels:
+                raise DetectionError(f"{prm.prb_file}: channel {channels.max()} does not exist "
+                                     f"in data with {n_file_channels} channels.")
+            n_total += _detect_group(prm, sd, stages, filter_, traces, probe, group, channels,
+                                     chunks, executor, creator, tmp_dir, reporter, starts)
+        reporter.set_complete()
+        # Complete: move the files into place (the .kwx first, the .kwik last).
+        os.replace(partial.with_suffix(".kwx"), kwx_path)
+        os.replace(partial.with_suffix(".kwik"), kwik_path)
+    finally:
+        if own_executor:
+            executor.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
+                n_total, n_samples / rate, elapsed, n_samples / rate / max(elapsed, 1e-9))
+    return kwik_path
+
+
+def _file_starts(traces) -> np.ndarray:
+    """First sample of each raw data file in the concatenated recording."""
+    offsets = getattr(traces, "offsets", None)
+    return np.asarray(offsets[:-1] if offsets is not None else [0], dtype=np.int64)
+
+
+def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks, executor,
+                  creator, tmp_dir, reporter, starts) -> int:
+    from .threshold import compute_threshold_from_traces, excerpts
+
+    rate = float(prm.traces.sample_rate)
+    mode = sd["detect_spikes"]
+    thresholds = compute_threshold_from_traces(
+        traces, filter_, n_excerpts=int(sd["n_excerpts"]),
+        excerpt_size_samples=int(round(float(sd["excerpt_size_seconds"]) * rate)),
+        single_threshold=bool(sd["use_single_threshold"]),
+        std_factor=(float(sd["threshold_weak_std_factor"]),
+                    float(sd["threshold_strong_std_factor"])),
+        channels=channels)
+    weak, strong = thresholds[0], thresholds[1]
+    thresholder = _make(stages["threshold"], mode=mode,
+                        thresholds={"weak": weak, "strong": strong})
+    detector = _make(stages["detector"],
+                     probe_adjacency_list=_adjacency_in_columns(probe, channels), join_size=int(
+                         sd["connected_component_join_size"]))
+    extractor = _make(stages["extractor"], extract_before=int(sd["extract_s_before"]),
+                      extract_after=int(sd["extract_s_after"]),
+                      weight_power=float(sd["weight_power"]),
+                      thresholds={"weak": weak, "strong": strong})
+    setup = GroupSetup(str(prm.path), channels, filter_, thresholder, detector, extractor, None)
+
+    # PCA on the spikes of excerpts spread through the recording.
+    n_pca = int(sd["pca_n_waveforms_max"])
+    pca = _make(stages["features"], n_pcs=int(sd["n_features_per_channel"]),
+                pca_n_waveforms_max=n_pca)
+    # The same excerpts as the thresholds: the fit does not depend on the chunk size.
+    n_samples = int(traces.shape[0])
+    size = int(round(float(sd["excerpt_size_seconds"]) * rate))
+    margin = max((c.load_stop - c.keep_stop for c in chunks), default=0)
+    excerpt_chunks = [Chunk(i, start, stop, max(start - margin, 0), min(stop + margin, n_samples))
+                      for i, (start, stop) in enumerate(excerpts(n_samples, int(sd["n_excerpts"]),
+                                                                 size))]
+    waveforms, masks, n_fit = [], [], 0
+    for result in executor.imap(_run_job, [(setup, c) for c in excerpt_chunks]):
+        waveforms.append(result.waveforms)
+        masks.append(result.masks)
+        n_fit += len(result.masks)
+        if n_fit >= n_pca:
+            break
+    n_channels = len(channels)
+    if n_fit == 0:
+        logger.warning("Channel group %d: no spike found in the excerpts.", group)
+    else:
+        pca.fit(np.concatenate(waveforms), np.concatenate(masks))
+    setup.pcs = pca
+    n_features = int(sd["n_features_per_channel"]) * n_channels
+
+    # The pass over the whole recording: features and masks to temporary files.
+    samples, parts = [], []
+    jobs = [(setup, chunk) for chunk in chunks]
+    for i, result in enumerate(executor.imap(_run_job, jobs)):
+        n = len(result.spike_samples)
+        samples.append(result.spike_samples)
+        if n:
+            path = tmp_dir / f"group{group}_chunk{i}.npz"
+            features = result.features if n_fit else np.zeros((n, n_features), np.float32)
+            np.savez(path, features=features, masks=result.masks)
+            parts.append(path)
+        reporter.increment()
+    spike_samples = np.concatenate(samples) if samples else np.zeros(0)
+
+    def read(key):
+        for path in parts:
+            with np.load(path) as f:
+                yield f[key]
+
+    # Kwik stores spike samples relative to their recording (raw data file).
+    recordings = np.searchsorted(starts, np.floor(spike_samples), side="right") - 1
+    relative = spike_samples - starts[recordings]
+    if len(spike_samples):
+        creator.add_spikes(group, relative, spike_recordings=recordings, masks=read("masks"),
+                           features=read("features"), n_channels=n_channels,
+                           n_features=int(sd["n_features_per_channel"]))
+    else:
+        creator.add_spikes(group, relative, spike_recordings=recordings)
+    creator.add_clustering(group, "main", np.zeros(len(spike_samples), dtype=np.int64))
+    for path in parts:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    logger.info("Channel group %d: %d spikes.", group, len(spike_samples))
+    return len(spike_samples)

@@ -1,0 +1,108 @@
+"""The detection runner, end to end: synthetic recording in, Kwik files out."""
+
+import numpy as np
+import pytest
+
+from phy_core.errors import PhyError
+from phy_core.model import check_model
+from phy_core.progress import ProgressReporter
+from phy_detect.evaluation import detection_report, match_spikes
+from phy_detect.executors import DaskExecutor, SerialExecutor, make_executor
+from phy_detect.runner import detect
+from phy_kwik.model import KwikModel
+from phy_synthetic.recording import synthesize_recording
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rec")
+    synthesize_recording(folder, name="rec", probe="linear32", duration_s=4.0, seed=3)
+    return folder
+
+
+def _run(recording, out, **kwargs):
+    kwargs.setdefault("executor", SerialExecutor())
+    return detect(recording / "rec.prm", output_dir=out, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(recording, tmp_path_factory):
+    kwik = _run(recording, tmp_path_factory.mktemp("ref"), chunk_size_s=1.0)
+    return KwikModel(kwik)
+
+
+def test_kwik_files_follow_the_protocol_and_find_the_spikes(reference, recording):
+    model = reference
+    assert check_model(model) == []
+    assert model.n_spikes > 50 and model.n_features_per_channel == 3
+    assert np.all(np.diff(model.spike_samples) >= 0)
+    features = np.asarray(model.features[:])
+    assert features.shape == (model.n_spikes, 32 * 3) and np.isfinite(features).all()
+    masks = np.asarray(model.masks[:])
+    assert masks.min() >= 0 and masks.max() <= 1 and np.all(masks.max(axis=1) == 1)
+    gt = np.load(recording / "rec.groundtruth.npz")
+    report = detection_report(model.spike_samples_fractional, gt["spike_samples"],
+                              gt["spike_clusters"], model.sample_rate)
+    big = gt["unit_snr"][report.units] >= 10
+    assert big.any()
+    assert np.all(report.recall[big] >= 0.95), report.recall
+    assert report.n_false < 0.2 * model.n_spikes
+
+
+def test_result_does_not_depend_on_chunk_size(reference, recording, tmp_path):
+    other = KwikModel(_run(recording, tmp_path, chunk_size_s=0.37))
+    np.testing.assert_array_equal(other.spike_samples, reference.spike_samples)
+    np.testing.assert_allclose(other.spike_samples_fractional,
+                               reference.spike_samples_fractional, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(other.masks[:]), np.asarray(reference.masks[:]),
+                               atol=1e-3)
+    np.testing.assert_allclose(np.asarray(other.features[:]), np.asarray(reference.features[:]),
+                               atol=1e-2 * np.abs(np.asarray(reference.features[:])).max())
+
+
+def test_processes_and_dask_give_the_same_result(reference, recording, tmp_path):
+    executor = make_executor("processes", n_workers=2)
+    try:
+        model = KwikModel(_run(recording, tmp_path / "p", executor=executor, chunk_size_s=1.0))
+    finally:
+        executor.close()
+    np.testing.assert_array_equal(model.spike_samples, reference.spike_samples)
+    pytest.importorskip("dask.distributed")
+    dask = DaskExecutor(n_workers=2)
+    try:
+        model = KwikModel(_run(recording, tmp_path / "d", executor=dask, chunk_size_s=1.0))
+    finally:
+        dask.close()
+    np.testing.assert_array_equal(model.spike_samples, reference.spike_samples)
+    np.testing.assert_allclose(np.asarray(model.features[:]), np.asarray(reference.features[:]))
+
+
+def test_interrupted_run_leaves_no_kwik_file(recording, tmp_path):
+    reporter = ProgressReporter()
+
+    @reporter.connect
+    def on_progress(value, value_max):
+        if value == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(recording, tmp_path, reporter=reporter, chunk_size_s=0.5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_and_unknown_stage(recording, tmp_path):
+    _run(recording, tmp_path)
+    with pytest.raises(PhyError, match="already exists"):
+        _run(recording, tmp_path)
+    prm = (recording / "rec.prm").read_text()
+    bad = tmp_path / "bad.prm"
+    bad.write_text(prm.replace("spikedetekt = dict(", "spikedetekt = dict(stages=dict("
+                                                      "filter='nope'), ", 1)
+                   .replace("'rec.", f"'{recording}/rec."))
+    with pytest.raises(PhyError, match="No filter stage named 'nope'"):
+        detect(bad, output_dir=tmp_path / "x", executor=SerialExecutor())
+
+
+def test_match_spikes_is_one_to_one():
+    matches = match_spikes(detected=[10.0, 11.0, 50.0], true=[10.5, 10.6, 30.0], tolerance=2)
+    assert sorted(matches[:2].tolist()) == [0, 1] and matches[2] == -1
