@@ -1,7 +1,6 @@
 """Every hook is exercised: one plugin implements them all, phy's public paths call them."""
 
 import numpy as np
-from phy_synthetic.features import SyntheticFeatureModel
 
 from phy_core import hookimpl
 from phy_core.cli import build_parser
@@ -17,6 +16,7 @@ from phy_core.descriptors import (
 from phy_core.session import Session
 from phy_core.settings import Settings
 from phy_qt.descriptors import ActionSpec, ViewSpec
+from phy_synthetic.features import SyntheticFeatureModel
 
 
 class EveryHook:

@@ -56,7 +56,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace, services: Services) -> int:
     from phy_commands.commands import open_model
-
     from phy_core.progress import ProgressReporter, show_progress
     from phy_core.session import Session
 

@@ -36,7 +36,6 @@ def _add_export_arguments(parser):
 
 def _run_export(args, services):
     from phy_commands.commands import open_model
-
     from phy_core.progress import ProgressReporter, show_progress
 
     from .writer import write_template_directory

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from phy_synthetic.features import SyntheticFeatureModel
 
 from phy_core.model import REQUIRED, DataModel, check_model, summary
+from phy_synthetic.features import SyntheticFeatureModel
 
 
 @pytest.fixture

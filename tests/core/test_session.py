@@ -1,15 +1,15 @@
 """Tests of `Session`: a dataset curated with the statistics, quality and similarity of plugins."""
 
 import numpy as np
-import phy_stats
 import pytest
-from phy_synthetic.features import SyntheticFeatureModel
 
+import phy_stats
 from phy_core import hookimpl
 from phy_core.descriptors import ClusterMetric, ClusterSimilarity
 from phy_core.errors import PluginError
 from phy_core.session import Session
 from phy_core.settings import Settings
+from phy_synthetic.features import SyntheticFeatureModel
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from phy_detect.chunks import plan_chunks
-from phy_detect.executors import DaskExecutor, ProcessExecutor, SerialExecutor, make_executor
 
 from phy_core.errors import PhyError
+from phy_detect.chunks import plan_chunks
+from phy_detect.executors import DaskExecutor, ProcessExecutor, SerialExecutor, make_executor
 
 
 @pytest.mark.parametrize("n_samples, chunk_size, margin", [(100, 30, 5), (100, 100, 0),

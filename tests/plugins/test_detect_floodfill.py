@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from phy_detect.floodfill import STAGES, DetectionError, FloodFillDetector, adjacency_csr
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from phy_detect.floodfill import STAGES, DetectionError, FloodFillDetector, adjacency_csr
 
 
 def _reference(weak, strong, adjacency, join_size):

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from phy_detect.loader import LoaderError, SpikeLoader, WaveformLoader
 from scipy import signal
+
+from phy_detect.loader import LoaderError, SpikeLoader, WaveformLoader
 
 
 def _traces(tmp_path, n_samples=1000, n_channels=6):

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from phy_detect.pca import PCA, STAGES, PCAError, compute_pcs
 from scipy.linalg import subspace_angles
+
+from phy_detect.pca import PCA, STAGES, PCAError, compute_pcs
 
 
 def _synthetic(n_spikes=600, n_samples=24, n_channels=5, noise=0.05, seed=0):

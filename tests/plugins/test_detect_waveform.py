@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.interpolate import interp1d
+
 from phy_detect.floodfill import FloodFillDetector
 from phy_detect.waveform import STAGES, ExtractionError, WaveformExtractor
-from scipy.interpolate import interp1d
 
 WEAK, STRONG = 2.0, 5.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from phy_kwik.errors import KwikError
 from phy_kwik.h5 import File, H5Error, open_h5
 

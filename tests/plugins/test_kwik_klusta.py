@@ -15,10 +15,10 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from phy_kwik.model import KwikModel
 from scipy.signal import butter, sosfiltfilt
 
 from phy_core.model import check_model
+from phy_kwik.model import KwikModel
 
 SR = 20000.0
 N_TOTAL_CHANNELS = 32

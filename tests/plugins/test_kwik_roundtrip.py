@@ -7,11 +7,11 @@ import logging
 import h5py
 import numpy as np
 import pytest
+
+from phy_core.model import check_model
 from phy_kwik.creator import KwikCreator, create_kwik
 from phy_kwik.errors import KwikError
 from phy_kwik.model import KwikModel
-
-from phy_core.model import check_model
 
 N_SPIKES, N_CHANNELS, N_FEATURES = 120, 4, 3
 PROBE = {

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from phy_core.errors import PhyError
+from phy_core.model import check_model
 from phy_kwik.clusterings import ClusteringsMixin
 from phy_kwik.creator import KwikCreator
 from phy_kwik.errors import KwikError
 from phy_kwik.model import KwikModel
-
-from phy_core.errors import PhyError
-from phy_core.model import check_model
 
 N = 50
 

@@ -4,9 +4,8 @@ import subprocess
 import sys
 
 import phy_probes
-from phy_probes.prb import read_prb
-
 from phy_core.cli import main
+from phy_probes.prb import read_prb
 
 
 def _run(capsys, *args):

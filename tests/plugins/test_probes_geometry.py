@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+
 from phy_probes.builtin import list_probes, load_probe
 from phy_probes.geometry import (
     DEFAULT_RADIUS_FACTOR,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from phy_probes.mea import MEA
 from phy_probes.prb import ProbeError, read_prb, write_prb
 

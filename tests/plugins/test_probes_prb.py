@@ -3,10 +3,10 @@
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from phy_probes.builtin import load_probe
-from phy_probes.prb import ProbeError, read_prb, validate_channel_groups, write_prb
 
 from phy_core.literals import LiteralFileError
+from phy_probes.builtin import load_probe
+from phy_probes.prb import ProbeError, read_prb, validate_channel_groups, write_prb
 
 
 def test_round_trip(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phy_probes.builtin import load_probe
 from phy_probes.prb import ProbeError
 from phy_probes.probeinterface import (

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phy_rawdata.dat import ConcatenatedArrays, RawDataError, read_dat
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from phy_rawdata.dat import RawDataError
 from phy_rawdata.kwd import H5Traces, KwdError, read_kwd, read_kwd_recordings
 

@@ -2,14 +2,14 @@
 
 import h5py
 import numpy as np
-import phy_rawdata
 import pytest
-from phy_rawdata.dat import RawDataError
-from phy_rawdata.model import RawRecordingModel
 
+import phy_rawdata
 from phy_core.cli import main
 from phy_core.errors import PhyError
 from phy_core.model import check_model
+from phy_rawdata.dat import RawDataError
+from phy_rawdata.model import RawRecordingModel
 
 N_SAMPLES, N_CHANNELS, SAMPLE_RATE = 2000, 6, 10_000.0
 # The probe lists the file's channels in another order: waveforms follow the probe.

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from phy_rawdata.prm import KLUSTAKWIK2_DEFAULTS, SPIKEDETEKT_DEFAULTS, PrmError, read_prm
 
 from phy_core.literals import LiteralFileError
+from phy_rawdata.prm import KLUSTAKWIK2_DEFAULTS, SPIKEDETEKT_DEFAULTS, PrmError, read_prm
 
 MINIMAL = """
 experiment_name = 'rat'

@@ -1,13 +1,13 @@
 """Tests of the `stats` plugin: mean features/masks, masked_amplitude, masked_features."""
 
 import numpy as np
-import phy_stats
 import pytest
-from phy_stats import features as stats
 
+import phy_stats
 from phy_core.clustering import Clustering
 from phy_core.descriptors import Services
 from phy_core.store import ClusterStore
+from phy_stats import features as stats
 
 
 class TinyModel:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from phy_synthetic import noise
 from scipy import stats
+
+from phy_synthetic import noise
 
 
 def test_gaussian_distribution():

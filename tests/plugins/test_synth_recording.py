@@ -6,12 +6,12 @@ import logging
 
 import numpy as np
 import pytest
-from phy_synthetic.recording import SynthError, synthesize_recording
-from phy_synthetic.templates import refractory_samples
 from scipy.signal import butter, sosfiltfilt
 
 from phy_core.literals import read_literal_file
 from phy_core.progress import ProgressReporter
+from phy_synthetic.recording import SynthError, synthesize_recording
+from phy_synthetic.templates import refractory_samples
 
 
 class TinyMEA:

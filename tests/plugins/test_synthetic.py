@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import numpy as np
-import phy_synthetic
 import pytest
+
+import phy_synthetic
+from phy_core.model import check_model
+from phy_core.plugins import AUTOLOAD_ENV
 from phy_synthetic.demo import unit_accuracies
 from phy_synthetic.features import (
     LazyWaveforms,
@@ -12,9 +15,6 @@ from phy_synthetic.features import (
     open_synthetic,
     parse_synthetic_path,
 )
-
-from phy_core.model import check_model
-from phy_core.plugins import AUTOLOAD_ENV
 
 SMALL = dict(n_units=3, n_channels=6, n_spikes=300, n_features_per_channel=2, oversplit=3)
 

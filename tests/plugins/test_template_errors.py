@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from phy_template.model import TemplateModel
-from phy_template.tsv import TemplateFormatError
 
 from phy_core.model import check_model
+from phy_template.model import TemplateModel
+from phy_template.tsv import TemplateFormatError
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

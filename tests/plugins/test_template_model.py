@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
+
+from phy_core.model import check_model
 from phy_template import phy_open_model
 from phy_template.model import TemplateModel
 from phy_template.tsv import TemplateFormatError, read_cluster_tsv
-
-from phy_core.model import check_model
 
 # The layout written by the make_template_dir fixture (conftest.py), as expected values.
 N_DAT, CHANNEL_MAP = 6, np.array([0, 2, 3, 5])

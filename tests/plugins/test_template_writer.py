@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-from phy_synthetic.features import SyntheticFeatureModel
-from phy_template.model import TemplateModel
-from phy_template.tsv import TemplateFormatError
-from phy_template.writer import write_template_directory
 
 from phy_core.cli import main
 from phy_core.model import check_model
 from phy_core.progress import ProgressReporter
+from phy_synthetic.features import SyntheticFeatureModel
+from phy_template.model import TemplateModel
+from phy_template.tsv import TemplateFormatError
+from phy_template.writer import write_template_directory
 
 
 @pytest.fixture

@@ -1,0 +1,332 @@
+"""Detection thresholds: robust noise estimate, excerpts, and threshold crossings.
+
+The noise standard deviation of filtered traces is estimated robustly as
+``median(|x|) / 0.6745`` (for Gaussian noise, the median absolute value is
+0.6745 sigma; spikes, being rare, barely move the median). The weak and strong
+thresholds are that std times `std_factor` (2.0 and 4.5 by default, as in
+SpikeDetekt). `compute_threshold_from_traces` estimates them from excerpts
+spread through a (memory-mapped or lazy) recording, each filtered with the
+`Filter`'s margins so that it sees exactly the whole-recording filtered values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from phy_core.descriptors import Stage
+from phy_core.errors import PhyError
+
+__all__ = [
+    "DEFAULT_STD_FACTOR",
+    "ThresholdError",
+    "Thresholder",
+    "compute_threshold",
+    "compute_threshold_from_traces",
+    "excerpts",
+    "STAGES",
+]
+
+logger = logging.getLogger("phy")
+
+DEFAULT_STD_FACTOR = (2.0, 4.5)
+_MAD_TO_STD = 0.6745  # median(|N(0, 1)|)
+
+
+class ThresholdError(PhyError, ValueError):
+    """Invalid threshold parameters or input."""
+
+
+def _std_factors(std_factor) -> np.ndarray:
+    if std_factor is None:
+        std_factor = DEFAULT_STD_FACTOR
+    if np.isscalar(std_factor):
+        std_factor = (std_factor, std_factor)
+    try:
+        f = np.asarray(std_factor, dtype=float)
+    except (TypeError, ValueError):
+        f = np.array([np.nan])
+    if f.shape != (2,) or not np.all(np.isfinite(f)) or np.any(f <= 0):
+        raise ThresholdError(
+            f"std_factor must be a positive number or a (weak, strong) pair, got {std_factor!r}."
+        )
+    return f
+
+
+def compute_threshold(
+    arr: np.ndarray, single_threshold: bool = True, std_factor=None
+) -> np.ndarray:
+    """Compute the threshold(s) of filtered traces.
+
+    Parameters
+    ----------
+    arr : ndarray
+        Filtered traces, shape ``(n_samples, n_channels)``.
+    single_threshold : bool
+        Whether there should be a unique threshold for all channels, or one
+        threshold per channel.
+    std_factor : float or 2-tuple
+        The threshold in unit of signal std. Two values can be specified for
+        multiple thresholds (weak and strong). Default ``(2.0, 4.5)``.
+
+    Returns
+    -------
+    thresholds : ndarray
+        A ``(2,)`` or ``(2, n_channels)`` array with the (weak, strong) thresholds.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ThresholdError(
+            f"compute_threshold: expected a non-empty (n_samples, n_channels) array, "
+            f"got shape {arr.shape}."
+        )
+    factors = _std_factors(std_factor)
+    a = np.abs(np.asarray(arr, dtype=np.float64) if arr.dtype.kind != "f" else arr)
+    if single_threshold:
+        median = np.median(a)
+    else:
+        # Per channel: partition contiguous rows (channels-first), 1.5x faster
+        # than np.median(axis=0) on the (n_samples, n_channels) layout.
+        median = np.median(np.ascontiguousarray(a.T), axis=1)
+    std = np.asarray(median, dtype=np.float64) / _MAD_TO_STD
+    if single_threshold:
+        return factors * std
+    return factors[:, None] * std[None, :]
+
+
+def excerpts(n_samples: int, n_excerpts: int, excerpt_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges (end excluded) spread evenly through a recording.
+
+    The first excerpt starts at 0 and the last ends at `n_samples` (when they
+    fit); excerpts do not overlap. If the recording is shorter than
+    ``n_excerpts * excerpt_size``, the excerpts tile it (fewer of them), and a
+    recording shorter than one excerpt gives one range: the whole recording.
+    """
+    n_samples, n_excerpts, excerpt_size = int(n_samples), int(n_excerpts), int(excerpt_size)
+    if n_samples < 1 or n_excerpts < 1 or excerpt_size < 1:
+        raise ThresholdError(
+            f"excerpts: n_samples, n_excerpts and excerpt_size must be >= 1, got "
+            f"{n_samples}, {n_excerpts}, {excerpt_size}."
+        )
+    if excerpt_size >= n_samples:
+        return [(0, n_samples)]
+    if n_excerpts == 1:
+        start = (n_samples - excerpt_size) // 2
+        return [(start, start + excerpt_size)]
+    step = max((n_samples - excerpt_size) // (n_excerpts - 1), excerpt_size)
+    out = []
+    for i in range(n_excerpts):
+        start = i * step
+        if start >= n_samples:
+            break
+        out.append((start, min(start + excerpt_size, n_samples)))
+    return out
+
+
+def compute_threshold_from_traces(
+    traces,
+    filter,
+    n_excerpts: int = 50,
+    excerpt_size_samples: int | None = None,
+    single_threshold: bool = True,
+    std_factor=None,
+    channels=None,
+    max_values: int = 2**26,
+) -> np.ndarray:
+    """Thresholds estimated from filtered excerpts of a recording.
+
+    Parameters
+    ----------
+    traces : array-like
+        ``(n_samples, n_channels)`` raw traces, any dtype; may be a memmap or a
+        lazy array: only the excerpts (and their margins) are read.
+    filter : Filter
+        The filter used for detection (its ``margin_samples`` is used so that
+        each excerpt is filtered as in the whole recording).
+    n_excerpts : int
+        Number of excerpts (default 50).
+    excerpt_size_samples : int or None
+        Samples per excerpt (default: one second, ``int(filter.rate)``).
+    single_threshold, std_factor
+        As in `compute_threshold`.
+    channels : array-like or None
+        Only these channels (e.g. the probe's channels in a .dat with extra ones).
+    max_values : int
+        Bound on the number of values kept for the median (default 2**26:
+        256 MB of float32). When ``n_excerpts * excerpt_size * n_channels``
+        exceeds it, the excerpts are shortened (not made fewer: they stay
+        spread through the recording). At 1024 channels and 50 excerpts that
+        is 1310 samples per excerpt, 65536 per channel: the median's relative
+        standard error is then ~0.5%.
+
+    Returns
+    -------
+    thresholds : ndarray
+        ``(2,)`` or ``(2, n_channels)`` (weak, strong).
+    """
+    shape = getattr(traces, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ThresholdError(
+            f"compute_threshold_from_traces: expected (n_samples, n_channels) traces, "
+            f"got shape {shape}."
+        )
+    n_samples = int(shape[0])
+    size = int(filter.rate) if excerpt_size_samples is None else int(excerpt_size_samples)
+    n_kept = len(channels) if channels is not None else int(shape[1])
+    budget = max(1, int(max_values) // max(1, int(n_excerpts) * n_kept))
+    if size > budget:
+        logger.debug("Threshold excerpts shortened from %d to %d samples.", size, budget)
+        size = budget
+    # An excerpt must be long enough to be filtered on its own.
+    size = max(size, getattr(filter, "padlen", 0) + 1)
+    parts = []
+    for start, end in excerpts(n_samples, n_excerpts, size):
+        if hasattr(filter, "filter_chunk"):
+            # Only the kept channels are filtered (channels are independent).
+            chunk = filter.filter_chunk(traces, start, end, channels=channels)
+        else:
+            chunk = np.asarray(traces[start:end])
+            chunk = filter(chunk if channels is None else chunk[:, channels])
+        parts.append(chunk)
+    return compute_threshold(np.concatenate(parts, axis=0), single_threshold, std_factor)
+
+
+class Thresholder:
+    """Threshold traces to detect spikes.
+
+    Parameters
+    ----------
+    mode : str
+        ``'positive'``, ``'negative'`` (default), or ``'both'``.
+    thresholds : dict, number, array or 2-sequence
+        A ``{name: threshold}`` mapping (each a number, or an array per
+        channel broadcasting against the traces' last axis). A number or a
+        per-channel array is named ``'default'``; a 2-sequence or the ``(2,)``
+        / ``(2, n_channels)`` output of `compute_threshold` becomes
+        ``{'weak': ..., 'strong': ...}``.
+
+    Example
+    -------
+    >>> thres = Thresholder('positive', thresholds=(.1, .2))
+    >>> crossings = thres(traces)   # {'weak': bool array, 'strong': bool array}
+    """
+
+    def __init__(self, mode: str = "negative", thresholds=None) -> None:
+        if mode not in ("positive", "negative", "both"):
+            raise ThresholdError(
+                f"Thresholder: mode must be 'positive', 'negative' or 'both', got {mode!r}."
+            )
+        self.mode = mode
+        self.thresholds = self._normalize(thresholds)
+
+    @staticmethod
+    def _normalize(thresholds) -> dict:
+        if thresholds is None:
+            return {}
+        if isinstance(thresholds, Mapping):
+            return {str(k): np.asarray(v) for k, v in thresholds.items()}
+        if isinstance(thresholds, (tuple, list)):
+            if len(thresholds) != 2:
+                raise ThresholdError(
+                    f"Thresholder: a sequence of thresholds must be (weak, strong), "
+                    f"got {len(thresholds)} values."
+                )
+            return {"weak": np.asarray(thresholds[0]), "strong": np.asarray(thresholds[1])}
+        t = np.asarray(thresholds)
+        if not np.issubdtype(t.dtype, np.number):
+            raise ThresholdError(f"Thresholder: invalid thresholds {thresholds!r}.")
+        if t.ndim == 2 or (t.ndim == 1 and t.shape == (2,)):
+            if t.shape[0] != 2:
+                raise ThresholdError(
+                    f"Thresholder: a 2D threshold array must have shape (2, n_channels), "
+                    f"got {t.shape}."
+                )
+            return {"weak": t[0], "strong": t[1]}
+        return {"default": t}
+
+    def transform(self, data: np.ndarray) -> np.ndarray:
+        """Return `data`, `-data`, or `abs(data)` depending on the mode."""
+        if self.mode == "positive":
+            return data
+        if self.mode == "negative":
+            return -data
+        return np.abs(data)
+
+    def _value(self, threshold):
+        if threshold is None:
+            if len(self.thresholds) != 1:
+                raise ThresholdError(
+                    f"Thresholder: name the threshold to use among {sorted(self.thresholds)}."
+                )
+            threshold = next(iter(self.thresholds))
+        if isinstance(threshold, str):
+            if threshold not in self.thresholds:
+                raise ThresholdError(
+                    f"Thresholder: unknown threshold {threshold!r}, "
+                    f"known: {sorted(self.thresholds)}."
+                )
+            return self.thresholds[threshold]
+        return np.asarray(threshold)
+
+    def detect(self, data_t: np.ndarray, threshold=None):
+        """Perform the thresholding operation on transformed data: ``data_t > threshold``.
+
+        `threshold` is a name, a value, None (the only threshold), or a
+        list/tuple of names (then a ``{name: crossings}`` dict is returned).
+        """
+        if isinstance(threshold, (list, tuple)):
+            return {name: self.detect(data_t, name) for name in threshold}
+        return data_t > _as_data_type(self._value(threshold), data_t)
+
+    def __call__(self, data: np.ndarray, threshold=None):
+        """Crossings of the (mode-transformed) data.
+
+        With ``threshold=None`` returns ``{name: bool array}`` for every
+        threshold; with a name or value, the bool array for that one.
+        The mode transform is folded into the comparison (``-x > t`` is
+        ``x < -t``), so no transformed copy of the data is made.
+        """
+        if threshold is None:
+            return {name: self._cross(data, value) for name, value in self.thresholds.items()}
+        if isinstance(threshold, (list, tuple)):
+            return {name: self(data, name) for name in threshold}
+        return self._cross(data, self._value(threshold))
+
+    def _cross(self, data, value):
+        value = _as_data_type(value, data)
+        if self.mode == "positive":
+            return data > value
+        if self.mode == "negative":
+            return data < -value
+        return (data > value) | (data < -value)
+
+
+def _as_data_type(value, data):
+    """The threshold in the data's float type.
+
+    A float64 threshold against float32 traces makes numpy cast every sample
+    (2.5x slower at 1024 channels); rounding the threshold to float32 instead
+    changes only crossings within float32 epsilon of it.
+    """
+    value = np.asarray(value)
+    if isinstance(data, np.ndarray) and data.dtype.kind == "f" and value.dtype != data.dtype:
+        value = value.astype(data.dtype)
+    return value
+
+
+def _make_thresholder(mode: str = "negative", thresholds=None) -> Thresholder:
+    return Thresholder(mode=mode, thresholds=thresholds)
+
+
+STAGES = [
+    Stage(
+        name="mad",
+        kind="threshold",
+        description="Weak/strong thresholds from the median absolute deviation; crossings.",
+        factory=_make_thresholder,
+        parameters={"mode": "negative", "thresholds": None},
+        requires=("filter",),
+    )
+]

@@ -1,0 +1,192 @@
+"""The numba band-pass filter against scipy, chunked filtering, errors, frequency response."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import signal
+
+from phy_core.errors import PhyError
+from phy_detect.filtering import STAGES, Filter, FilterError
+
+RATE = 30000.0
+
+
+def _scipy(fil, x):
+    sos = signal.butter(fil.order, (fil.low, fil.high), "bandpass", fs=fil.rate, output="sos")
+    return signal.sosfiltfilt(sos, np.asarray(x, dtype=np.float64), axis=0)
+
+
+def _spiky(n, c, rng):
+    """Noise plus negative spike-like bumps and a slow drift (what traces look like)."""
+    x = rng.normal(0, 20, (n, c))
+    t = np.arange(n)[:, None]
+    x += 300 * np.sin(2 * np.pi * 3 * t / RATE) + 500  # offset + drift (filtered out)
+    wave = -200 * np.exp(-0.5 * ((np.arange(-20, 21)) / 4.0) ** 2)
+    for s in rng.integers(30, n - 30, 20):
+        ch = rng.integers(0, c)
+        x[s - 20 : s + 21, ch] += wave
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("n_channels", [1, 7, 64])
+@pytest.mark.parametrize("kind", ["random", "spiky"])
+def test_matches_sosfiltfilt(n_channels, kind):
+    rng = np.random.default_rng(n_channels)
+    n = 3000
+    x = (
+        rng.normal(size=(n, n_channels)).astype(np.float32)
+        if kind == "random"
+        else (_spiky(n, n_channels, rng))
+    )
+    fil = Filter(RATE)
+    y = fil(x)
+    ref = _scipy(fil, x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    scale = ref.std()
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5 * scale)
+    # Edges included: compare the first and last samples specifically.
+    np.testing.assert_allclose(y[:50], ref[:50], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(y[-50:], ref[-50:], rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # Threads and float32 state together: each numba specialisation compiled
+        # in the tests costs seconds (the benchmark runs the other combinations).
+        dict(n_threads=2, precision="float32"),
+        dict(block_channels=16),
+        dict(rate=20000.0, low=300.0, high=6000.0, order=4),
+        dict(order=1),
+    ],
+)
+def test_variants_match_scipy(options):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(2000, 37)) * 50).astype(np.float32)
+    rate = options.pop("rate", RATE)
+    fil = Filter(rate, **options)
+    ref = _scipy(fil, x)
+    # float32 state: ~1e-5 of the scale; float64 state: ~1e-7.
+    tol = 1e-4 if fil.precision == "float32" else 1e-5
+    np.testing.assert_allclose(fil(x), ref, rtol=0, atol=tol * ref.std())
+
+
+def test_1d_int16_inplace_and_out():
+    rng = np.random.default_rng(4)
+    x = rng.integers(-1000, 1000, (1500, 5)).astype(np.int16)
+    fil = Filter(RATE)
+    ref = fil(x.astype(np.float32))
+    np.testing.assert_array_equal(fil(x), ref)  # any dtype in, float32 out
+    np.testing.assert_array_equal(fil(x[:, 2]), ref[:, 2])  # 1D: one channel
+    x32 = x.astype(np.float32)
+    assert fil(x32, out=x32) is x32  # in place
+    np.testing.assert_array_equal(x32, ref)
+    with pytest.raises(FilterError, match="out"):
+        fil(x, out=np.empty((10, 5), np.float32))
+
+
+@pytest.mark.parametrize("rate", [30000.0, 20000.0])
+@pytest.mark.parametrize("chunk", [500, 1234])
+def test_chunked_equals_whole(rate, chunk):
+    rng = np.random.default_rng(5)
+    x = _spiky(6000, 6, rng)
+    fil = Filter(rate)
+    whole = fil(x)
+    m = fil.margin_samples
+    assert 0 < m < 2000
+    parts = []
+    for start in range(0, len(x), chunk):
+        end = min(start + chunk, len(x))
+        a, b = max(0, start - m), min(len(x), end + m)
+        # Done by hand here; filter_chunk (checked below) does the same.
+        parts.append(fil(x[a:b])[start - a : end - a])
+    chunked = np.concatenate(parts)
+    scale = whole.std()
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=2e-6 * scale)
+    by_method = np.concatenate(
+        [fil.filter_chunk(x, s, min(s + chunk, len(x))) for s in range(0, len(x), chunk)]
+    )
+    np.testing.assert_array_equal(by_method, chunked)
+    # The margin is needed: a third of it is visibly wrong.
+    s = 3 * chunk
+    short = fil.filter_chunk(x, s, s + chunk, margin=m // 3)
+    assert np.abs(short - whole[s : s + chunk]).max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rate=30000.0, low=0.0), "0 < low < high"),
+        (dict(rate=30000.0, low=-5.0), "low=-5.0"),
+        (dict(rate=30000.0, low=5000.0, high=4000.0), "high=4000.0"),
+        (dict(rate=30000.0, high=15000.0), "rate / 2 = 15000.0"),
+        (dict(rate=0.0), "sample rate"),
+        (dict(rate=30000.0, order=0), "order"),
+        (dict(rate=30000.0, order=float("nan")), "order"),
+        (dict(rate=1e9, low=0.5, high=1.0, order=1), "unstable|cannot design"),
+        (dict(rate=30000.0, order=2.5), "order"),
+        (dict(rate=30000.0, n_threads=0), "n_threads"),
+        (dict(rate=30000.0, precision="float16"), "precision"),
+        (dict(rate="abc"), "numbers"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(FilterError, match=match) as info:
+        Filter(**kwargs)
+    assert isinstance(info.value, PhyError) and isinstance(info.value, ValueError)
+
+
+def test_bad_input():
+    fil = Filter(RATE)
+    with pytest.raises(FilterError, match="more than 21 samples"):
+        fil(np.zeros((21, 3), np.float32))
+    with pytest.raises(FilterError, match="shape"):
+        fil(np.zeros((2, 3, 4)))
+    with pytest.raises(FilterError, match="dtype"):
+        fil(np.zeros((100, 2), dtype=complex))
+
+
+def test_frequency_response():
+    n = 30000
+    t = np.arange(n) / RATE
+    fil = Filter(RATE)
+    sos = signal.butter(3, (500.0, 0.475 * RATE), "bandpass", fs=RATE, output="sos")
+    freqs = np.array([50.0, 1000.0, 0.49 * RATE])
+    _, h = signal.sosfreqz(sos, worN=freqs, fs=RATE)
+    expected = np.abs(h) ** 2  # forward-backward squares the magnitude
+    x = np.sin(2 * np.pi * freqs[None, :] * t[:, None]).astype(np.float32)
+    y = fil(x)
+    mid = slice(5000, n - 5000)  # away from the edges
+    gain = np.sqrt(2) * y[mid].std(axis=0)
+    assert 0.95 < gain[1] < 1.001  # 1 kHz passes (0.985: one octave above 500 Hz)
+    assert gain[0] < 1e-3 and gain[2] < 0.2  # 50 Hz and 0.49 fs are attenuated...
+    np.testing.assert_allclose(gain, expected, rtol=0.02)  # ...as Butterworth predicts
+
+
+def test_stage_descriptor():
+    (stage,) = STAGES
+    assert (stage.name, stage.kind) == ("butterworth", "filter")
+    params = dict(stage.parameters, rate=RATE)
+    fil = stage.factory(**params)
+    assert isinstance(fil, Filter) and fil.high == 0.475 * RATE and fil.order == 3
+
+
+finite = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.one_of(finite, st.none(), st.text(max_size=3)),
+    low=st.one_of(finite, st.integers(-10, 10**5)),
+    high=st.one_of(finite, st.none()),
+    order=st.one_of(st.integers(-2, 30), st.floats(), st.booleans(), st.none()),
+)
+def test_parameters_valid_or_clean_error(rate, low, high, order):
+    """Whatever the parameters: a working filter, or a FilterError, nothing else."""
+    try:
+        fil = Filter(rate, low=low, high=high, order=order)
+    except FilterError:
+        return
+    assert 0 < fil.low < fil.high < fil.rate / 2 and fil.order >= 1
+    assert np.all(np.isfinite(fil.sos))
