@@ -207,7 +207,10 @@ class ProgressReporter(EventEmitter):
         return self._has_completed
 
     def set_complete(self, **kwargs: Any) -> None:
-        """Set the value to `value_max`, completing the task."""
+        """Set the value to `value_max`, completing the task (nothing more if it is already)."""
+        if self._has_completed and self._value >= self._value_max:
+            self._kwargs.update(kwargs)
+            return
         self._set_value(self._value_max, **kwargs)
 
     @property

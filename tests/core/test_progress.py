@@ -287,3 +287,15 @@ def test_bar_default_stream_is_stderr(capsys):
         pr.reset(1)
         pr.increment()
     assert capsys.readouterr().err == "[##] 100%\n"
+
+
+def test_set_complete_twice_emits_nothing_more():
+    pr = ProgressReporter()
+    pr.value_max = 2
+    events = []
+    pr.connect(lambda v, m: events.append(("progress", v)), event="progress")
+    pr.connect(lambda: events.append(("complete",)), event="complete")
+    pr.increment()
+    pr.increment()
+    pr.set_complete()
+    assert events == [("progress", 1), ("progress", 2), ("complete",)]

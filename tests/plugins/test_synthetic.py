@@ -223,7 +223,7 @@ def test_demo_command(capsys, phy_user_dir, monkeypatch):
     from phy_core.cli import main
 
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    code = main(["demo", "--n-units", "4", "--n-spikes", "2000"])
+    code = main(["demo", "--n-units", "4", "--n-spikes", "2000", "--duration", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "4 of 4 units" in out
