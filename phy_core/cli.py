@@ -9,6 +9,7 @@ entry point to running code is the same for built-in and external plugins.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -111,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("Interrupted.")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`phy describe x | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return int(code or 0)
 
 

@@ -106,3 +106,46 @@ def test_existing_output_and_unknown_stage(recording, tmp_path):
 def test_match_spikes_is_one_to_one():
     matches = match_spikes(detected=[10.0, 11.0, 50.0], true=[10.5, 10.6, 30.0], tolerance=2)
     assert sorted(matches[:2].tolist()) == [0, 1] and matches[2] == -1
+
+
+class CountingFilter:
+    """A lab's own filter stage: the built-in band-pass, counting its calls."""
+
+    calls = 0
+
+    def __init__(self, rate, low, high, order):
+        from phy_detect.filtering import Filter
+
+        self.bandpass = Filter(rate, low, high, order)
+        self.margin_samples = self.bandpass.margin_samples
+        self.rate = rate
+
+    def __call__(self, x):
+        CountingFilter.calls += 1
+        return self.bandpass(x)
+
+    def filter_chunk(self, *args, **kwargs):
+        CountingFilter.calls += 1
+        return self.bandpass.filter_chunk(*args, **kwargs)
+
+
+def test_a_plugin_stage_replaces_the_built_in_by_name(reference, recording, tmp_path):
+    from phy_core import hookimpl
+    from phy_core.descriptors import Stage
+    from phy_core.plugins import create_plugin_manager
+
+    class LabPlugin:
+        @hookimpl
+        def phy_register_stages(self):
+            return [Stage("counting", "filter", "band-pass, counted", CountingFilter)]
+
+    pm = create_plugin_manager(enabled=["detect"])
+    pm.register_plugin(LabPlugin(), "lab")
+    prm = (recording / "rec.prm").read_text().replace("'rec.", f"'{recording}/rec.")
+    lab_prm = tmp_path / "rec.prm"
+    lab_prm.write_text(prm.replace("spikedetekt = dict(",
+                                   "spikedetekt = dict(stages=dict(filter='counting'), ", 1))
+    kwik = detect(lab_prm, output_dir=tmp_path, plugin_manager=pm, executor=SerialExecutor(),
+                  chunk_size_s=1.0)
+    assert CountingFilter.calls > 4
+    np.testing.assert_array_equal(KwikModel(kwik).spike_samples, reference.spike_samples)
