@@ -225,3 +225,32 @@ class SpikeWindows:
         out = self._read(self.spike_samples[index.ravel()])
         out = out.reshape(*index.shape, *self.shape[1:])
         return out[(Ellipsis, *rest)] if rest else out
+
+
+def flat_binary_source(traces: Any) -> dict | None:
+    """The flat binary files behind a traces array, when it is a view of memory maps.
+
+    Looks through `ChannelSubset` and `ConcatenatedArrays` down to `np.memmap`
+    objects, so a writer can point another tool at the same raw data.
+
+    Returns
+    -------
+    source : dict or None
+        ``files`` (list of paths), ``dtype``, ``offset``, ``n_channels``
+        (columns in the files) and ``channels`` (the columns `traces` shows),
+        or None if the traces are not (only) memory-mapped flat files.
+    """
+    channels = None
+    if isinstance(traces, ChannelSubset):
+        channels, traces = traces.channels, traces.array
+    arrays = traces.arrays if isinstance(traces, ConcatenatedArrays) else [traces]
+    if not arrays or not all(isinstance(a, np.memmap) and a.ndim == 2 and a.filename
+                             for a in arrays):
+        return None
+    if len({(a.offset, a.dtype.str, a.shape[1]) for a in arrays}) != 1:
+        return None
+    first = arrays[0]
+    n_channels = int(first.shape[1])
+    return dict(files=[str(a.filename) for a in arrays], dtype=first.dtype.str,
+                offset=int(first.offset), n_channels=n_channels,
+                channels=np.arange(n_channels) if channels is None else channels)

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from phy_core.arrays import flat_binary_source
 from phy_core.atomic import atomic_write, atomic_writer
 from phy_core.errors import PhyError
 
@@ -88,6 +89,13 @@ def _raw_data(model: Any, channel_map: np.ndarray) -> tuple[dict, str]:
     files = get("dat_path") or getattr(model, "raw_data_files", None) or []
     files = [files] if isinstance(files, (str, Path)) else list(files)
     traces = getattr(model, "traces", None)
+    # Any model whose traces are views of memory-mapped flat files (raw recordings, Kwik
+    # files with a .dat) can point the template directory at the same files.
+    source = flat_binary_source(traces) if not files and traces is not None else None
+    if source is not None:
+        files = source["files"]
+        params = dict(params, dtype=source["dtype"], offset=source["offset"],
+                      n_channels_dat=source["n_channels"])
     dtype = get("dtype", getattr(traces, "dtype", None))
     n_channels_dat = get("n_channels_dat", traces.shape[1] if traces is not None else None)
     entries = dict(
@@ -243,6 +251,9 @@ def write_template_directory(
     n_templates = len(cluster_ids)
     n_pcs = int(model.n_features_per_channel)
     channel_map = getattr(model, "channel_map", None)
+    if channel_map is None and getattr(model, "traces", None) is not None:
+        source = flat_binary_source(model.traces)
+        channel_map = None if source is None else source["channels"]
     channel_map = np.arange(nc) if channel_map is None or np.shape(channel_map) != (nc,) \
         else np.asarray(channel_map, dtype=np.int64)
     entries, reason = _raw_data(model, channel_map)

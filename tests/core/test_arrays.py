@@ -99,3 +99,17 @@ def test_concatenated_and_normalize_rows_match_numpy(data):
     np.testing.assert_array_equal(concatenated[item], full[item])
     if isinstance(item, list):
         assert list(np.atleast_1d(normalize_rows(item, n))) == [i % n for i in item]
+
+
+def test_flat_binary_source_looks_through_views(tmp_path, traces):
+    from phy_core.arrays import flat_binary_source
+
+    paths = [tmp_path / "a.dat", tmp_path / "b.dat"]
+    traces[:100].tofile(paths[0])
+    traces[100:].tofile(paths[1])
+    maps = [np.memmap(p, dtype=np.int16, mode="r", shape=(100, 6)) for p in paths]
+    source = flat_binary_source(ChannelSubset(ConcatenatedArrays(maps), [5, 1]))
+    assert source["files"] == [str(p) for p in paths]
+    assert source["dtype"] == np.dtype(np.int16).str and source["offset"] == 0
+    assert source["n_channels"] == 6 and source["channels"].tolist() == [5, 1]
+    assert flat_binary_source(traces) is None  # in memory: no file to point at
