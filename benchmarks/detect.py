@@ -1,0 +1,456 @@
+"""Benchmark spike detection end to end: ``.dat`` in, ``.kwik``/``.kwx`` out.
+
+Usage::
+
+    python benchmarks/detect.py [--channels 32,384,1024] [--duration 20]
+                                [--data-dir /tmp/phy-bench] [--memory-check] [--stages]
+
+For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
+``dense1024``), a synthetic recording is written with
+`phy_synthetic.recording.synthesize_recording` (not timed; cached in
+``--data-dir`` and reused), then `phy_detect.runner.detect` runs on it with
+the local process executor, in a fresh interpreter, so that the peak memory
+is that run's. Printed columns:
+
+- ``wall s``: from `make_executor('processes')` to the return of `detect`
+  (worker start-up, numba cache loading in the workers, thresholds, PCA,
+  the pass over the recording and the Kwik files with their fsync; not the
+  interpreter start-up and imports of the parent).
+- ``x RT``: recording seconds per wall-clock second.
+- ``RSS parent MB``: peak RSS of the process calling `detect`.
+- ``RSS worker MB``: peak RSS of the largest worker process (the max of the
+  ``VmHWM`` of the process tree, sampled by a thread and read once more
+  before the workers exit; not ``getrusage(RUSAGE_CHILDREN)``, which for
+  fork+exec'd workers includes the parent's RSS at the fork). It includes
+  the pages of the memory-mapped ``.dat`` a worker has read (file-backed,
+  reclaimable), so it grows with the recording; ``(anon)`` is the largest
+  sampled ``RssAnon`` of a worker (anonymous memory only; sampled every
+  50 ms, so a lower bound of its peak).
+- ``recall mean/min``: recall of the true units with ``unit_snr >= 5``
+  (`phy_detect.evaluation.detection_report`, 0.4 ms tolerance).
+- ``false``: detections matching no true spike (all units).
+
+A warm-up detection on a short recording runs first (untimed) so that the
+numba kernels are compiled into their on-disk cache.
+
+``--memory-check`` runs 1024 channels for 20 s and 200 s (a 12 GB ``.dat``;
+skipped when less than 30 GB of disk is free) and prints the ratio of the
+peak memories: with chunked processing it should be close to 1.
+
+``--stages`` times the stages of `phy_detect.runner.detect_chunk` on one
+1 s chunk (one numba thread, as in a worker) for each channel count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PROBES = {32: "linear32", 384: "neuropixels1", 1024: "dense1024"}
+SNR_MIN = 5.0
+SEED = 0
+
+
+# -- Machine ------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import numba
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    try:
+        n_usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n_usable = os.cpu_count()
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+        mem = f", {kb / 2**20:.1f} GB RAM"
+    except (OSError, StopIteration):
+        pass
+    return (f"# {cpu}, {os.cpu_count()} logical CPUs ({n_usable} usable){mem}, "
+            f"Python {platform.python_version()}, numpy {np.__version__}, "
+            f"numba {numba.__version__}, load average {os.getloadavg()[0]:.2f}")
+
+
+# -- Data ---------------------------------------------------------------------------
+
+
+def recording(data_dir: Path, probe: str, duration: float) -> Path:
+    """The PRM of a cached synthetic recording (written if missing)."""
+    folder = data_dir / f"{probe}-{duration:g}s-seed{SEED}"
+    prm = folder / "rec.prm"
+    if all((folder / f"rec.{ext}").exists() for ext in ("prm", "dat", "prb", "groundtruth.npz")):
+        return prm
+    from phy_synthetic.recording import synthesize_recording
+
+    print(f"# writing {folder} ...", file=sys.stderr, flush=True)
+    synthesize_recording(folder, "rec", probe, float(duration), seed=SEED, overwrite=True)
+    return prm
+
+
+# -- Memory of a process tree ---------------------------------------------------------
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except ImportError:
+        pass
+    except Exception:  # psutil.NoSuchProcess etc.
+        return []
+    # Without psutil: walk /proc/<pid>/task/*/children.
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+class TreeMemory:
+    """Peak VmHWM (KB) of each descendant of this process, sampled by a thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peaks: dict[int, int] = {}
+        self.anon: dict[int, int] = {}  # sampled maximum of RssAnon (not a true peak)
+        with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
+            self._cmdline = f.read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        for pid in _descendants(os.getpid()):
+            # A child forked but not yet exec'd ('spawn' forks then execs) shows this
+            # process's high-water mark: skip it until its command line changes.
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() == self._cmdline:
+                        continue
+            except OSError:
+                continue
+            hwm = _status_kb(pid, "VmHWM:")
+            if hwm > self.peaks.get(pid, 0):
+                self.peaks[pid] = hwm
+            anon = _status_kb(pid, "RssAnon:")
+            if anon > self.anon.get(pid, 0):
+                self.anon[pid] = anon
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def max_kb(self) -> int:
+        return max(self.peaks.values(), default=0)
+
+    @property
+    def max_anon_kb(self) -> int:
+        return max(self.anon.values(), default=0)
+
+
+# -- One run, in a fresh interpreter --------------------------------------------------
+
+
+def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
+    import resource
+
+    import numpy as np
+
+    from phy_detect.executors import make_executor
+    from phy_detect.runner import detect
+
+    with TreeMemory() as tree:
+        t0 = time.perf_counter()
+        executor = make_executor("processes")
+        try:
+            kwik = detect(prm, output_dir=out_dir, executor=executor, overwrite=True)
+            wall = time.perf_counter() - t0
+            tree.sample()  # the workers' final high-water marks, before they exit
+        finally:
+            executor.close()
+    n_workers = getattr(executor, "n_workers", 1)
+    rss_parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Not getrusage(RUSAGE_CHILDREN): the workers are fork+exec'd ('spawn'), and Linux counts
+    # the forked copy of this process's memory, before the exec, in their ru_maxrss.
+    rss_worker = tree.max_kb / 1024
+
+    from phy_kwik.model import KwikModel
+
+    model = KwikModel(kwik)
+    try:
+        detected = np.asarray(model.spike_samples_fractional)
+        rate = float(model.sample_rate)
+        n_channels = int(model.n_channels)
+    finally:
+        model.close()
+    result = dict(spikes=int(len(detected)), wall=wall, rss_parent=rss_parent,
+                  rss_worker=rss_worker, anon_worker=tree.max_anon_kb / 1024,
+                  n_workers=n_workers, channels=n_channels,
+                  kwx_mb=Path(kwik).with_suffix(".kwx").stat().st_size / 2**20)
+    if evaluate:
+        from phy_detect.evaluation import detection_report
+
+        gt = np.load(Path(prm).with_name("rec.groundtruth.npz"))
+        report = detection_report(detected, gt["spike_samples"], gt["spike_clusters"], rate)
+        good = gt["unit_snr"][report.units] >= SNR_MIN
+        result.update(n_good=int(good.sum()),
+                      recall_mean=float(report.recall[good].mean()) if good.any() else None,
+                      recall_min=float(report.recall[good].min()) if good.any() else None,
+                      n_false=int(report.n_false), n_true=int(len(gt["spike_samples"])))
+    return result
+
+
+def run(prm: Path, out_dir: Path, evaluate: bool = True) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(prm), str(out_dir)]
+                          + ([] if evaluate else ["--no-eval"]),
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"detection failed on {prm} (exit code {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- Stages on one chunk --------------------------------------------------------------
+
+
+class _Captured(Exception):
+    pass
+
+
+class _CaptureExecutor:
+    """Runs the PCA-fitting jobs serially, then captures the main pass's jobs."""
+
+    def __init__(self) -> None:
+        self.jobs = None
+
+    def imap(self, func, jobs):
+        for job in jobs:
+            if job[0].pcs is not None:
+                self.jobs = [job, *jobs]
+                raise _Captured
+            yield func(job)
+
+    def close(self) -> None:
+        pass
+
+
+def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
+    import numba
+    import numpy as np
+
+    from phy_detect import runner
+
+    numba.set_num_threads(1)  # as in a worker process
+    capture = _CaptureExecutor()
+    try:
+        runner.detect(prm, output_dir=out_dir, executor=capture, overwrite=True)
+    except _Captured:
+        pass
+    setup, _ = capture.jobs[0]
+    chunk = capture.jobs[len(capture.jobs) // 2][1]  # a chunk with two neighbours
+    traces = runner._traces(setup.prm_path)
+    times: dict[str, list[float]] = {}
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        times.setdefault(name, []).append(time.perf_counter() - t0)
+        return out
+
+    n_spikes = 0
+    for _ in range(repeat + 1):  # the first is a warm-up, dropped below
+        raw = timed("read", lambda: np.asarray(
+            traces[chunk.load_start:chunk.load_stop])[:, setup.channels])
+        f32 = timed("to float32", np.ascontiguousarray, raw, np.float32)
+        data = timed("filter", setup.filter, f32)
+        data_t = timed("thresholder.transform", setup.thresholder.transform, data)
+        weak = timed("thresholder.detect x2", setup.thresholder.detect, data_t, "weak")
+        t0 = time.perf_counter()
+        strong = setup.thresholder.detect(data_t, "strong")
+        times["thresholder.detect x2"][-1] += time.perf_counter() - t0
+        components = timed("detect_flat", setup.detector.detect_flat, weak, strong)
+        extracted = timed("extract_all", setup.extractor.extract_all, components, data, data_t)
+        features = timed("pca.transform", setup.pcs.transform, extracted.waveforms)
+        timed("features to float32", _flat_features, features)
+        n_spikes = len(extracted.waveforms)
+        timed("detect_chunk (all)", runner.detect_chunk, setup, chunk)
+    best = {k: min(v[1:]) for k, v in times.items()}
+    return dict(channels=int(len(setup.channels)), samples=int(chunk.load_stop - chunk.load_start),
+                spikes=n_spikes, n_components=len(components), stages=best)
+
+
+def _flat_features(features):
+    import numpy as np
+
+    return np.ascontiguousarray(features, dtype=np.float32).reshape(len(features), -1)
+
+
+def run_stages(prm: Path, out_dir: Path, repeat: int) -> dict:
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__, "--child-stages", str(prm), str(out_dir),
+                           "--repeat", str(repeat)], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"stage timing failed on {prm}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- Tables ----------------------------------------------------------------------------
+
+HEADER = (f"{'probe':<13} {'channels':>8} {'duration s':>10} {'spikes':>7} {'wall s':>7} "
+          f"{'x RT':>6} {'RSS parent MB':>13} {'RSS worker MB':>13} {'(anon)':>6} "
+          f"{'units snr>=5':>12} "
+          f"{'recall mean':>11} {'recall min':>10} {'false':>6}")
+
+
+def row(probe: str, duration: float, r: dict) -> str:
+    def f(x, spec):
+        return format(x, spec) if x is not None else "-"
+
+    return (f"{probe:<13} {r['channels']:>8} {duration:>10g} {r['spikes']:>7} "
+            f"{r['wall']:>7.2f} {duration / r['wall']:>6.1f} {r['rss_parent']:>13.0f} "
+            f"{r['rss_worker']:>13.0f} {r['anon_worker']:>6.0f} {r.get('n_good', '-'):>12} "
+            f"{f(r.get('recall_mean'), '.3f'):>11} {f(r.get('recall_min'), '.3f'):>10} "
+            f"{r.get('n_false', '-'):>6}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--channels", default="32,384,1024",
+                        help="comma-separated channel counts among " + ",".join(map(str, PROBES)))
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording")
+    parser.add_argument("--data-dir", default="/tmp/phy-bench",
+                        help="cache of the synthetic recordings (and the Kwik outputs)")
+    parser.add_argument("--memory-check", action="store_true",
+                        help="1024 channels at 20 s and 200 s: ratio of peak memories")
+    parser.add_argument("--stages", action="store_true",
+                        help="time the stages of detect_chunk on one 1 s chunk")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of --stages timings")
+    parser.add_argument("--no-table", action="store_true", help="skip the main table")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-stages", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(child_run(*args.child, evaluate=not args.no_eval)))
+        return
+    if args.child_stages:
+        print(json.dumps(child_stages(*args.child_stages, repeat=args.repeat)))
+        return
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out_root = data_dir / "kwik"
+    channels = [int(c) for c in args.channels.split(",") if c.strip()]
+    unknown = [c for c in channels if c not in PROBES]
+    if unknown:
+        parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
+    print(machine(), flush=True)
+
+    # Warm-up: compile the numba kernels into their cache (untimed).
+    warm = recording(data_dir, "linear32", 2.0)
+    run(warm, out_root / "warmup", evaluate=False)
+
+    if not args.no_table:
+        print(f"# detect(..., executor=make_executor('processes')), "
+              f"default PRM parameters, seed {SEED}")
+        print(HEADER, flush=True)
+        for c in channels:
+            probe = PROBES[c]
+            prm = recording(data_dir, probe, args.duration)
+            r = run(prm, out_root / f"{probe}-{args.duration:g}s")
+            print(row(probe, args.duration, r), flush=True)
+        print(f"# {r['n_workers']} worker processes", flush=True)
+
+    if args.stages:
+        print()
+        print("# detect_chunk stages on one 1 s chunk (plus its overlap margins), "
+              f"1 numba thread, best of {args.repeat}, ms")
+        results = []
+        for c in channels:
+            probe = PROBES[c]
+            prm = recording(data_dir, probe, args.duration)
+            results.append(run_stages(prm, out_root / f"stages-{probe}", args.repeat))
+        names = list(results[0]["stages"])
+        print(f"{'stage':<22}" + "".join(f"{r['channels']:>10} ch" for r in results))
+        for name in names:
+            print(f"{name:<22}" + "".join(f"{1e3 * r['stages'][name]:>13.1f}"
+                                          for r in results))
+        print(f"{'spikes in the chunk':<22}" + "".join(f"{r['spikes']:>13}" for r in results))
+        print(f"{'samples in the chunk':<22}" + "".join(f"{r['samples']:>13}" for r in results))
+
+    if args.memory_check:
+        print()
+        print("# memory check: dense1024, 20 s vs 200 s")
+        free_gb = shutil.disk_usage(data_dir).free / 1e9
+        big = data_dir / "dense1024-200s-seed0" / "rec.dat"
+        if not big.exists() and free_gb < 30:
+            print(f"# skipped: {free_gb:.0f} GB free in {data_dir}, the check needs 30 GB "
+                  "(12 GB of .dat, the .kwx and temporary files)")
+            return
+        print(HEADER, flush=True)
+        runs = {}
+        for duration in (20.0, 200.0):
+            prm = recording(data_dir, "dense1024", duration)
+            runs[duration] = r = run(prm, out_root / f"dense1024-{duration:g}s")
+            print(row("dense1024", duration, r), flush=True)
+        for key, label in (("rss_parent", "parent"), ("rss_worker", "largest worker"),
+                           ("anon_worker", "largest worker, anonymous")):
+            print(f"# peak RSS {label}: 200 s / 20 s = "
+                  f"{runs[200.0][key] / runs[20.0][key]:.2f}")
+        print(f"# .kwx: {runs[20.0]['kwx_mb']:.0f} MB (20 s), {runs[200.0]['kwx_mb']:.0f} MB "
+              "(200 s)")
+
+
+if __name__ == "__main__":
+    main()
