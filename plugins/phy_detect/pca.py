@@ -29,13 +29,15 @@ channel `c` are columns ``c * n_pcs .. c * n_pcs + n_pcs - 1``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
 from phy_core.descriptors import Stage
 from phy_core.errors import PhyError
 
-__all__ = ["PCA", "PCAError", "STAGES"]
+__all__ = ["PCA", "PCAError", "PCAStatistics", "STAGES"]
 
 
 class PCAError(PhyError, ValueError):
@@ -110,18 +112,63 @@ def _covariances(count, s1, s2) -> np.ndarray:
     return cov
 
 
-def compute_pcs(waveforms: np.ndarray, n_pcs: int = 3,
-                masks: np.ndarray | None = None) -> np.ndarray:
-    """Per-channel PCs, ``(n_pcs, n_samples, n_channels)`` float32.
+@njit(cache=True)
+def _moments_pairs(values, channels, n_channels):
+    """`_moments_sparse` on the (spike, channel) pairs' waveforms ``values`` (P, n_samples).
 
-    Eigenvectors in decreasing eigenvalue order; the sign of each is fixed
-    (largest-magnitude entry positive) so that results are reproducible.
+    Same arithmetic in the same order as `_moments_sparse` over the same pairs,
+    so the moments are bit-identical.
     """
+    n_s = values.shape[1]
+    count = np.zeros(n_channels)
+    s1 = np.zeros((n_channels, n_s))
+    s2 = np.zeros((n_channels, n_s, n_s))
+    x = np.empty(n_s)
+    for k in range(values.shape[0]):
+        c = channels[k]
+        for a in range(n_s):
+            x[a] = values[k, a]
+        count[c] += 1
+        for a in range(n_s):
+            s1[c, a] += x[a]
+            for b in range(a + 1):
+                s2[c, a, b] += x[a] * x[b]
+    return count, s1, s2
+
+
+@dataclass
+class PCAStatistics:
+    """What `compute_pcs` needs from a batch of spikes: additive (``a + b``).
+
+    ``n_spikes`` spikes; per channel, ``count`` unmasked spikes, ``s1``
+    ``(n_channels, n_samples)`` the sum of their waveforms and ``s2``
+    ``(n_channels, n_samples, n_samples)`` the sum of their outer products
+    (lower triangles only), float64. A few MB at 1024 channels, whatever the
+    number of spikes.
+    """
+
+    n_spikes: int
+    count: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+    def __add__(self, other: PCAStatistics) -> PCAStatistics:
+        if self.s2.shape != other.s2.shape:
+            raise PCAError(f"PCA: cannot add statistics of shapes {self.s2.shape} and "
+                           f"{other.s2.shape} (n_channels, n_samples, n_samples).")
+        return PCAStatistics(self.n_spikes + other.n_spikes, self.count + other.count,
+                             self.s1 + other.s1, self.s2 + other.s2)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.s2.shape[-1])
+
+
+def compute_statistics(waveforms: np.ndarray,
+                       masks: np.ndarray | None = None) -> PCAStatistics:
+    """The `PCAStatistics` of waveforms ``(n_spikes, n_samples, n_channels)``."""
     waveforms, masks = _check_waveforms(waveforms, masks)
-    n_spikes, n_samples, n_channels = waveforms.shape
-    if not 1 <= n_pcs <= n_samples:
-        raise PCAError(f"PCA: n_pcs must be in 1..{n_samples} (the waveform length), "
-                       f"got {n_pcs}.")
+    n_spikes, _, n_channels = waveforms.shape
     waveforms = np.ascontiguousarray(waveforms, dtype=np.float32)
     unmasked = np.ones((n_spikes, n_channels), dtype=bool) if masks is None else masks > 0
     n_pairs = int(np.count_nonzero(unmasked))
@@ -130,7 +177,36 @@ def compute_pcs(waveforms: np.ndarray, n_pcs: int = 3,
         count, s1, s2 = _moments_sparse(waveforms, spikes, channels, n_channels)
     else:
         count, s1, s2 = _moments_dense(waveforms, unmasked.astype(np.float32))
+    return PCAStatistics(int(n_spikes), count, s1, s2)
 
+
+def statistics_from_pairs(values: np.ndarray, channels: np.ndarray, n_channels: int,
+                          n_spikes: int) -> PCAStatistics:
+    """The `PCAStatistics` of spikes given by their unmasked (spike, channel) pairs only.
+
+    `values` ``(P, n_samples)`` are the waveforms of the pairs on their
+    `channels` ``(P,)``, in ``np.nonzero(masks > 0)`` order (spike-major) for
+    results bit-identical to `compute_statistics`'s sparse path. What a worker
+    sends instead of the ``(n, n_samples, n_channels)`` waveforms.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    channels = np.ascontiguousarray(channels, dtype=np.int64)
+    if values.ndim != 2 or channels.shape != (values.shape[0],):
+        raise PCAError(f"PCA: expected pair waveforms (P, n_samples) and channels (P,), got "
+                       f"{values.shape} and {channels.shape}.")
+    if len(channels) and (channels.min() < 0 or channels.max() >= n_channels):
+        raise PCAError(f"PCA: pair channels must be in 0..{n_channels - 1}.")
+    count, s1, s2 = _moments_pairs(values, channels, int(n_channels))
+    return PCAStatistics(int(n_spikes), count, s1, s2)
+
+
+def pcs_from_statistics(stats: PCAStatistics, n_pcs: int = 3) -> np.ndarray:
+    """Per-channel PCs ``(n_pcs, n_samples, n_channels)`` float32 from `PCAStatistics`."""
+    count, s1, s2, n_spikes = stats.count, stats.s1, stats.s2, stats.n_spikes
+    n_samples = stats.n_samples
+    if not 1 <= n_pcs <= n_samples:
+        raise PCAError(f"PCA: n_pcs must be in 1..{n_samples} (the waveform length), "
+                       f"got {n_pcs}.")
     # Regularisation: the covariance of all unmasked waveforms, pooled over channels.
     pooled = _covariances(count.sum(), s1.sum(axis=0), s2.sum(axis=0))
     cov_reg = np.eye(n_samples) if np.isnan(pooled).any() else pooled
@@ -147,6 +223,21 @@ def compute_pcs(waveforms: np.ndarray, n_pcs: int = 3,
     signs[signs == 0] = 1
     top = top * signs
     return np.ascontiguousarray(np.transpose(top, (2, 1, 0)), dtype=np.float32)
+
+
+def compute_pcs(waveforms: np.ndarray, n_pcs: int = 3,
+                masks: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel PCs, ``(n_pcs, n_samples, n_channels)`` float32.
+
+    Eigenvectors in decreasing eigenvalue order; the sign of each is fixed
+    (largest-magnitude entry positive) so that results are reproducible.
+    """
+    waveforms, masks = _check_waveforms(waveforms, masks)
+    n_samples = waveforms.shape[1]
+    if not 1 <= n_pcs <= n_samples:
+        raise PCAError(f"PCA: n_pcs must be in 1..{n_samples} (the waveform length), "
+                       f"got {n_pcs}.")
+    return pcs_from_statistics(compute_statistics(waveforms, masks), n_pcs)
 
 
 @njit(cache=True)
@@ -223,13 +314,49 @@ class PCA:
             Shape: ``(n_pcs, n_samples, n_channels)``, float32.
         """
         waveforms, masks = _check_waveforms(waveforms, masks)
-        n = waveforms.shape[0]
-        if n > self._n_max:
-            rng = np.random.default_rng(self._seed)
-            idx = np.sort(rng.choice(n, self._n_max, replace=False))
+        idx = self.subsample(waveforms.shape[0])
+        if idx is not None:
             waveforms = waveforms[idx]
             masks = masks[idx] if masks is not None else None
         self._pcs = compute_pcs(waveforms, n_pcs=self._n_pcs, masks=masks)
+        return self._pcs
+
+    def subsample(self, n_spikes: int) -> np.ndarray | None:
+        """The sorted indices of the spikes `fit` uses among `n_spikes`, or None for all.
+
+        At most `pca_n_waveforms_max`, drawn at random with the seed: a runner
+        that holds only the statistics of its batches uses it to pick the
+        same spikes as `fit` on their concatenation.
+        """
+        n_spikes = int(n_spikes)
+        if n_spikes <= self._n_max:
+            return None
+        rng = np.random.default_rng(self._seed)
+        return np.sort(rng.choice(n_spikes, self._n_max, replace=False))
+
+    @staticmethod
+    def statistics(waveforms: np.ndarray, masks: np.ndarray | None = None) -> PCAStatistics:
+        """Additive statistics of a batch of spikes (no subsampling): see `fit_statistics`."""
+        return compute_statistics(waveforms, masks)
+
+    def fit_statistics(self, statistics) -> np.ndarray:
+        """Compute the PCs from the `PCAStatistics` of one or several batches.
+
+        ``fit_statistics([statistics(w1, m1), statistics(w2, m2)])`` gives the
+        PCs of ``fit`` on the concatenated batches when they hold at most
+        `pca_n_waveforms_max` spikes (for more, select with `subsample`
+        first): exactly for one batch, to float64 rounding of the summed
+        moments otherwise. No subsampling happens here.
+        """
+        if isinstance(statistics, PCAStatistics):
+            statistics = [statistics]
+        statistics = list(statistics)
+        if not statistics:
+            raise PCAError("PCA: fit_statistics needs the statistics of at least one batch.")
+        total = statistics[0]
+        for other in statistics[1:]:
+            total = total + other
+        self._pcs = pcs_from_statistics(total, self._n_pcs)
         return self._pcs
 
     def transform(self, waveforms: np.ndarray, pcs: np.ndarray | None = None) -> np.ndarray:

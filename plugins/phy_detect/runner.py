@@ -2,15 +2,26 @@
 
 For each channel group of the probe:
 
-1. *Thresholds* from filtered excerpts spread through the recording.
-2. *PCA*: spikes detected in the same excerpts give the waveforms the
-   principal components are fitted on.
+1. *Thresholds* from filtered excerpts spread through the recording: the
+   workers filter the excerpts (those of `compute_threshold_from_traces`,
+   shortened to its memory bound) and send back ``|filtered|``; the parent
+   takes the medians in place. Same values, same thresholds.
+2. *PCA*: spikes detected in excerpts spread through the recording give the
+   waveforms the principal components are fitted on. The workers send only
+   the waveforms of the unmasked (spike, channel) pairs, which is all the
+   per-channel PCA uses; the parent picks the same spikes as `PCA.fit` would
+   and fits from their additive `PCAStatistics` (`PCA.fit_statistics`). The
+   parent never holds ``(n, n_samples, n_channels)`` waveforms.
 3. *One pass over the recording* in overlapping chunks, in parallel: filter,
    threshold, flood fill, extract and align, project on the PCs. Each job
    returns the spike samples, masks and features of the spikes whose sample
    falls in its chunk (the overlap makes them independent of the chunk
    size); features go to temporary files as results arrive, so memory does
    not grow with the recording.
+   Workers read a chunk once, as float32 (columns selected on the raw data
+   only when the group is not all the file's columns in order), filter it in
+   place, and drop the memory-mapped file pages they read (`release_pages`),
+   so their RSS does not grow with the recording.
 4. The Kwik files are written under temporary names and renamed only when
    complete: an interrupted run leaves no file that claims to be complete.
 
@@ -24,11 +35,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +94,12 @@ def choose_stages(plugin_manager, names: dict | None = None) -> dict[str, Any]:
 
 @dataclass
 class GroupSetup:
-    """Everything a worker needs for one channel group (pickled to the workers)."""
+    """Everything a worker needs for one channel group (pickled to the workers).
+
+    `task` says what a job returns: ``'detect'`` (features once `pcs` is set,
+    else full waveforms), ``'pca'`` (the unmasked (spike, channel) pairs' waveforms
+    for the PCA fit) or ``'threshold'`` (the |filtered| excerpt for the MAD).
+    """
 
     prm_path: str
     channels: np.ndarray  # file columns of the group
@@ -90,6 +108,7 @@ class GroupSetup:
     detector: Any
     extractor: Any
     pcs: Any  # the fitted features stage, or None while fitting
+    task: str = "detect"
 
 
 _TRACES_CACHE: dict[str, Any] = {}
@@ -105,19 +124,130 @@ def _traces(prm_path: str):
     return _TRACES_CACHE[prm_path]
 
 
+def _memmaps(traces) -> list[np.memmap]:
+    """The `np.memmap` objects behind traces (through ChannelSubset / ConcatenatedArrays)."""
+    from phy_core.arrays import ChannelSubset, ConcatenatedArrays
+
+    if isinstance(traces, ChannelSubset):
+        traces = traces.array
+    arrays = traces.arrays if isinstance(traces, ConcatenatedArrays) else [traces]
+    return [a for a in arrays if isinstance(a, np.memmap)]
+
+
+def release_pages(traces) -> None:
+    """Unmap the file pages a worker has read, so its RSS does not grow with the recording.
+
+    ``madvise(MADV_DONTNEED)`` on a shared file mapping only drops this
+    process's page-table entries: the data stay in the page cache (a later read
+    refaults them, no disk access) and nothing is lost (the maps are
+    read-only). Linux only; elsewhere, and for non-memmap traces, a no-op.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    for array in _memmaps(traces):
+        mapping = getattr(array, "_mmap", None)
+        if mapping is None or not hasattr(mapping, "madvise"):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(advice)
+
+
+def _is_all_columns(channels: np.ndarray, n_columns: int) -> bool:
+    return len(channels) == n_columns and bool(np.all(channels == np.arange(n_columns)))
+
+
+_BUFFERS = threading.local()
+
+
+def _chunk_buffer(shape: tuple[int, int]) -> np.ndarray:
+    """This thread's reusable float32 chunk buffer (spares ~10 ms of page faults per
+    126 MB chunk at 1024 channels); only `detect_chunk` uses it, whose results
+    never refer to it."""
+    buffer = getattr(_BUFFERS, "array", None)
+    if buffer is None or buffer.shape != shape:
+        _BUFFERS.array = buffer = np.empty(shape, dtype=np.float32)
+    return buffer
+
+
+def read_float32(traces, start: int, stop: int, channels: np.ndarray,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """``traces[start:stop][:, channels]`` as a C-contiguous float32 array (`out` if given).
+
+    One copy: the columns are selected on the raw (int16) data only when they
+    are not all the file's columns in order, then converted once.
+    """
+    raw = traces[start:stop]
+    if not _is_all_columns(channels, int(traces.shape[1])):
+        raw = np.take(np.asarray(raw), channels, axis=1)
+    if out is None:
+        out = np.empty((stop - start, len(channels)), dtype=np.float32)
+    np.copyto(out, raw, casting="unsafe")
+    return out
+
+
+class _GroupTraces:
+    """The group's columns of a recording as float32 (for `Filter.filter_chunk`)."""
+
+    def __init__(self, traces, channels: np.ndarray) -> None:
+        self.traces, self.channels = traces, channels
+        self.shape = (int(traces.shape[0]), len(channels))
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, item):
+        if not isinstance(item, slice) or item.step not in (None, 1):
+            raise TypeError("_GroupTraces: only sample slices are supported.")
+        start, stop, _ = item.indices(self.shape[0])
+        return read_float32(self.traces, start, max(start, stop), self.channels)
+
+
+def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
+    """``|filtered|`` of one threshold excerpt, ``(n_channels, n_samples)`` float32.
+
+    The same values as `compute_threshold_from_traces` filters (the filter's
+    `filter_chunk`, with its margins), channel-major so the parent can pack
+    them for per-channel medians without another transpose.
+    """
+    traces = _traces(setup.prm_path)
+    f = setup.filter
+    if hasattr(f, "filter_chunk"):
+        data = f.filter_chunk(_GroupTraces(traces, setup.channels), chunk.keep_start,
+                              chunk.keep_stop)
+    else:
+        data = f(read_float32(traces, chunk.keep_start, chunk.keep_stop, setup.channels))
+    release_pages(traces)
+    return np.abs(np.asarray(data, dtype=np.float32).T)
+
+
+def _rows(keep: np.ndarray, order: np.ndarray):
+    """Index of the kept spikes in sample order: a slice (no copy) when contiguous."""
+    idx = np.flatnonzero(keep)[order]
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
 def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
     """Detect the spikes of one chunk; keep those whose sample is in its keep range.
 
     Returns
     -------
     Bunch
-        ``spike_samples`` (float64, absolute), ``masks`` (n, C) float32,
-        ``waveforms`` (n, S, C) float32 when `setup.pcs` is None, else
-        ``features`` (n, C * n_pcs) float32 (channel-major).
+        ``spike_samples`` (float64, absolute), then with
+        ``setup.task == 'pca'``: ``pair_spikes``, ``pair_channels`` (P,)
+        and ``pair_waveforms`` (P, S) float32, the waveforms of the unmasked
+        (spike, channel) pairs in ``np.nonzero(masks > 0)`` order (all a
+        per-channel PCA fit uses); else ``masks`` (n, C) float32 and
+        ``waveforms`` (n, S, C) float32 when
+        `setup.pcs` is None, or ``features`` (n, C * n_pcs) float32
+        (channel-major).
     """
     traces = _traces(setup.prm_path)
-    raw = np.asarray(traces[chunk.load_start:chunk.load_stop])[:, setup.channels]
-    data = setup.filter(np.ascontiguousarray(raw, dtype=np.float32))
+    shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
+    data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
+                        out=_chunk_buffer(shape))
+    release_pages(traces)
+    data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
     data_t = setup.thresholder.transform(data)
     weak = setup.thresholder.detect(data_t, "weak")
     strong = setup.thresholder.detect(data_t, "strong")
@@ -126,18 +256,38 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
     samples = extracted.spike_samples + chunk.load_start
     keep = (np.floor(samples) >= chunk.keep_start) & (np.floor(samples) < chunk.keep_stop)
     order = np.argsort(samples[keep], kind="stable")
-    out = Bunch(spike_samples=samples[keep][order], masks=extracted.masks[keep][order])
-    waveforms = extracted.waveforms[keep][order]
+    rows = _rows(keep, order)
+    masks = np.asarray(extracted.masks[rows])
+    out = Bunch(spike_samples=samples[keep][order])
+    if setup.task == "pca":
+        spikes, channels = np.nonzero(masks > 0)
+        all_rows = np.arange(len(samples))[rows]
+        out.pair_spikes = spikes.astype(np.int64)
+        out.pair_channels = channels.astype(np.int64)
+        out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
+                                        dtype=np.float32)
+        return out
+    out.masks = np.array(masks, dtype=np.float32)
+    waveforms = extracted.waveforms[rows]
     if setup.pcs is None:
-        out.waveforms = waveforms
+        out.waveforms = np.array(waveforms)
     else:
         features = setup.pcs.transform(waveforms)  # (n, C, n_pcs)
-        out.features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(waveforms), -1)
+        out.features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(masks), -1)
     return out
 
 
-def _run_job(job: tuple[GroupSetup, Chunk]) -> Bunch:
-    return detect_chunk(*job)
+def _accepts_out(filter_) -> bool:
+    from .filtering import Filter
+
+    return isinstance(filter_, Filter)
+
+
+def _run_job(job: tuple[GroupSetup, Chunk]):
+    setup, chunk = job
+    if setup.task == "threshold":
+        return threshold_excerpt(setup, chunk)
+    return detect_chunk(setup, chunk)
 
 
 # -- The runner -------------------------------------------------------------------
@@ -261,6 +411,7 @@ def detect(
     finally:
         if own_executor:
             executor.close()
+        _BUFFERS.__dict__.clear()  # a serial executor ran the chunks in this thread
         shutil.rmtree(tmp_dir, ignore_errors=True)
     elapsed = time.perf_counter() - t0
     logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
@@ -274,19 +425,103 @@ def _file_starts(traces) -> np.ndarray:
     return np.asarray(offsets[:-1] if offsets is not None else [0], dtype=np.int64)
 
 
+#: `compute_threshold_from_traces`'s default bound on the values kept for the median.
+THRESHOLD_MAX_VALUES = 2**26
+
+
+def _threshold_excerpts(n_samples: int, n_excerpts: int, size: int, n_channels: int,
+                        filter_) -> list[tuple[int, int]]:
+    """The excerpts `compute_threshold_from_traces` filters (same shortening rule)."""
+    from .threshold import excerpts
+
+    budget = max(1, THRESHOLD_MAX_VALUES // max(1, n_excerpts * n_channels))
+    size = max(min(size, budget), getattr(filter_, "padlen", 0) + 1)
+    return excerpts(n_samples, n_excerpts, size)
+
+
+def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
+                       rate: float) -> np.ndarray:
+    """Thresholds as `compute_threshold_from_traces`, the excerpts filtered in the workers.
+
+    Each job returns its excerpt's ``|filtered|`` values (channel-major); the
+    parent packs them into one ``(n_channels, n_values)`` float32 array (at
+    most `THRESHOLD_MAX_VALUES` values, as in `compute_threshold_from_traces`)
+    and takes the medians in place: the same values, hence the same medians.
+    """
+    from .threshold import _MAD_TO_STD, _std_factors
+
+    ranges = _threshold_excerpts(n_samples, int(sd["n_excerpts"]),
+                                 int(round(float(sd["excerpt_size_seconds"]) * rate)),
+                                 len(setup.channels), setup.filter)
+    jobs = [(setup, Chunk(i, a, b, a, b)) for i, (a, b) in enumerate(ranges)]
+    values = np.empty((len(setup.channels), sum(b - a for a, b in ranges)), dtype=np.float32)
+    pos = 0
+    for part in executor.imap(_run_job, jobs):
+        values[:, pos:pos + part.shape[1]] = part
+        pos += part.shape[1]
+    factors = _std_factors((float(sd["threshold_weak_std_factor"]),
+                            float(sd["threshold_strong_std_factor"])))
+    if bool(sd["use_single_threshold"]):
+        median = np.median(values, overwrite_input=True)
+        return factors * (np.float64(median) / _MAD_TO_STD)
+    median = np.median(values, axis=1, overwrite_input=True)
+    std = np.asarray(median, dtype=np.float64) / _MAD_TO_STD
+    return factors[:, None] * std[None, :]
+
+
+def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pca: int,
+             n_channels: int) -> int:
+    """Fit the features stage on the spikes of the excerpts; the number of spikes found.
+
+    As before: the excerpts' spikes in order until `n_pca` are found, then
+    `pca.subsample` of them. The workers send only the waveforms of the
+    unmasked (spike, channel) pairs (a spike is seen on a few channels), so
+    the parent never holds ``(n, n_samples, n_channels)`` waveforms; a stage
+    without `fit_statistics` gets the full waveforms (the former path).
+    """
+    from .pca import statistics_from_pairs
+
+    by_pairs = hasattr(pca, "fit_statistics") and hasattr(pca, "subsample")
+    # A copy: jobs may still be pickled (or, on threads, running) after the break.
+    setup = replace(setup, task="pca" if by_pairs else "detect")
+    parts, n_fit = [], 0
+    for result in executor.imap(_run_job, [(setup, c) for c in excerpt_chunks]):
+        parts.append(result)
+        n_fit += len(result.spike_samples)
+        if n_fit >= n_pca:
+            break
+    if n_fit == 0:
+        return 0
+    if not by_pairs:
+        pca.fit(np.concatenate([p.waveforms for p in parts]),
+                np.concatenate([p.masks for p in parts]))
+        return n_fit
+    selected = pca.subsample(n_fit)
+    offsets = np.cumsum([0] + [len(p.spike_samples) for p in parts])
+    spikes = np.concatenate([p.pair_spikes + o for p, o in zip(parts, offsets, strict=False)])
+    channels = np.concatenate([p.pair_channels for p in parts])
+    values = np.concatenate([p.pair_waveforms for p in parts])
+    n_used = n_fit
+    if selected is not None:
+        chosen = np.zeros(n_fit, dtype=bool)
+        chosen[selected] = True
+        keep = chosen[spikes]
+        channels, values, n_used = channels[keep], values[keep], len(selected)
+    pca.fit_statistics([statistics_from_pairs(values, channels, n_channels, n_used)])
+    return n_fit
+
+
 def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks, executor,
                   creator, tmp_dir, reporter, starts) -> int:
-    from .threshold import compute_threshold_from_traces, excerpts
+    from .threshold import excerpts
 
     rate = float(prm.traces.sample_rate)
     mode = sd["detect_spikes"]
-    thresholds = compute_threshold_from_traces(
-        traces, filter_, n_excerpts=int(sd["n_excerpts"]),
-        excerpt_size_samples=int(round(float(sd["excerpt_size_seconds"]) * rate)),
-        single_threshold=bool(sd["use_single_threshold"]),
-        std_factor=(float(sd["threshold_weak_std_factor"]),
-                    float(sd["threshold_strong_std_factor"])),
-        channels=channels)
+    n_samples = int(traces.shape[0])
+    # Thresholds from excerpts filtered in the workers.
+    setup = GroupSetup(str(prm.path), channels, filter_, None, None, None, None,
+                       task="threshold")
+    thresholds = compute_thresholds(executor, setup, n_samples, sd, rate)
     weak, strong = thresholds[0], thresholds[1]
     thresholder = _make(stages["threshold"], mode=mode,
                         thresholds={"weak": weak, "strong": strong})
@@ -303,25 +538,16 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     n_pca = int(sd["pca_n_waveforms_max"])
     pca = _make(stages["features"], n_pcs=int(sd["n_features_per_channel"]),
                 pca_n_waveforms_max=n_pca)
-    # The same excerpts as the thresholds: the fit does not depend on the chunk size.
-    n_samples = int(traces.shape[0])
+    # Excerpts spread through the recording: the fit does not depend on the chunk size.
     size = int(round(float(sd["excerpt_size_seconds"]) * rate))
     margin = max((c.load_stop - c.keep_stop for c in chunks), default=0)
     excerpt_chunks = [Chunk(i, start, stop, max(start - margin, 0), min(stop + margin, n_samples))
                       for i, (start, stop) in enumerate(excerpts(n_samples, int(sd["n_excerpts"]),
                                                                  size))]
-    waveforms, masks, n_fit = [], [], 0
-    for result in executor.imap(_run_job, [(setup, c) for c in excerpt_chunks]):
-        waveforms.append(result.waveforms)
-        masks.append(result.masks)
-        n_fit += len(result.masks)
-        if n_fit >= n_pca:
-            break
     n_channels = len(channels)
+    n_fit = _fit_pca(pca, executor, setup, excerpt_chunks, n_pca, n_channels)
     if n_fit == 0:
         logger.warning("Channel group %d: no spike found in the excerpts.", group)
-    else:
-        pca.fit(np.concatenate(waveforms), np.concatenate(masks))
     setup.pcs = pca
     n_features = int(sd["n_features_per_channel"]) * n_channels
 

@@ -121,3 +121,63 @@ def test_pca_stage():
     (stage,) = STAGES
     assert (stage.name, stage.kind) == ("pca", "features")
     assert isinstance(stage.factory(**stage.parameters), PCA)
+
+
+def _sparse_masks(n_spikes, n_channels, p=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = (rng.random((n_spikes, n_channels)) < p) * rng.uniform(0.1, 1, (n_spikes, n_channels))
+    return masks.astype(np.float32)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.6])  # the sparse and the dense moments
+def test_fit_statistics_equals_fit(p):
+    waveforms, _ = _synthetic(n_spikes=500, n_channels=12, seed=7)
+    masks = _sparse_masks(500, 12, p=p, seed=8)
+    expected = PCA(3).fit(waveforms, masks)
+    # One batch: exactly the same PCs.
+    pca = PCA(3)
+    np.testing.assert_array_equal(pca.fit_statistics([PCA.statistics(waveforms, masks)]),
+                                  expected)
+    np.testing.assert_array_equal(pca.pcs, expected)
+    # Several batches: the same up to the rounding of the summed float64 moments.
+    parts = [PCA.statistics(waveforms[a:b], masks[a:b]) for a, b in [(0, 7), (7, 300), (300, 500)]]
+    assert sum(s.n_spikes for s in parts) == 500
+    assert parts[0].s2.nbytes == 12 * 24 * 24 * 8  # independent of the number of spikes
+    np.testing.assert_allclose(PCA(3).fit_statistics(parts), expected, atol=1e-5)
+    # With the same subsample as `fit`.
+    pca = PCA(3, pca_n_waveforms_max=200, seed=4)
+    idx = pca.subsample(500)
+    assert len(idx) == 200 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(pca.subsample(500), idx)
+    assert pca.subsample(200) is None
+    np.testing.assert_array_equal(
+        pca.fit_statistics(PCA.statistics(waveforms[idx], masks[idx])),
+        PCA(3, pca_n_waveforms_max=200, seed=4).fit(waveforms, masks))
+
+
+def test_statistics_from_pairs_equal_the_sparse_moments():
+    from phy_detect.pca import compute_statistics, statistics_from_pairs
+
+    waveforms, _ = _synthetic(n_spikes=300, n_channels=20, seed=9)
+    masks = _sparse_masks(300, 20, p=0.1, seed=10)
+    spikes, channels = np.nonzero(masks > 0)
+    pairs = statistics_from_pairs(waveforms[spikes, :, channels], channels, 20, 300)
+    full = compute_statistics(waveforms, masks)
+    assert pairs.n_spikes == full.n_spikes == 300
+    for name in ("count", "s1", "s2"):
+        np.testing.assert_array_equal(getattr(pairs, name), getattr(full, name))
+    np.testing.assert_array_equal(PCA(3).fit_statistics(pairs), PCA(3).fit(waveforms, masks))
+
+
+def test_fit_statistics_errors():
+    from phy_detect.pca import statistics_from_pairs
+
+    waveforms, _ = _synthetic(n_spikes=50, n_channels=4)
+    with pytest.raises(PCAError, match="at least one"):
+        PCA(3).fit_statistics([])
+    with pytest.raises(PCAError, match="cannot add"):
+        PCA.statistics(waveforms) + PCA.statistics(waveforms[:, :, :3])
+    with pytest.raises(PCAError, match="n_pcs"):
+        PCA(30).fit_statistics(PCA.statistics(waveforms))
+    with pytest.raises(PCAError, match="channels must be"):
+        statistics_from_pairs(np.zeros((2, 24)), np.array([0, 4]), 4, 2)

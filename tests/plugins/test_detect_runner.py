@@ -149,3 +149,106 @@ def test_a_plugin_stage_replaces_the_built_in_by_name(reference, recording, tmp_
                   chunk_size_s=1.0)
     assert CountingFilter.calls > 4
     np.testing.assert_array_equal(KwikModel(kwik).spike_samples, reference.spike_samples)
+
+
+def _filter():
+    from phy_detect.filtering import Filter
+
+    return Filter(rate=30000.0, low=500.0, high=0.95 * 0.5 * 30000.0, order=3)
+
+
+@pytest.mark.parametrize("single", [False, True])
+@pytest.mark.parametrize("channels", [np.arange(32), np.array([5, 3, 30, 7])])
+@pytest.mark.parametrize("max_values", [None, 20000])  # None: no shortening
+def test_thresholds_in_the_workers_equal_the_serial_ones(recording, monkeypatch, single,
+                                                         channels, max_values):
+    from phy_detect import runner
+    from phy_detect.threshold import compute_threshold_from_traces
+    from phy_rawdata.model import open_traces
+    from phy_rawdata.prm import read_prm
+
+    if max_values is not None:
+        monkeypatch.setattr(runner, "THRESHOLD_MAX_VALUES", max_values)
+    traces = open_traces(read_prm(recording / "rec.prm"))
+    f = _filter()
+    expected = compute_threshold_from_traces(
+        traces, f, n_excerpts=7, excerpt_size_samples=6000, single_threshold=single,
+        std_factor=(2.0, 4.5), channels=channels, max_values=runner.THRESHOLD_MAX_VALUES)
+    setup = runner.GroupSetup(str(recording / "rec.prm"), channels, f, None, None, None, None,
+                              task="threshold")
+    sd = dict(n_excerpts=7, excerpt_size_seconds=0.2, use_single_threshold=single,
+              threshold_weak_std_factor=2.0, threshold_strong_std_factor=4.5)
+    got = runner.compute_thresholds(SerialExecutor(), setup, traces.shape[0], sd, 30000.0)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_read_float32_and_release_pages(recording):
+    from phy_core.arrays import ChannelSubset, ConcatenatedArrays
+    from phy_detect.runner import _memmaps, read_float32, release_pages
+    from phy_rawdata.model import open_traces
+    from phy_rawdata.prm import read_prm
+
+    traces = open_traces(read_prm(recording / "rec.prm"))
+    assert isinstance(traces, np.memmap)
+    concatenated = ConcatenatedArrays([traces[:1000], traces[1000:]])
+    for channels in (np.arange(32), np.array([4, 2, 31]), np.arange(1, 32)):
+        expected = np.asarray(traces[500:1700])[:, channels].astype(np.float32)
+        for array in (traces, concatenated):
+            got = read_float32(array, 500, 1700, channels)
+            assert got.dtype == np.float32 and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, expected)
+    assert len(_memmaps(concatenated)) == 2 and len(_memmaps(ChannelSubset(traces, [0, 1]))) == 1
+    assert _memmaps(np.zeros((3, 2))) == []
+    before = np.array(traces[:100])
+    release_pages(traces)
+    release_pages(concatenated)
+    release_pages(np.zeros((3, 2)))  # not a memmap: nothing to do
+    np.testing.assert_array_equal(traces[:100], before)  # pages come back from the file
+
+
+class WaveformsPCA:
+    """A lab's features stage with only fit/transform: fitted on the full waveforms."""
+
+    def __init__(self, n_pcs, pca_n_waveforms_max):
+        from phy_detect.pca import PCA
+
+        self.pca = PCA(n_pcs, pca_n_waveforms_max)
+        self.fitted_on = None
+
+    def fit(self, waveforms, masks):
+        self.fitted_on = waveforms.shape
+        return self.pca.fit(waveforms, masks)
+
+    def transform(self, waveforms):
+        return self.pca.transform(waveforms)
+
+
+@pytest.mark.parametrize("n_max", [10000, 60])
+def test_pca_from_pairs_equals_the_fit_on_full_waveforms(recording, tmp_path, n_max):
+    from phy_core import hookimpl
+    from phy_core.descriptors import Stage
+    from phy_core.plugins import create_plugin_manager
+
+    class LabPlugin:
+        @hookimpl
+        def phy_register_stages(self):
+            return [Stage("waveforms-pca", "features", "PCA on full waveforms", WaveformsPCA)]
+
+    prm = (recording / "rec.prm").read_text().replace("'rec.", f"'{recording}/rec.")
+    assert "pca_n_waveforms_max=10000" in prm
+    prm = prm.replace("pca_n_waveforms_max=10000", f"pca_n_waveforms_max={n_max}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "rec.prm").write_text(prm)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "rec.prm").write_text(
+        prm.replace("spikedetekt = dict(", "spikedetekt = dict(stages=dict("
+                                           "features='waveforms-pca'), ", 1))
+    pm = create_plugin_manager(enabled=["detect"])
+    pm.register_plugin(LabPlugin(), "lab")
+    models = [KwikModel(detect(tmp_path / d / "rec.prm", output_dir=tmp_path / d,
+                               plugin_manager=pm, executor=SerialExecutor(), chunk_size_s=1.0))
+              for d in "ab"]
+    np.testing.assert_array_equal(models[0].spike_samples, models[1].spike_samples)
+    a, b = (np.asarray(m.features[:]) for m in models)
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
