@@ -37,7 +37,7 @@ numba kernels are compiled into their on-disk cache.
 skipped when less than 30 GB of disk is free) and prints the ratio of the
 peak memories: with chunked processing it should be close to 1.
 
-``--stages`` times the stages of `phy_detect.runner.detect_chunk` on one
+``--stages`` times the stages of `phy_detect.worker.detect_chunk` on one
 1 s chunk (one numba thread, as in a worker) for each channel count.
 """
 
@@ -287,7 +287,7 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     import numba
     import numpy as np
 
-    from phy_detect import runner
+    from phy_detect import runner, worker
 
     numba.set_num_threads(1)  # as in a worker process
     capture = _CaptureExecutor()
@@ -297,7 +297,7 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
         pass
     setup, _ = capture.jobs[0]
     chunk = capture.jobs[len(capture.jobs) // 2][1]  # a chunk with two neighbours
-    traces = runner._traces(setup.prm_path)
+    traces = worker._traces(setup.prm_path)
     times: dict[str, list[float]] = {}
 
     def timed(name, fn, *args):
@@ -322,7 +322,7 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
         features = timed("pca.transform", setup.pcs.transform, extracted.waveforms)
         timed("features to float32", _flat_features, features)
         n_spikes = len(extracted.waveforms)
-        timed("detect_chunk (all)", runner.detect_chunk, setup, chunk)
+        timed("detect_chunk (all)", worker.detect_chunk, setup, chunk)
     best = {k: min(v[1:]) for k, v in times.items()}
     return dict(channels=int(len(setup.channels)), samples=int(chunk.load_stop - chunk.load_start),
                 spikes=n_spikes, n_components=len(components), stages=best)

@@ -35,23 +35,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import shutil
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phy_core.bunch import Bunch
 from phy_core.errors import PhyError
 from phy_core.progress import ProgressReporter
 
 from .chunks import Chunk, plan_chunks
+from .worker import GroupSetup, clear_buffers, run_job
 
 logger = logging.getLogger("phy")
 
@@ -87,207 +85,6 @@ def choose_stages(plugin_manager, names: dict | None = None) -> dict[str, Any]:
             )
         chosen[kind] = available[name]
     return chosen
-
-
-# -- What a worker does with one chunk -------------------------------------------
-
-
-@dataclass
-class GroupSetup:
-    """Everything a worker needs for one channel group (pickled to the workers).
-
-    `task` says what a job returns: ``'detect'`` (features once `pcs` is set,
-    else full waveforms), ``'pca'`` (the unmasked (spike, channel) pairs' waveforms
-    for the PCA fit) or ``'threshold'`` (the |filtered| excerpt for the MAD).
-    """
-
-    prm_path: str
-    channels: np.ndarray  # file columns of the group
-    filter: Any
-    thresholder: Any
-    detector: Any
-    extractor: Any
-    pcs: Any  # the fitted features stage, or None while fitting
-    task: str = "detect"
-
-
-_TRACES_CACHE: dict[str, Any] = {}
-
-
-def _traces(prm_path: str):
-    # Each worker opens the recording once (memory maps are cheap to keep).
-    if prm_path not in _TRACES_CACHE:
-        from phy_rawdata.model import open_traces
-        from phy_rawdata.prm import read_prm
-
-        _TRACES_CACHE[prm_path] = open_traces(read_prm(prm_path))
-    return _TRACES_CACHE[prm_path]
-
-
-def _memmaps(traces) -> list[np.memmap]:
-    """The `np.memmap` objects behind traces (through ChannelSubset / ConcatenatedArrays)."""
-    from phy_core.arrays import ChannelSubset, ConcatenatedArrays
-
-    if isinstance(traces, ChannelSubset):
-        traces = traces.array
-    arrays = traces.arrays if isinstance(traces, ConcatenatedArrays) else [traces]
-    return [a for a in arrays if isinstance(a, np.memmap)]
-
-
-def release_pages(traces) -> None:
-    """Unmap the file pages a worker has read, so its RSS does not grow with the recording.
-
-    ``madvise(MADV_DONTNEED)`` on a shared file mapping only drops this
-    process's page-table entries: the data stay in the page cache (a later read
-    refaults them, no disk access) and nothing is lost (the maps are
-    read-only). Linux only; elsewhere, and for non-memmap traces, a no-op.
-    """
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if advice is None:
-        return
-    for array in _memmaps(traces):
-        mapping = getattr(array, "_mmap", None)
-        if mapping is None or not hasattr(mapping, "madvise"):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            mapping.madvise(advice)
-
-
-def _is_all_columns(channels: np.ndarray, n_columns: int) -> bool:
-    return len(channels) == n_columns and bool(np.all(channels == np.arange(n_columns)))
-
-
-_BUFFERS = threading.local()
-
-
-def _chunk_buffer(shape: tuple[int, int]) -> np.ndarray:
-    """This thread's reusable float32 chunk buffer (spares ~10 ms of page faults per
-    126 MB chunk at 1024 channels); only `detect_chunk` uses it, whose results
-    never refer to it."""
-    buffer = getattr(_BUFFERS, "array", None)
-    if buffer is None or buffer.shape != shape:
-        _BUFFERS.array = buffer = np.empty(shape, dtype=np.float32)
-    return buffer
-
-
-def read_float32(traces, start: int, stop: int, channels: np.ndarray,
-                 out: np.ndarray | None = None) -> np.ndarray:
-    """``traces[start:stop][:, channels]`` as a C-contiguous float32 array (`out` if given).
-
-    One copy: the columns are selected on the raw (int16) data only when they
-    are not all the file's columns in order, then converted once.
-    """
-    raw = traces[start:stop]
-    if not _is_all_columns(channels, int(traces.shape[1])):
-        raw = np.take(np.asarray(raw), channels, axis=1)
-    if out is None:
-        out = np.empty((stop - start, len(channels)), dtype=np.float32)
-    np.copyto(out, raw, casting="unsafe")
-    return out
-
-
-class _GroupTraces:
-    """The group's columns of a recording as float32 (for `Filter.filter_chunk`)."""
-
-    def __init__(self, traces, channels: np.ndarray) -> None:
-        self.traces, self.channels = traces, channels
-        self.shape = (int(traces.shape[0]), len(channels))
-        self.dtype = np.dtype(np.float32)
-
-    def __getitem__(self, item):
-        if not isinstance(item, slice) or item.step not in (None, 1):
-            raise TypeError("_GroupTraces: only sample slices are supported.")
-        start, stop, _ = item.indices(self.shape[0])
-        return read_float32(self.traces, start, max(start, stop), self.channels)
-
-
-def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
-    """``|filtered|`` of one threshold excerpt, ``(n_channels, n_samples)`` float32.
-
-    The same values as `compute_threshold_from_traces` filters (the filter's
-    `filter_chunk`, with its margins), channel-major so the parent can pack
-    them for per-channel medians without another transpose.
-    """
-    traces = _traces(setup.prm_path)
-    f = setup.filter
-    if hasattr(f, "filter_chunk"):
-        data = f.filter_chunk(_GroupTraces(traces, setup.channels), chunk.keep_start,
-                              chunk.keep_stop)
-    else:
-        data = f(read_float32(traces, chunk.keep_start, chunk.keep_stop, setup.channels))
-    release_pages(traces)
-    return np.abs(np.asarray(data, dtype=np.float32).T)
-
-
-def _rows(keep: np.ndarray, order: np.ndarray):
-    """Index of the kept spikes in sample order: a slice (no copy) when contiguous."""
-    idx = np.flatnonzero(keep)[order]
-    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
-        return slice(int(idx[0]), int(idx[-1]) + 1)
-    return idx
-
-
-def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
-    """Detect the spikes of one chunk; keep those whose sample is in its keep range.
-
-    Returns
-    -------
-    Bunch
-        ``spike_samples`` (float64, absolute), then with
-        ``setup.task == 'pca'``: ``pair_spikes``, ``pair_channels`` (P,)
-        and ``pair_waveforms`` (P, S) float32, the waveforms of the unmasked
-        (spike, channel) pairs in ``np.nonzero(masks > 0)`` order (all a
-        per-channel PCA fit uses); else ``masks`` (n, C) float32 and
-        ``waveforms`` (n, S, C) float32 when
-        `setup.pcs` is None, or ``features`` (n, C * n_pcs) float32
-        (channel-major).
-    """
-    traces = _traces(setup.prm_path)
-    shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
-    data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
-                        out=_chunk_buffer(shape))
-    release_pages(traces)
-    data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
-    data_t = setup.thresholder.transform(data)
-    weak = setup.thresholder.detect(data_t, "weak")
-    strong = setup.thresholder.detect(data_t, "strong")
-    components = setup.detector.detect_flat(weak, strong)
-    extracted = setup.extractor.extract_all(components, data, data_t)
-    samples = extracted.spike_samples + chunk.load_start
-    keep = (np.floor(samples) >= chunk.keep_start) & (np.floor(samples) < chunk.keep_stop)
-    order = np.argsort(samples[keep], kind="stable")
-    rows = _rows(keep, order)
-    masks = np.asarray(extracted.masks[rows])
-    out = Bunch(spike_samples=samples[keep][order])
-    if setup.task == "pca":
-        spikes, channels = np.nonzero(masks > 0)
-        all_rows = np.arange(len(samples))[rows]
-        out.pair_spikes = spikes.astype(np.int64)
-        out.pair_channels = channels.astype(np.int64)
-        out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
-                                        dtype=np.float32)
-        return out
-    out.masks = np.array(masks, dtype=np.float32)
-    waveforms = extracted.waveforms[rows]
-    if setup.pcs is None:
-        out.waveforms = np.array(waveforms)
-    else:
-        features = setup.pcs.transform(waveforms)  # (n, C, n_pcs)
-        out.features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(masks), -1)
-    return out
-
-
-def _accepts_out(filter_) -> bool:
-    from .filtering import Filter
-
-    return isinstance(filter_, Filter)
-
-
-def _run_job(job: tuple[GroupSetup, Chunk]):
-    setup, chunk = job
-    if setup.task == "threshold":
-        return threshold_excerpt(setup, chunk)
-    return detect_chunk(setup, chunk)
 
 
 # -- The runner -------------------------------------------------------------------
@@ -411,7 +208,7 @@ def detect(
     finally:
         if own_executor:
             executor.close()
-        _BUFFERS.__dict__.clear()  # a serial executor ran the chunks in this thread
+        clear_buffers()  # a serial executor ran the chunks in this thread
         shutil.rmtree(tmp_dir, ignore_errors=True)
     elapsed = time.perf_counter() - t0
     logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
@@ -456,7 +253,7 @@ def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
     jobs = [(setup, Chunk(i, a, b, a, b)) for i, (a, b) in enumerate(ranges)]
     values = np.empty((len(setup.channels), sum(b - a for a, b in ranges)), dtype=np.float32)
     pos = 0
-    for part in executor.imap(_run_job, jobs):
+    for part in executor.imap(run_job, jobs):
         values[:, pos:pos + part.shape[1]] = part
         pos += part.shape[1]
     factors = _std_factors((float(sd["threshold_weak_std_factor"]),
@@ -485,7 +282,7 @@ def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pc
     # A copy: jobs may still be pickled (or, on threads, running) after the break.
     setup = replace(setup, task="pca" if by_pairs else "detect")
     parts, n_fit = [], 0
-    for result in executor.imap(_run_job, [(setup, c) for c in excerpt_chunks]):
+    for result in executor.imap(run_job, [(setup, c) for c in excerpt_chunks]):
         parts.append(result)
         n_fit += len(result.spike_samples)
         if n_fit >= n_pca:
@@ -554,7 +351,7 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     # The pass over the whole recording: features and masks to temporary files.
     samples, parts = [], []
     jobs = [(setup, chunk) for chunk in chunks]
-    for i, result in enumerate(executor.imap(_run_job, jobs)):
+    for i, result in enumerate(executor.imap(run_job, jobs)):
         n = len(result.spike_samples)
         samples.append(result.spike_samples)
         if n:

@@ -185,7 +185,7 @@ def test_thresholds_in_the_workers_equal_the_serial_ones(recording, monkeypatch,
 
 def test_read_float32_and_release_pages(recording):
     from phy_core.arrays import ChannelSubset, ConcatenatedArrays
-    from phy_detect.runner import _memmaps, read_float32, release_pages
+    from phy_detect.worker import _memmaps, read_float32, release_pages
     from phy_rawdata.model import open_traces
     from phy_rawdata.prm import read_prm
 
