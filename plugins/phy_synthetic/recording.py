@@ -18,8 +18,10 @@ Design choices, and why (the units are described in `templates`, the noise in
   "biological background" (low-rank, smooth profiles over the geometry) + a
   slow LFP-like drift. ``noise_std_uv`` is the noise level *after the
   detection band-pass* (500 Hz - 0.475 fs), computed analytically from the
-  spectra, so ``unit_snr = |trough| / noise std`` is exact and the raw data
-  carries extra low-frequency power, as real recordings do.
+  spectra, so ``unit_snr`` (the band-passed peak of the unit on its peak
+  channel divided by that noise std: signal and noise as detection sees
+  them) is exact, and the raw data carries extra low-frequency power, as
+  real recordings do.
 - Scale: the ``.dat`` holds ``round(uV / uv_per_bit)`` as int16; the default
   0.195 uV/bit is the Intan RHD2000 step. It is recorded as ``voltage_gain``
   in the PRM's ``traces`` (klusta's key; here it means uV per bit: multiply a
@@ -71,7 +73,7 @@ from phy_core.bunch import Bunch
 from phy_core.errors import PhyError
 
 from . import noise as noise_mod
-from .templates import make_units, spike_trains, window
+from .templates import bandpassed_peak, make_units, spike_trains, window
 
 logger = logging.getLogger("phy")
 
@@ -384,9 +386,9 @@ def synthesize_recording(
     templates = (templates_uv / uv_per_bit).astype(np.float32)
     peak_channels = np.abs(templates).max(axis=1).argmax(axis=1).astype(np.int64) \
         if n_units else np.zeros(0, np.int64)
-    trough_uv = np.abs(templates_uv[np.arange(n_units), :, peak_channels]).max(axis=1) \
-        if n_units else np.zeros(0)
-    unit_snr = (trough_uv / noise.noise_std_bp[peak_channels]).astype(np.float64)
+    peak_uv = np.array([bandpassed_peak(templates_uv[u, :, peak_channels[u]], sample_rate)
+                        for u in range(n_units)])
+    unit_snr = (peak_uv / noise.noise_std_bp[peak_channels]).astype(np.float64)
     with atomic_writer(paths.groundtruth_path, "wb") as f:
         np.savez(
             f,

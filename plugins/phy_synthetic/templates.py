@@ -23,8 +23,10 @@ Choices, and why:
   under `FOOTPRINT_CUTOFF` of the peak, by subtracting the cutoff level and
   rescaling (continuous, no step), so that adding a spike touches tens to a few
   hundred channels, not all 1024.
-- Amplitude: the peak amplitude (the trough on the nearest channel) is
-  ``snr * noise_std`` with ``snr`` log-uniform in `SNR_RANGE` (2.5-20): equally
+- Amplitude: the peak amplitude, measured as detection sees it (the largest
+  ``|value|`` on the nearest channel after the detection band-pass, see
+  `bandpassed_peak`), is ``snr * noise_std`` with ``snr`` log-uniform in
+  `SNR_RANGE` (2.5-20): equally
   many units per octave, so about a third of them sit below ~5 sigma, near the
   noise floor where detection starts to miss, and a few are large.
 - Firing: a Poisson process with a dead time of `REFRACTORY_MS` (2 ms), mean
@@ -81,6 +83,21 @@ def _shape(t_ms: np.ndarray, p: dict) -> np.ndarray:
                 + p["a_repol"] * np.exp(-(t - p["t_repol"]) ** 2 / (2 * p["sigma_repol"] ** 2))
                 + p["a_pre"] * np.exp(-(t + p["t_pre"]) ** 2 / (2 * p["sigma_trough"] ** 2)))
     return bumps(t_ms) / -bumps(np.zeros(1))[0]
+
+
+def bandpassed_peak(waveform: np.ndarray, sample_rate: float) -> float:
+    """Largest ``|value|`` of a waveform after the detection band-pass.
+
+    The band-pass is SpikeDetekt's default (Butterworth, order 3, 500 Hz to
+    0.475 x the sample rate, forward and backward): the noise standard
+    deviation is measured after it, so a unit's SNR compares like with like.
+    The band-pass lowers the raw trough by 0-25% depending on the shape.
+    """
+    from scipy.signal import butter, sosfiltfilt
+
+    sos = butter(3, [500.0, 0.475 * sample_rate], btype="band", fs=sample_rate, output="sos")
+    padded = np.pad(np.asarray(waveform, dtype=np.float64), 2 * len(waveform))
+    return float(np.abs(sosfiltfilt(sos, padded)).max())
 
 
 def _taper(t_ms: np.ndarray) -> np.ndarray:
@@ -154,8 +171,10 @@ def make_units(positions: np.ndarray, groups: list[np.ndarray], n_units: int,
         waves = _shape((t_ms[:, None] - delay[None, :]) / stretch[None, :], p)
         peak_channel = on_probe[np.argmin(d)]
         amplitude = snr[unit] * noise_std_bp[peak_channel]
-        templates[unit][:, on_probe[near]] = (amplitude * falloff[near] * taper[:, None]
-                                              * waves)
+        templates[unit][:, on_probe[near]] = falloff[near] * taper[:, None] * waves
+        # Scale so that the band-passed peak, what detection sees, is snr x noise.
+        peak = bandpassed_peak(templates[unit][:, peak_channel], sample_rate)
+        templates[unit] *= amplitude / peak
     return dict(templates_uv=templates, positions=unit_positions, snr=snr, rates_hz=rates,
                 narrow=narrow, d0_um=d0, n_before=n_before)
 
