@@ -189,9 +189,9 @@ class Settings:
     >>> s = Settings({'plugins': {'disabled': []}}, user_dir=tempfile.mkdtemp())
     >>> s['plugins.disabled']
     []
-    >>> s['plugins.disabled'] = ['phy_stats']
+    >>> s['plugins.disabled'] = ['stats']
     >>> s.get('plugins.disabled'), s.get('missing', 0)
-    (['phy_stats'], 0)
+    (['stats'], 0)
     """
 
     def __init__(self, defaults: Mapping | None = None, user_dir: str | os.PathLike | None = None):
