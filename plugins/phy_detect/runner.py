@@ -315,11 +315,13 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     rate = float(prm.traces.sample_rate)
     mode = sd["detect_spikes"]
     n_samples = int(traces.shape[0])
+    t0 = time.perf_counter()
     # Thresholds from excerpts filtered in the workers.
     setup = GroupSetup(str(prm.path), channels, filter_, None, None, None, None,
                        task="threshold")
     thresholds = compute_thresholds(executor, setup, n_samples, sd, rate)
     weak, strong = thresholds[0], thresholds[1]
+    t_thresholds = time.perf_counter()
     thresholder = _make(stages["threshold"], mode=mode,
                         thresholds={"weak": weak, "strong": strong})
     detector = _make(stages["detector"],
@@ -347,6 +349,7 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
         logger.warning("Channel group %d: no spike found in the excerpts.", group)
     setup.pcs = pca
     n_features = int(sd["n_features_per_channel"]) * n_channels
+    t_pca = time.perf_counter()
 
     # The pass over the whole recording: features and masks to temporary files.
     samples, parts = [], []
@@ -380,5 +383,11 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     for path in parts:
         with contextlib.suppress(OSError):
             path.unlink()
+    t_end = time.perf_counter()
     logger.info("Channel group %d: %d spikes.", group, len(spike_samples))
+    # Where the time went (`phy -v detect ...`): the excerpt passes do not grow with the
+    # recording, the main pass does.
+    logger.debug("Channel group %d: thresholds %.1f s, PCA fit %.1f s (%d spikes), main pass "
+                 "%.1f s.", group, t_thresholds - t0, t_pca - t_thresholds, n_fit,
+                 t_end - t_pca)
     return len(spike_samples)
