@@ -6,8 +6,10 @@
    alignment, PCA features, written to ``.kwik``/``.kwx``; compare the
    detected spikes with the true ones.
 3. Open the Kwik file through the reader plugins, as ``phy describe`` does.
-4. Curate: automatic clustering (masked EM) is not built yet, so the demo
-   curates a synthetic over-split clustering at the level of features: the
+4. Cluster it automatically (``phy cluster-auto``, masked EM) and compare
+   the clusters with the true units (``phy evaluate``).
+5. Curate: the GUI is not built yet, so the demo curates a synthetic
+   over-split clustering at the level of features: the
    wizard (with the plugins' quality and similarity functions) proposes the
    best cluster and its closest match, close matches are merged, finished
    units are labelled good, one merge is undone and redone, the result is
@@ -52,8 +54,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the recording and Kwik files here (default: a temporary "
                         "folder, deleted at the end)")
     parser.add_argument("--probe", default="linear32", help="built-in probe (default linear32)")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="recording duration in seconds (default 10)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="recording duration in seconds (default 30)")
     parser.add_argument("--n-units", type=int, default=10, help="true units (default 10)")
     parser.add_argument("--n-channels", type=int, default=32, help="channels (default 32)")
     parser.add_argument("--n-spikes", type=int, default=20_000, help="spikes (default 20000)")
@@ -65,7 +67,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _detection_demo(args: argparse.Namespace, services: Services, folder) -> None:
-    """Steps 1-3: synthesize, detect, compare with the ground truth, describe."""
+    """Steps 1-4: synthesize, detect, describe, cluster; each compared with the ground truth."""
     from phy_commands.commands import open_model
     from phy_core.progress import ProgressReporter, show_progress
     from phy_detect.evaluation import detection_report
@@ -103,6 +105,22 @@ def _detection_demo(args: argparse.Namespace, services: Services, folder) -> Non
     print("   " + model.describe().replace("\n", "\n   ") + "\n")
     model.close()
 
+    from phy_evaluate.command import summary_lines
+    from phy_evaluate.metrics import evaluate
+    from phy_masked_em.command import cluster_kwik
+
+    print("4. Automatic clustering (masked EM), compared with the ground truth")
+    t0 = time.perf_counter()
+    info = cluster_kwik(kwik)
+    model = open_model(services, str(kwik))
+    result = evaluate(gt["spike_samples"], gt["spike_clusters"], model.spike_samples,
+                      model.spike_clusters, model.sample_rate, unit_snr=gt["unit_snr"])
+    model.close()
+    print(f"   {info['n_clusters']} clusters in {time.perf_counter() - t0:.1f} s")
+    for line in summary_lines(result):
+        print("   " + line)
+    print()
+
 
 def _run(args: argparse.Namespace, services: Services) -> int:
     import tempfile
@@ -113,7 +131,8 @@ def _run(args: argparse.Namespace, services: Services) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="phy-demo-") as folder:
             _detection_demo(args, services, Path(folder))
-    print("4. Curating a synthetic over-split clustering (masked EM is not built yet)\n")
+    print("5. Curating a synthetic over-split clustering with the wizard (the GUI is not built "
+          "yet)\n")
     return _curation_demo(args, services)
 
 
@@ -178,15 +197,14 @@ def _curation_demo(args: argparse.Namespace, services: Services) -> int:
     print("  " + " ".join(f"{a:.2f}" for a in accuracy))
     n_good = int(np.sum(accuracy >= 0.8))
     print(f"  {n_good} of {len(accuracy)} units at accuracy >= 0.8")
-    print("\nAutomatic clustering (masked EM) is not built yet: step 4 ran the curation "
-          "engine (clustering, undo/redo, wizard, plugin statistics) on a synthetic "
-          "over-split clustering.")
+    print("\nThe GUI is not built yet: step 5 ran the curation engine (clustering, undo/redo, "
+          "wizard, plugin statistics) on a synthetic over-split clustering.")
     return 0 if n_good == len(accuracy) else 1
 
 
 demo_command = Command(
     name="demo",
-    help="synthesize a recording, detect its spikes, curate; check against ground truth",
+    help="synthesize a recording, detect, cluster, curate; check each step against ground truth",
     run=_run,
     add_arguments=_add_arguments,
 )
