@@ -1,13 +1,18 @@
 """Where chunk jobs run: in this process, in local processes, or on a Dask cluster.
 
-Every executor has one method, `imap(func, jobs)`, which yields the results
-in job order while keeping at most `max_in_flight` jobs submitted: results
-are consumed (written to disk) as they come, so memory stays bounded
-however long the recording is.
+Every executor has `imap(func, jobs)`, which yields the results in job
+order while keeping at most `max_in_flight` jobs submitted: results are
+consumed (written to disk) as they come, so memory stays bounded however
+long the recording is. `warm_up(func, *args)` asks every worker to run
+``func(*args)`` once, in the background, before the jobs submitted after
+it: the workers' cold start (imports, numba caches, opening the recording)
+then overlaps with the caller's own preparation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,16 +31,74 @@ def _init_worker() -> None:
         numba.set_num_threads(1)
     except Exception:  # numba missing or already initialised: leave it
         pass
+    # One BLAS thread too (the projection on the PCs): threads that spin while the
+    # other workers hold the cores only slow every process down.
+    import numpy  # noqa: F401  (loads the BLAS library, so it can be found)
+
+    for _, set_threads in _openblas_thread_controls():
+        set_threads(1)
+
+
+_BLAS_THREADS = (("openblas_get_num_threads", "openblas_set_num_threads"),
+                 ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                 ("openblas_get_num_threads64_", "openblas_set_num_threads64_"))
+
+
+def _openblas_thread_controls() -> list[tuple[Callable, Callable]]:
+    """(get, set) thread-count functions of the OpenBLAS libraries loaded in this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:  # not Linux: leave BLAS alone
+        return []
+    controls = []
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in _BLAS_THREADS:
+            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and set_ is not None:
+                controls.append((get, set_))
+                break
+    return controls
+
+
+@contextlib.contextmanager
+def single_blas_thread():
+    """Run the block with one OpenBLAS thread (Linux; elsewhere a no-op).
+
+    Small LAPACK calls in the parent (the batched per-channel ``eigh`` of the
+    PCA fit) gain nothing from threads, and while the workers keep every core
+    busy, OpenBLAS's spinning threads made one such call take seconds
+    instead of tens of milliseconds.
+    """
+    controls = _openblas_thread_controls()
+    previous = [get() for get, _ in controls]
+    for _, set_ in controls:
+        set_(1)
+    try:
+        yield
+    finally:
+        for (_, set_), n in zip(controls, previous, strict=True):
+            set_(n)
 
 
 def _ordered(submit: Callable, wait: Callable, func, jobs, max_in_flight: int) -> Iterator:
     pending: deque = deque()
-    for job in jobs:
-        pending.append(submit(func, job))
-        if len(pending) >= max_in_flight:
+    try:
+        for job in jobs:
+            pending.append(submit(func, job))
+            if len(pending) >= max_in_flight:
+                yield wait(pending.popleft())
+        while pending:
             yield wait(pending.popleft())
-    while pending:
-        yield wait(pending.popleft())
+    finally:
+        # The caller stopped early (the PCA fit has its spikes): cancel the jobs not
+        # started yet, so they do not hold the workers back from the next pass.
+        for future in pending:
+            future.cancel()
 
 
 class SerialExecutor:
@@ -47,8 +110,24 @@ class SerialExecutor:
         for job in jobs:
             yield func(job)
 
+    def warm_up(self, func: Callable, *args: Any) -> list:
+        """Nothing to do: this process is warmed up by the first job."""
+        return []
+
     def close(self) -> None:
         pass
+
+
+def _init_and_warm_up(func: Callable, args: tuple) -> None:
+    _init_worker()
+    try:
+        func(*args)
+    except Exception:  # best effort: a failing initializer would break the pool
+        pass
+
+
+def _nothing() -> None:
+    pass
 
 
 class ProcessExecutor:
@@ -57,15 +136,34 @@ class ProcessExecutor:
     name = "processes"
 
     def __init__(self, n_workers: int | None = None) -> None:
+        self.n_workers = n_workers or os.cpu_count() or 1
+        self._pool = self._make_pool(_init_worker, ())
+        self._started = False  # the pool starts its processes at the first submission
+
+    def _make_pool(self, initializer: Callable, initargs: tuple):
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        self.n_workers = n_workers or os.cpu_count() or 1
         # 'spawn' does not inherit the parent's threads (numba, HDF5) in a forked state.
-        self._pool = ProcessPoolExecutor(self.n_workers, mp_context=get_context("spawn"),
-                                         initializer=_init_worker)
+        return ProcessPoolExecutor(self.n_workers, mp_context=get_context("spawn"),
+                                   initializer=initializer, initargs=initargs)
+
+    def warm_up(self, func: Callable, *args: Any) -> list:
+        """Run ``func(*args)`` once in every worker, without waiting; its futures.
+
+        Before the first job, it becomes part of the workers' initializer and
+        the workers start now (one empty job each), so every worker runs it
+        exactly once; on running workers, it is submitted once per worker.
+        """
+        if not self._started:
+            self._pool.shutdown(wait=False)  # no process was started: nothing to wait for
+            self._pool = self._make_pool(_init_and_warm_up, (func, args))
+            self._started = True
+            return [self._pool.submit(_nothing) for _ in range(self.n_workers)]
+        return [self._pool.submit(func, *args) for _ in range(self.n_workers)]
 
     def imap(self, func: Callable, jobs: Iterable) -> Iterator:
+        self._started = True
         return _ordered(self._pool.submit, lambda f: f.result(), func, jobs,
                         max_in_flight=2 * self.n_workers)
 
@@ -88,6 +186,9 @@ class DaskExecutor:
     """
 
     name = "dask"
+    #: Jobs may run on threads of this process (a local cluster): the parent must not
+    #: change process-wide settings such as the BLAS thread count while they run.
+    runs_jobs_in_threads = True
 
     def __init__(self, scheduler: str | None = None, client: Any = None,
                  n_workers: int | None = None) -> None:
@@ -108,6 +209,10 @@ class DaskExecutor:
                                  threads_per_worker=n_workers or os.cpu_count() or 1)
         n = sum(self.client.nthreads().values()) or 1
         self.max_in_flight = 2 * n
+
+    def warm_up(self, func: Callable, *args: Any) -> list:
+        """No-op: Dask workers are long-lived and warm after their first job."""
+        return []
 
     def imap(self, func: Callable, jobs: Iterable) -> Iterator:
         return _ordered(lambda f, job: self.client.submit(f, job, pure=False),

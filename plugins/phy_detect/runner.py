@@ -16,14 +16,19 @@ For each channel group of the probe:
    threshold, flood fill, extract and align, project on the PCs. Each job
    returns the spike samples, masks and features of the spikes whose sample
    falls in its chunk (the overlap makes them independent of the chunk
-   size); features go to temporary files as results arrive, so memory does
-   not grow with the recording.
+   size); features and masks are appended to one raw temporary file each
+   as results arrive (read back through a memory map for the Kwik writer),
+   so memory does not grow with the recording.
    Workers read a chunk once, as float32 (columns selected on the raw data
    only when the group is not all the file's columns in order), filter it in
    place, and drop the memory-mapped file pages they read (`release_pages`),
    so their RSS does not grow with the recording.
 4. The Kwik files are written under temporary names and renamed only when
    complete: an interrupted run leaves no file that claims to be complete.
+
+The workers start first (`ProcessExecutor.warm_up` with
+`phy_detect.worker.warm_up`: imports, numba caches, the recording), while
+this process loads the plugins and the probe and creates the Kwik files.
 
 Stages come from plugins (hook `phy_register_stages`), one per kind, chosen
 by name with ``spikedetekt['stages']`` in the PRM (defaults below). A
@@ -133,9 +138,6 @@ def detect(
     -------
     kwik_path : Path
     """
-    from phy_kwik.creator import KwikCreator
-    from phy_probes.builtin import load_probe
-    from phy_rawdata.model import open_traces
     from phy_rawdata.prm import read_prm
 
     from .executors import make_executor
@@ -148,38 +150,52 @@ def detect(
     kwx_path = kwik_path.with_suffix(".kwx")
     if not overwrite and (kwik_path.exists() or kwx_path.exists()):
         raise DetectionError(f"{kwik_path} already exists: use --overwrite to replace it.")
-    if plugin_manager is None:
-        from phy_core.plugins import create_plugin_manager
-
-        plugin_manager = create_plugin_manager()
-    stages = choose_stages(plugin_manager, sd.get("stages"))
-
-    rate = float(prm.traces.sample_rate)
-    traces = open_traces(prm)
-    n_samples, n_file_channels = traces.shape
-    probe = load_probe(prm.prb_file) if prm.prb_file is not None else None
-    if probe is None:
+    if prm.prb_file is None:
         raise DetectionError(f"{prm.path}: spike detection needs a probe (prb_file).")
+    rate = float(prm.traces.sample_rate)
     high = float(sd["filter_high_factor"]) * rate
-    filter_ = _make(stages["filter"], rate=rate, low=float(sd["filter_low"]), high=high,
-                    order=int(sd["filter_butter_order"]))
-    chunk_size = int(round((chunk_size_s or float(sd["chunk_size_seconds"])) * rate))
-    join = int(sd["connected_component_join_size"])
-    before, after = int(sd["extract_s_before"]), int(sd["extract_s_after"])
-    # Wide enough for the filter's edge effects, a component and its waveform.
-    margin = int(filter_.margin_samples) + before + after + 2 * join + 8
-    margin = max(margin, int(round(float(sd["chunk_overlap_seconds"]) * rate)))
-    chunks = plan_chunks(n_samples, chunk_size, margin)
-    groups = list(probe.channel_groups)
-
+    filter_arguments = dict(rate=rate, low=float(sd["filter_low"]), high=high,
+                            order=int(sd["filter_butter_order"]))
     own_executor = executor is None
     executor = executor or make_executor("processes")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{prm.experiment_name}.", dir=out_dir))
-    partial = tmp_dir / prm.experiment_name
-    reporter = reporter or ProgressReporter()
-    reporter.value_max = len(chunks) * len(groups)
     t0 = time.perf_counter()
+    tmp_dir = None
     try:
+        # The workers start (imports, numba caches, the recording) while this process
+        # loads the plugins, opens the recording and the probe, creates the Kwik files.
+        names = dict(DEFAULT_STAGES, **(sd.get("stages") or {}))
+        # By name, before the stages' modules (scipy, numba) are imported here: the
+        # workers look the stages up in the installed plugins (best effort: a stage
+        # known only to `plugin_manager` is not warmed up).
+        _warm_up(executor, prm, sd, names, filter_arguments)
+        if plugin_manager is None:
+            from phy_core.plugins import create_plugin_manager
+
+            plugin_manager = create_plugin_manager()
+        stages = choose_stages(plugin_manager, names)
+        from phy_kwik.creator import KwikCreator
+        from phy_probes.builtin import load_probe
+        from phy_rawdata.model import open_traces
+
+        traces = open_traces(prm)
+        probe = load_probe(prm.prb_file)
+        if probe is None:
+            raise DetectionError(f"{prm.path}: spike detection needs a probe (prb_file).")
+        n_samples, n_file_channels = traces.shape
+        filter_ = _make(stages["filter"], **filter_arguments)
+        chunk_size = int(round((chunk_size_s or float(sd["chunk_size_seconds"])) * rate))
+        join = int(sd["connected_component_join_size"])
+        before, after = int(sd["extract_s_before"]), int(sd["extract_s_after"])
+        # Wide enough for the filter's edge effects, a component and its waveform.
+        margin = int(filter_.margin_samples) + before + after + 2 * join + 8
+        margin = max(margin, int(round(float(sd["chunk_overlap_seconds"]) * rate)))
+        chunks = plan_chunks(n_samples, chunk_size, margin)
+        groups = list(probe.channel_groups)
+
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{prm.experiment_name}.", dir=out_dir))
+        partial = tmp_dir / prm.experiment_name
+        reporter = reporter or ProgressReporter()
+        reporter.value_max = len(chunks) * len(groups)
         creator = KwikCreator(partial)
         creator.create_empty()
         creator.set_probe(probe)
@@ -209,11 +225,33 @@ def detect(
         if own_executor:
             executor.close()
         clear_buffers()  # a serial executor ran the chunks in this thread
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     elapsed = time.perf_counter() - t0
     logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
                 n_total, n_samples / rate, elapsed, n_samples / rate / max(elapsed, 1e-9))
     return kwik_path
+
+
+def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> None:
+    """Ask the executor's workers to get ready (`phy_detect.worker.warm_up`).
+
+    `stages` maps each kind to its factory, or to its name in the installed plugins.
+    """
+    from .worker import warm_up
+
+    if not hasattr(executor, "warm_up"):
+        return
+    arguments = {
+        "filter": filter_arguments,
+        "threshold": {"mode": sd["detect_spikes"]},
+        "detector": {"join_size": int(sd["connected_component_join_size"])},
+        "extractor": {"extract_before": int(sd["extract_s_before"]),
+                      "extract_after": int(sd["extract_s_after"]),
+                      "weight_power": float(sd["weight_power"])},
+    }
+    executor.warm_up(warm_up, str(prm.path),
+                     {kind: (stages[kind], arguments[kind]) for kind in arguments})
 
 
 def _file_starts(traces) -> np.ndarray:
@@ -276,23 +314,36 @@ def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pc
     the parent never holds ``(n, n_samples, n_channels)`` waveforms; a stage
     without `fit_statistics` gets the full waveforms (the former path).
     """
-    from .pca import statistics_from_pairs
+    from .executors import single_blas_thread
 
     by_pairs = hasattr(pca, "fit_statistics") and hasattr(pca, "subsample")
     # A copy: jobs may still be pickled (or, on threads, running) after the break.
     setup = replace(setup, task="pca" if by_pairs else "detect")
     parts, n_fit = [], 0
-    for result in executor.imap(run_job, [(setup, c) for c in excerpt_chunks]):
+    results = executor.imap(run_job, [(setup, c) for c in excerpt_chunks])
+    for result in results:
         parts.append(result)
         n_fit += len(result.spike_samples)
         if n_fit >= n_pca:
             break
+    if hasattr(results, "close"):
+        results.close()  # now: cancels the excerpt jobs not started yet
     if n_fit == 0:
         return 0
+    limit = contextlib.nullcontext() if getattr(executor, "runs_jobs_in_threads", False) \
+        else single_blas_thread()
+    with limit:
+        _fit(pca, parts, n_fit, n_channels, by_pairs)
+    return n_fit
+
+
+def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
+    from .pca import statistics_from_pairs
+
     if not by_pairs:
         pca.fit(np.concatenate([p.waveforms for p in parts]),
                 np.concatenate([p.masks for p in parts]))
-        return n_fit
+        return
     selected = pca.subsample(n_fit)
     offsets = np.cumsum([0] + [len(p.spike_samples) for p in parts])
     spikes = np.concatenate([p.pair_spikes + o for p, o in zip(parts, offsets, strict=False)])
@@ -305,7 +356,6 @@ def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pc
         keep = chosen[spikes]
         channels, values, n_used = channels[keep], values[keep], len(selected)
     pca.fit_statistics([statistics_from_pairs(values, channels, n_channels, n_used)])
-    return n_fit
 
 
 def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks, executor,
@@ -351,36 +401,46 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     n_features = int(sd["n_features_per_channel"]) * n_channels
     t_pca = time.perf_counter()
 
-    # The pass over the whole recording: features and masks to temporary files.
-    samples, parts = [], []
+    # The pass over the whole recording: features and masks appended to one raw
+    # temporary file each (no zip, no CRC), read back through a memory map.
+    samples, counts = [], []
+    features_path = tmp_dir / f"group{group}.features.f32"
+    masks_path = tmp_dir / f"group{group}.masks.f32"
     jobs = [(setup, chunk) for chunk in chunks]
-    for i, result in enumerate(executor.imap(run_job, jobs)):
-        n = len(result.spike_samples)
-        samples.append(result.spike_samples)
-        if n:
-            path = tmp_dir / f"group{group}_chunk{i}.npz"
-            features = result.features if n_fit else np.zeros((n, n_features), np.float32)
-            np.savez(path, features=features, masks=result.masks)
-            parts.append(path)
-        reporter.increment()
+    with open(features_path, "wb") as features_file, open(masks_path, "wb") as masks_file:
+        for result in executor.imap(run_job, jobs):
+            n = len(result.spike_samples)
+            samples.append(result.spike_samples)
+            if n:
+                features = result.features if n_fit else np.zeros((n, n_features), np.float32)
+                features_file.write(_as_float32_bytes(features, (n, n_features)))
+                masks_file.write(_as_float32_bytes(result.masks, (n, n_channels)))
+                counts.append(n)
+            reporter.increment()
     spike_samples = np.concatenate(samples) if samples else np.zeros(0)
+    t_chunks = time.perf_counter()
 
-    def read(key):
-        for path in parts:
-            with np.load(path) as f:
-                yield f[key]
+    def read(path, n_columns):
+        if not counts:
+            return
+        array = np.memmap(path, dtype=np.float32, mode="r", shape=(sum(counts), n_columns))
+        offset = 0
+        for n in counts:
+            yield array[offset:offset + n]
+            offset += n
 
     # Kwik stores spike samples relative to their recording (raw data file).
     recordings = np.searchsorted(starts, np.floor(spike_samples), side="right") - 1
     relative = spike_samples - starts[recordings]
     if len(spike_samples):
-        creator.add_spikes(group, relative, spike_recordings=recordings, masks=read("masks"),
-                           features=read("features"), n_channels=n_channels,
+        creator.add_spikes(group, relative, spike_recordings=recordings,
+                           masks=read(masks_path, n_channels),
+                           features=read(features_path, n_features), n_channels=n_channels,
                            n_features=int(sd["n_features_per_channel"]))
     else:
         creator.add_spikes(group, relative, spike_recordings=recordings)
     creator.add_clustering(group, "main", np.zeros(len(spike_samples), dtype=np.int64))
-    for path in parts:
+    for path in (features_path, masks_path):
         with contextlib.suppress(OSError):
             path.unlink()
     t_end = time.perf_counter()
@@ -388,6 +448,16 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     # Where the time went (`phy -v detect ...`): the excerpt passes do not grow with the
     # recording, the main pass does.
     logger.debug("Channel group %d: thresholds %.1f s, PCA fit %.1f s (%d spikes), main pass "
-                 "%.1f s.", group, t_thresholds - t0, t_pca - t_thresholds, n_fit,
-                 t_end - t_pca)
+                 "%.1f s (chunks %.1f s, Kwik files %.1f s).", group, t_thresholds - t0,
+                 t_pca - t_thresholds, n_fit, t_end - t_pca, t_chunks - t_pca,
+                 t_end - t_chunks)
     return len(spike_samples)
+
+
+def _as_float32_bytes(array, shape: tuple[int, int]) -> memoryview:
+    """`array` as C-contiguous float32 bytes of the expected shape (no copy when it is)."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.shape != shape:
+        raise DetectionError(f"A chunk returned an array of shape {array.shape}, "
+                             f"expected {shape}.")
+    return memoryview(array).cast("B")

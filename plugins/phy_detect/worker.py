@@ -175,12 +175,7 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
     data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
                         out=_chunk_buffer(shape))
     release_pages(traces)
-    data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
-    data_t = setup.thresholder.transform(data)
-    weak = setup.thresholder.detect(data_t, "weak")
-    strong = setup.thresholder.detect(data_t, "strong")
-    components = setup.detector.detect_flat(weak, strong)
-    extracted = setup.extractor.extract_all(components, data, data_t)
+    extracted = _extract(setup, data)
     samples = extracted.spike_samples + chunk.load_start
     keep = (np.floor(samples) >= chunk.keep_start) & (np.floor(samples) < chunk.keep_stop)
     order = np.argsort(samples[keep], kind="stable")
@@ -205,6 +200,16 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
     return out
 
 
+def _extract(setup: GroupSetup, data: np.ndarray):
+    """Filter `data` (in place when the filter allows it), threshold, flood fill, extract."""
+    data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
+    data_t = setup.thresholder.transform(data)
+    weak = setup.thresholder.detect(data_t, "weak")
+    strong = setup.thresholder.detect(data_t, "strong")
+    components = setup.detector.detect_flat(weak, strong)
+    return setup.extractor.extract_all(components, data, data_t)
+
+
 def _accepts_out(filter_) -> bool:
     from .filtering import Filter
 
@@ -221,3 +226,56 @@ def run_job(job: tuple[GroupSetup, Chunk]):
 def clear_buffers() -> None:
     """Free this thread's chunk buffer (after a run on a serial executor)."""
     _BUFFERS.__dict__.clear()
+
+
+def warm_up(prm_path: str, stages: dict[str, tuple[Any, dict]]) -> None:
+    """Get a fresh worker ready while the parent prepares the run (best effort).
+
+    Opens the recording and runs the stages' code paths once on a few
+    synthetic channels (built by the same factories, with the run's filter
+    arguments), so the imports (scipy.signal, numba) and the loading of the
+    numba on-disk caches happen now rather than in the first real jobs.
+    `stages` maps a kind to ``(factory, keyword arguments)``, or to
+    ``(stage name, keyword arguments)`` to find the stage in the installed
+    plugins; missing arguments get small stand-ins. Any failure is ignored: the real jobs
+    will report it.
+    """
+    with contextlib.suppress(Exception):
+        _traces(prm_path)
+    with contextlib.suppress(Exception):
+        _warm_up_stages(stages)
+
+
+def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
+    n_channels, n_samples = 4, 4000
+    rng = np.random.default_rng(0)
+    raw = (rng.standard_normal((n_samples, n_channels)) * 10).astype(np.int16)
+    raw[2000:2004, 1:3] = -400  # a spike on two adjacent channels
+    columns = np.arange(n_channels)
+    thresholds = {"weak": np.full(n_channels, 20.0), "strong": np.full(n_channels, 45.0)}
+    defaults = {
+        "threshold": {"mode": "negative", "thresholds": thresholds},
+        "detector": {"probe_adjacency_list": {i: [j for j in (i - 1, i + 1)
+                                                  if 0 <= j < n_channels]
+                                              for i in range(n_channels)}},
+        "extractor": {"thresholds": thresholds},
+    }
+    if any(isinstance(factory, str) for factory, _ in stages.values()):
+        from phy_core.plugins import create_plugin_manager
+
+        from .runner import choose_stages
+
+        chosen = choose_stages(create_plugin_manager(),
+                               {kind: name for kind, (name, _) in stages.items()})
+        stages = {kind: (chosen[kind].factory, kwargs) for kind, (_, kwargs) in stages.items()}
+    made = {}
+    for kind, (factory, kwargs) in stages.items():
+        made[kind] = factory(**dict(defaults.get(kind, {}), **kwargs))
+    filter_ = made["filter"]
+    if hasattr(filter_, "filter_chunk"):  # the threshold excerpts' path
+        filter_.filter_chunk(_GroupTraces(raw, columns), 1000, 3000)
+    setup = GroupSetup("", columns, filter_, made.get("threshold"), made.get("detector"),
+                       made.get("extractor"), None)
+    if setup.thresholder is not None and setup.detector is not None \
+            and setup.extractor is not None:
+        _extract(setup, read_float32(raw, 0, n_samples, columns))

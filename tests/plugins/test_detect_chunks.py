@@ -57,3 +57,75 @@ def test_make_executor():
     assert isinstance(make_executor("processes", n_workers=1), SerialExecutor)
     with pytest.raises(PhyError, match="Unknown executor"):
         make_executor("threads")
+
+
+def _pid_after(path, delay):
+    import os
+    import time
+
+    time.sleep(delay)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+
+def _log_job(job):
+    return _pid_after(*job)
+
+
+def _pid(_):
+    import os
+
+    return os.getpid()
+
+
+def test_warm_up_runs_once_in_every_worker(tmp_path):
+    log = tmp_path / "warm.txt"
+    executor = ProcessExecutor(2)
+    try:
+        executor.warm_up(_pid_after, str(log), 0.3)
+        pids = set(executor.imap(_pid, range(6)))
+        # In the workers' initializer: done before any job of theirs.
+        assert set(map(int, log.read_text().split())) >= pids
+        # On running workers: submitted once per worker.
+        for future in executor.warm_up(_pid_after, str(log), 0.3):
+            future.result()
+    finally:
+        executor.close()
+    warmed = log.read_text().split()
+    assert len(warmed) == 4 and len(set(warmed[:2])) == 2  # once in each worker first
+    # No-ops elsewhere, and the jobs still run.
+    serial = SerialExecutor()
+    assert serial.warm_up(_pid_after, str(tmp_path / "never.txt"), 0) == []
+    assert not (tmp_path / "never.txt").exists()
+    assert list(serial.imap(_square, [3])) == [9]
+
+
+def test_stopping_early_cancels_the_jobs_not_started(tmp_path):
+    log = tmp_path / "ran.txt"
+    executor = ProcessExecutor(1)
+    try:
+        results = executor.imap(_log_job, [(str(log), 0.2)] * 10)
+        next(results)
+        results.close()
+        executor.close()
+        # max_in_flight = 2: at most the call queue's jobs (n_workers + 1) ran after the
+        # first; the other ones were cancelled.
+        assert len(log.read_text().split()) <= 3
+    finally:
+        executor.close()
+
+
+def test_single_blas_thread_restores_the_thread_count():
+    from phy_detect.executors import _openblas_thread_controls, single_blas_thread
+
+    controls = _openblas_thread_controls()
+    before = [get() for get, _ in controls]
+    a = np.random.default_rng(0).standard_normal((64, 8, 8))
+    a = a @ a.transpose(0, 2, 1)
+    expected = np.linalg.eigh(a)[1]
+    with single_blas_thread():
+        assert all(get() == 1 for get, _ in controls)
+        # Same results with one thread.
+        np.testing.assert_array_equal(np.linalg.eigh(a)[1], expected)
+    assert [get() for get, _ in controls] == before

@@ -252,3 +252,43 @@ def test_pca_from_pairs_equals_the_fit_on_full_waveforms(recording, tmp_path, n_
     np.testing.assert_array_equal(models[0].spike_samples, models[1].spike_samples)
     a, b = (np.asarray(m.features[:]) for m in models)
     np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+
+
+def test_worker_warm_up_opens_the_recording_and_runs_the_stages(recording, monkeypatch):
+    from phy_detect import worker
+    from phy_detect.runner import DEFAULT_STAGES, _warm_up
+
+    calls = []
+
+    class Recorder:
+        def warm_up(self, func, *args):
+            calls.append((func, args))
+            return []
+
+    from phy_rawdata.prm import read_prm
+
+    prm = read_prm(recording / "rec.prm")
+    _warm_up(Recorder(), prm, prm.spikedetekt, dict(DEFAULT_STAGES),
+             dict(rate=20000.0, low=500.0, high=9000.0, order=3))
+    (func, args), = calls
+    assert func is worker.warm_up
+    monkeypatch.setattr(worker, "_TRACES_CACHE", {})
+    extracted = []
+    original = worker._extract
+    monkeypatch.setattr(worker, "_extract",
+                        lambda setup, data: extracted.append(original(setup, data)))
+    worker._warm_up_stages(args[1])  # raises if a stage cannot be built or run
+    func(*args)
+    assert str(recording / "rec.prm") in worker._TRACES_CACHE
+    # The synthetic spike was found, so the extraction kernels ran.
+    assert len(extracted) == 2 and all(len(e.spike_samples) == 1 for e in extracted)
+    # A broken stage does not stop the run: warm-up is best effort.
+    func(args[0], {"filter": ("no-such-stage", {})})
+
+
+def test_chunk_results_of_the_wrong_shape_are_refused():
+    from phy_detect.runner import DetectionError, _as_float32_bytes
+
+    assert len(_as_float32_bytes(np.zeros((2, 3), np.float64), (2, 3))) == 24
+    with pytest.raises(DetectionError, match="expected"):
+        _as_float32_bytes(np.zeros((2, 4), np.float32), (2, 3))
