@@ -10,13 +10,16 @@ the Gaussian clusters. Each iteration:
   variance corrections plus `prior_point` times the noise variance on the
   diagonal, divided by ``n_c + prior - 1``. The covariance is a full block on
   the cluster's unmasked features (those whose summed masks reach
-  `points_for_cluster_mask`) and diagonal elsewhere.
+  `points_for_cluster_mask`) and diagonal elsewhere, where (as KlustaKwik
+  2) the variance is the noise variance, ``(n_c + prior) / (n_c + prior - 1)``
+  times it: spikes are noise on the features their cluster masks.
 - **E-step** (numba): negative expected log-likelihood of each spike under
   each cluster; each spike goes to its best cluster (classification EM).
 - **Deletion**: the cluster whose removal (its spikes going to their
   second-best cluster) costs less than the penalty it saves is deleted (one
   per iteration). Penalty per cluster (as KlustaKwik 2): with ``k`` the mean
-  over its spikes of ``u (u + 1) / 2 + u + 1`` (``u`` unmasked features),
+  over its spikes of ``u (u + 1) / 2 + u + 1`` (``u`` the sum of the spike's
+  masks, KlustaKwik 2's "float number of unmasked features"),
   ``2 penalty_k k + penalty_k_log_n k log(n_spikes) / 2``.
 - **Splits**: at iteration `split_first`, every `split_every` iterations after,
   and when the loop converges, each cluster is split in two along the first
@@ -78,7 +81,10 @@ class MaskedEM:
     def __init__(self, data: MaskedData, p: dict) -> None:
         self.data = data
         self.p = p
-        self.n_unmasked = data.n_unmasked
+        # KlustaKwik 2 counts the parameters of a spike with its *float* number of
+        # unmasked features, the sum of its masks (not the number of masks > 0): with
+        # soft masks on many channels the count overstates the penalty several-fold.
+        self.n_unmasked = data.masks.sum(axis=1)
 
     # M-step -------------------------------------------------------------------
 
@@ -121,6 +127,12 @@ class MaskedEM:
         z = y - mean
         factor = 1.0 / max(n_c + prior - 1.0, 1.0)
         diag = ((z ** 2).sum(axis=0) + eta.sum(axis=0) + prior * d.noise_variance) * factor
+        if c != MUA:
+            # As KlustaKwik 2: on the features the cluster masks, the variance is the
+            # noise variance (its spikes there are noise), not the empirical one.
+            masked = np.ones(d.n_features, dtype=bool)
+            masked[unmasked] = False
+            diag[masked] = (n_c + prior) * d.noise_variance[masked] * factor
         zu = z[:, unmasked]
         block = zu.T @ zu * factor
         block[np.diag_indices_from(block)] = diag[unmasked]

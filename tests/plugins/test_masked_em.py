@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from phy_masked_em.data import MaskedEMError, prepare_data
-from phy_masked_em.loop import masked_em
+from phy_masked_em.loop import DEFAULT_PARAMETERS, masked_em
 from phy_masked_em.starts import mask_starts
 
 N_CHANNELS, N_FPC = 16, 3
@@ -197,8 +197,11 @@ def test_e_step_matches_dense_computation():
             n_c = len(z)
             y, eta = d.corrected[labels == c], d.correction[labels == c]
             np.testing.assert_allclose(cl.mean, (y.sum(0) + d.noise_mean) / (n_c + 1))
-            np.testing.assert_allclose(
-                cl.diag, ((z ** 2).sum(0) + eta.sum(0) + d.noise_variance) / n_c)
+            expected_diag = ((z ** 2).sum(0) + eta.sum(0) + d.noise_variance) / n_c
+            # Features the cluster masks: the noise variance (as KlustaKwik 2).
+            off = np.setdiff1d(np.arange(d.n_features), u)
+            expected_diag[off] = (n_c + 1) * d.noise_variance[off] / n_c
+            np.testing.assert_allclose(cl.diag, expected_diag)
             block = z[:, u].T @ z[:, u] / n_c  # prior_point = 1: n_c + 1 - 1
             block[np.diag_indices_from(block)] = cl.diag[u]
             cov[np.ix_(u, u)] = block
@@ -209,3 +212,33 @@ def test_e_step_matches_dense_computation():
                     + 0.5 * np.linalg.slogdet(cov)[1] - np.log(cl.weight)
                     + 0.5 * d.n_features * np.log(2 * np.pi))
         np.testing.assert_allclose(em.cluster_log_p(cl), expected, rtol=1e-9, atol=1e-8)
+
+
+def _soft_masked_clusters(n_clusters=12, n_per=60, n_channels=48, width=8, seed=0):
+    """Many small clusters on many channels with soft masks (0.3-0.6), as on Neuropixels."""
+    rng = np.random.default_rng(seed)
+    features, masks, truth = [], [], []
+    for k in range(n_clusters):
+        channels = (4 * k + np.arange(width)) % n_channels
+        x = rng.normal(0, 1, (n_per, n_channels, N_FPC))
+        x[:, channels, :] += rng.normal(0, 3, (width, N_FPC))
+        m = np.zeros((n_per, n_channels))
+        m[:, channels] = rng.uniform(0.3, 0.6, (n_per, width))
+        features.append(x.reshape(n_per, -1))
+        masks.append(m)
+        truth += [k] * n_per
+    return np.vstack(features), np.vstack(masks), np.array(truth)
+
+
+def test_soft_masks_many_small_clusters_not_merged():
+    # Regression: the penalty counted the features with mask > 0 instead of the sum of
+    # the masks (KlustaKwik 2's float number of unmasked features), overstating it
+    # ~4-fold with soft masks: all 12 clusters of 60 spikes collapsed into 1.
+    from phy_masked_em.em import MaskedEM
+
+    features, masks, truth = _soft_masked_clusters()
+    labels = masked_em(features, masks, {})
+    assert len(np.unique(labels[labels >= 2])) == 12
+    assert _adjusted_rand(truth, labels) >= 0.95
+    em = MaskedEM(prepare_data(features, masks), dict(DEFAULT_PARAMETERS))
+    np.testing.assert_allclose(em.n_unmasked, masks.sum(axis=1) * N_FPC)
