@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PhyError
+from .textfile import read_text
 
 
 class LiteralFileError(PhyError, ValueError):
@@ -175,13 +176,4 @@ def parse_literal_assignments(
 
 def read_literal_file(path: str | Path, allowed_calls: Iterable[str] = ()) -> dict[str, Any]:
     """Read and parse a file of literal assignments (see `parse_literal_assignments`)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LiteralFileError(f"{path}: no such file.") from None
-    except UnicodeDecodeError as exc:
-        raise LiteralFileError(f"{path}: not a UTF-8 text file ({exc.reason}).") from None
-    except OSError as exc:
-        raise LiteralFileError(f"{path}: cannot be read ({exc.strerror}).") from None
-    return parse_literal_assignments(text, path, allowed_calls)
+    return parse_literal_assignments(read_text(path, LiteralFileError), Path(path), allowed_calls)

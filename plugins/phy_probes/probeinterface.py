@@ -23,8 +23,9 @@ import json
 import math
 import numbers
 import os
-from pathlib import Path
 from typing import Any
+
+from phy_core.textfile import read_text
 
 from .prb import ProbeError, validate_channel_groups
 
@@ -40,16 +41,7 @@ def read_probeinterface(path: str | os.PathLike) -> dict[int, dict]:
         If the file is missing, is not JSON, or does not describe wired 2-D
         probes; the message names the file, the probe and the field.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProbeError(f"{path}: no such file.") from None
-    except UnicodeDecodeError as exc:
-        raise ProbeError(f"{path}: not a UTF-8 text file ({exc.reason}).") from None
-    except OSError as exc:
-        raise ProbeError(f"{path}: cannot be read ({exc.strerror}).") from None
-    return parse_probeinterface(text, str(path))
+    return parse_probeinterface(read_text(path, ProbeError), str(path))
 
 
 def parse_probeinterface(text: str, source: str = "<probeinterface>") -> dict[int, dict]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from phy_core.atomic import atomic_writer
 from phy_core.errors import PhyError
+from phy_core.textfile import read_text
 
 #: Group names of ``cluster_group.tsv`` and the group numbers phy uses.
 GROUP_NAMES = ("noise", "mua", "good", "unsorted")
@@ -67,15 +68,7 @@ def read_cluster_tsv(path: str | Path) -> dict[str, dict[int, Any]]:
         integer, or the same cluster twice (the message gives the line).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TemplateFormatError(f"{path}: no such file.") from None
-    except UnicodeDecodeError as exc:
-        raise TemplateFormatError(f"{path}: not a UTF-8 text file ({exc.reason}).") from None
-    except OSError as exc:
-        raise TemplateFormatError(f"{path}: cannot be read ({exc.strerror}).") from None
-    lines = text.splitlines()
+    lines = read_text(path, TemplateFormatError).splitlines()
     if not lines or not lines[0].strip():
         raise TemplateFormatError(
             f"{path}: empty file; expected a header line such as 'cluster_id<TAB>group'."
