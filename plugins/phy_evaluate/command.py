@@ -66,30 +66,11 @@ def load_ground_truth(path: str | os.PathLike) -> Bunch:
         or its arrays disagree (each problem named with expected vs found).
     """
     path = ground_truth_path(path)
-    required = ("spike_samples", "spike_clusters", "unit_snr", "sample_rate")
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise GroundTruthError(f"{path}: a single .npy array, not an .npz archive.")
-        with npz:
-            missing = [k for k in required if k not in npz.files]
-            if missing:
-                raise GroundTruthError(f"{path}: missing array(s) {', '.join(missing)} "
-                                       f"(found: {', '.join(npz.files) or 'none'}).")
-            arrays = {k: npz[k] for k in required}
-    except GroundTruthError:
-        raise
-    except Exception as exc:  # BadZipFile, ValueError (pickled objects), OSError, ...
-        raise GroundTruthError(f"{path}: cannot be read as a ground-truth .npz "
-                               f"({type(exc).__name__}: {exc}).") from None
-    samples, clusters, snr, rate = (arrays[k] for k in required)
-    for name, array in (("spike_samples", samples), ("spike_clusters", clusters)):
-        if array.ndim != 1 or array.dtype.kind not in "iu":
-            raise GroundTruthError(f"{path}: {name} must be a 1-D integer array, found "
-                                   f"shape {array.shape} and dtype {array.dtype}.")
-    if len(samples) != len(clusters):
-        raise GroundTruthError(f"{path}: {len(samples)} spike_samples but "
-                               f"{len(clusters)} spike_clusters.")
+    from phy_rawdata.groundtruth import read_ground_truth
+
+    arrays = read_ground_truth(path, extra=("unit_snr", "sample_rate"), error=GroundTruthError)
+    samples, clusters = arrays["spike_samples"], arrays["spike_clusters"]
+    snr, rate = arrays["unit_snr"], arrays["sample_rate"]
     if snr.ndim != 1 or snr.dtype.kind not in "iuf":
         raise GroundTruthError(f"{path}: unit_snr must be a 1-D numeric array, found shape "
                                f"{snr.shape} and dtype {snr.dtype}.")
@@ -100,8 +81,7 @@ def load_ground_truth(path: str | os.PathLike) -> Bunch:
             math.isfinite(float(rate)) and float(rate) > 0):
         raise GroundTruthError(f"{path}: sample_rate must be a positive number, found "
                                f"{rate!r} (shape {rate.shape}, dtype {rate.dtype}).")
-    return Bunch(path=path, spike_samples=samples.astype(np.int64),
-                 spike_clusters=clusters.astype(np.int64),
+    return Bunch(path=path, spike_samples=samples, spike_clusters=clusters,
                  unit_snr=snr.astype(np.float64), sample_rate=float(rate))
 
 

@@ -34,6 +34,7 @@ from phy_core.errors import PhyError
 from phy_core.model import summary
 
 from .dat import RawDataError, read_dat
+from .groundtruth import read_ground_truth
 from .prm import read_prm
 
 logger = logging.getLogger("phy")
@@ -91,31 +92,15 @@ def _load_probe(prm, n_channels: int, channel_group) -> Any:
 
 def _load_ground_truth(path: Path, n_samples: int) -> tuple[np.ndarray, np.ndarray, int]:
     """``(spike_samples, spike_clusters, n_units)`` from a ``.groundtruth.npz``, validated."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("spike_samples", "spike_clusters") if k not in npz.files]
-            if missing:
-                raise RawDataError(f"{path}: missing array(s) {', '.join(missing)}.")
-            samples, clusters = npz["spike_samples"], npz["spike_clusters"]
-    except RawDataError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled), OSError
-        raise RawDataError(f"{path}: cannot be read as a ground-truth .npz "
-                           f"({type(exc).__name__}: {exc}).") from None
-    for name, array in (("spike_samples", samples), ("spike_clusters", clusters)):
-        if array.ndim != 1 or array.dtype.kind not in "iu":
-            raise RawDataError(f"{path}: {name} must be a 1-D integer array, found "
-                               f"shape {array.shape} and dtype {array.dtype}.")
-    if len(samples) != len(clusters):
-        raise RawDataError(f"{path}: {len(samples)} spike_samples but "
-                           f"{len(clusters)} spike_clusters.")
+    arrays = read_ground_truth(path)
+    samples, clusters = arrays["spike_samples"], arrays["spike_clusters"]
     if len(samples):
         if np.any(np.diff(samples.astype(np.int64)) < 0):
             raise RawDataError(f"{path}: spike_samples are not sorted.")
         if samples[0] < 0 or samples[-1] >= n_samples:
             raise RawDataError(f"{path}: spike_samples span {samples[0]} .. {samples[-1]}, "
                                f"outside the recording (0 .. {n_samples - 1}).")
-    return samples.astype(np.int64), clusters.astype(np.int64), len(np.unique(clusters))
+    return samples, clusters, len(np.unique(clusters))
 
 
 class RawRecordingModel:
