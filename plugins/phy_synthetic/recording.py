@@ -188,46 +188,30 @@ def _footprints(templates_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return footprints, channels, counts.astype(np.int64)
 
 
+# Synthetic templates last 2 ms: a wider waveform window than klusta's 10 + 10 samples.
+_DETECTION_OVERRIDES = dict(extract_s_before=16, extract_s_after=16)
+
+
+def _section(name: str, values: dict) -> str:
+    lines = [f"    {key}={value!r}," for key, value in values.items() if value is not None]
+    return f"{name} = dict(\n" + "\n".join(lines) + "\n)\n"
+
+
 def _prm_text(name: str, n_channels: int, sample_rate: float, dtype: str,
               uv_per_bit: float) -> str:
-    return f"""# Parameters written by `phy synth` (klusta style; read as literals, never executed).
-# voltage_gain: microvolts per .dat unit (multiply a sample by it to get uV).
+    # The detection parameters are klusta's defaults (one list, in phy_rawdata.prm), written
+    # out so that users see and can edit every one of them.
+    from phy_rawdata.prm import SPIKEDETEKT_DEFAULTS
 
-experiment_name = {name!r}
-prb_file = {name + '.prb'!r}
-
-traces = dict(
-    raw_data_files=[{name + '.dat'!r}],
-    voltage_gain={float(uv_per_bit)!r},
-    sample_rate={float(sample_rate)!r},
-    n_channels={int(n_channels)!r},
-    dtype={dtype!r},
-)
-
-spikedetekt = dict(
-    filter_low=500.,
-    filter_high_factor=0.95 * .5,
-    filter_butter_order=3,
-    filter_lfp_low=0,
-    filter_lfp_high=300,
-    chunk_size_seconds=1,
-    chunk_overlap_seconds=.015,
-    n_excerpts=50,
-    excerpt_size_seconds=1,
-    threshold_strong_std_factor=4.5,
-    threshold_weak_std_factor=2.,
-    detect_spikes='negative',
-    connected_component_join_size=1,
-    extract_s_before=16,
-    extract_s_after=16,
-    n_features_per_channel=3,
-    pca_n_waveforms_max=10000,
-)
-
-klustakwik2 = dict(
-    num_starting_clusters=100,
-)
-"""
+    traces = dict(raw_data_files=[name + ".dat"], voltage_gain=float(uv_per_bit),
+                  sample_rate=float(sample_rate), n_channels=int(n_channels), dtype=dtype)
+    header = ("# Parameters written by `phy synth` (klusta style; read as literals, never "
+              "executed).\n# voltage_gain: microvolts per .dat unit (multiply a sample by it "
+              "to get uV).\n\n")
+    return (header + f"experiment_name = {name!r}\nprb_file = {name + '.prb'!r}\n\n"
+            + _section("traces", traces) + "\n"
+            + _section("spikedetekt", dict(SPIKEDETEKT_DEFAULTS, **_DETECTION_OVERRIDES)) + "\n"
+            + _section("klustakwik2", dict(num_starting_clusters=100)))
 
 
 def _check_parameters(name: str, duration_s: float, n_units: int | None, sample_rate: float,
