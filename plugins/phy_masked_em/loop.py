@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,9 @@ def _try_splits(em: MaskedEM, labels: np.ndarray, score: float) -> tuple[np.ndar
     return labels, score, n_split
 
 
-def masked_em(features, masks, parameters: dict | None = None, reporter=None) -> np.ndarray:
+def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
+              initial_labels: np.ndarray | None = None, start_iteration: int = 0,
+              on_iteration: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
     """Cluster spikes with the masked EM algorithm.
 
     Parameters
@@ -92,6 +95,16 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None) ->
         KlustaKwik 2 parameters (`DEFAULT_PARAMETERS` for the others).
     reporter : ProgressReporter or None
         `value_max` is set to `max_iterations`; incremented once per iteration.
+    initial_labels : int array (n_spikes,) or None
+        Labels to start from instead of the mask-based starts (to resume an
+        interrupted run from the labels `on_iteration` saw).
+    start_iteration : int
+        The number of iterations already done (with `initial_labels`): the
+        split schedule and `max_iterations` count from 0 as if uninterrupted.
+    on_iteration : callable or None
+        ``on_iteration(iteration, labels)`` after each iteration (and its
+        splits), e.g. to save a checkpoint; resuming with
+        ``initial_labels=labels, start_iteration=iteration + 1`` continues.
 
     Returns
     -------
@@ -111,10 +124,17 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None) ->
     if reporter is not None:
         reporter.value_max = max_iterations
     em = MaskedEM(data, p)
-    labels = mask_starts(data.masks > 0, int(p["num_starting_clusters"])) + FIRST_GAUSSIAN
+    if initial_labels is not None:
+        labels = np.asarray(initial_labels, dtype=np.int64)
+        if labels.shape != (n,):
+            raise MaskedEMError(f"initial_labels has shape {labels.shape}, expected ({n},).")
+    else:
+        labels = mask_starts(data.masks > 0, int(p["num_starting_clusters"])) + FIRST_GAUSSIAN
     threshold = float(p["num_changed_threshold"]) * n
     split_first, split_every = int(p["split_first"]), max(int(p["split_every"]), 1)
-    for iteration in range(max_iterations):
+    if reporter is not None:
+        reporter.value = min(int(start_iteration), max_iterations)
+    for iteration in range(int(start_iteration), max_iterations):
         labels = _reindex(labels)
         new, score, deleted = em.iterate(labels, bool(p["consider_cluster_deletion"]))
         changed = np.count_nonzero(new != labels)
@@ -125,10 +145,14 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None) ->
                      iteration, len(np.unique(labels)), changed, score)
         converged = changed <= threshold and not deleted
         due = iteration >= split_first and (iteration - split_first) % split_every == 0
+        stop = False
         if converged or due:
             labels, score, n_split = _try_splits(em, labels, score)
-            if n_split == 0 and converged:
-                break
+            stop = n_split == 0 and converged
+        if on_iteration is not None:
+            on_iteration(iteration, labels)
+        if stop:
+            break
     if reporter is not None:
         reporter.value = reporter.value_max
     return _reindex(labels)
