@@ -17,6 +17,13 @@ is that run's. Printed columns:
   the pass over the recording and the Kwik files with their fsync; not the
   interpreter start-up and imports of the parent).
 - ``x RT``: recording seconds per wall-clock second.
+- ``fixed s``: the part of ``wall s`` that does not grow with the recording
+  (`detect`'s ``timings``: setup, thresholds and PCA excerpt passes).
+- ``pass x RT``: recording seconds per second of the pass over the recording
+  (``timings['chunks']``), the throughput a long recording tends to.
+- ``kwx s``: copying the features into the ``.kwx`` after the pass.
+- ``CPU s``: user + system CPU time of the run and its workers (compare runs
+  by it when the machine is shared).
 - ``RSS parent MB``: peak RSS of the process calling `detect`.
 - ``RSS worker MB``: peak RSS of the largest worker process (the max of the
   ``VmHWM`` of the process tree, sampled by a thread and read once more
@@ -211,13 +218,18 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
     with TreeMemory() as tree:
         t0 = time.perf_counter()
         executor = make_executor("processes")
+        timings = {}
         try:
-            kwik = detect(prm, output_dir=out_dir, executor=executor, overwrite=True)
+            kwik = detect(prm, output_dir=out_dir, executor=executor, overwrite=True,
+                          timings=timings)
             wall = time.perf_counter() - t0
             tree.sample()  # the workers' final high-water marks, before they exit
         finally:
             executor.close()
     n_workers = getattr(executor, "n_workers", 1)
+    cpu = sum(getattr(resource.getrusage(who), field)
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for field in ("ru_utime", "ru_stime"))
     rss_parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # Not getrusage(RUSAGE_CHILDREN): the workers are fork+exec'd ('spawn'), and Linux counts
     # the forked copy of this process's memory, before the exec, in their ru_maxrss.
@@ -234,7 +246,9 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
         model.close()
     result = dict(spikes=int(len(detected)), wall=wall, rss_parent=rss_parent,
                   rss_worker=rss_worker, anon_worker=tree.max_anon_kb / 1024,
-                  n_workers=n_workers, channels=n_channels,
+                  n_workers=n_workers, channels=n_channels, cpu=cpu,
+                  fixed=timings["setup"] + timings["thresholds"] + timings["pca"],
+                  chunks=timings["chunks"], kwik_s=timings["kwik"],
                   kwx_mb=Path(kwik).with_suffix(".kwx").stat().st_size / 2**20)
     if evaluate:
         from phy_detect.evaluation import detection_report
@@ -347,7 +361,8 @@ def run_stages(prm: Path, out_dir: Path, repeat: int) -> dict:
 # -- Tables ----------------------------------------------------------------------------
 
 HEADER = (f"{'probe':<13} {'channels':>8} {'duration s':>10} {'spikes':>7} {'wall s':>7} "
-          f"{'x RT':>6} {'RSS parent MB':>13} {'RSS worker MB':>13} {'(anon)':>6} "
+          f"{'x RT':>6} {'fixed s':>7} {'pass x RT':>9} {'kwx s':>5} {'CPU s':>6} "
+          f"{'RSS parent MB':>13} {'RSS worker MB':>13} {'(anon)':>6} "
           f"{'units snr>=5':>12} "
           f"{'recall mean':>11} {'recall min':>10} {'false':>6}")
 
@@ -357,7 +372,9 @@ def row(probe: str, duration: float, r: dict) -> str:
         return format(x, spec) if x is not None else "-"
 
     return (f"{probe:<13} {r['channels']:>8} {duration:>10g} {r['spikes']:>7} "
-            f"{r['wall']:>7.2f} {duration / r['wall']:>6.1f} {r['rss_parent']:>13.0f} "
+            f"{r['wall']:>7.2f} {duration / r['wall']:>6.1f} {r['fixed']:>7.2f} "
+            f"{duration / r['chunks']:>9.1f} {r['kwik_s']:>5.2f} {r['cpu']:>6.1f} "
+            f"{r['rss_parent']:>13.0f} "
             f"{r['rss_worker']:>13.0f} {r['anon_worker']:>6.0f} {r.get('n_good', '-'):>12} "
             f"{f(r.get('recall_mean'), '.3f'):>11} {f(r.get('recall_min'), '.3f'):>10} "
             f"{r.get('n_false', '-'):>6}")

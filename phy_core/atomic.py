@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import IO
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a closed file's data to disk (before renaming it into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a directory's entries (after a rename), best effort."""
     # POSIX only; best effort (some filesystems refuse to open directories).
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -59,7 +69,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

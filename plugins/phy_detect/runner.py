@@ -16,9 +16,9 @@ For each channel group of the probe:
    threshold, flood fill, extract and align, project on the PCs. Each job
    returns the spike samples, masks and features of the spikes whose sample
    falls in its chunk (the overlap makes them independent of the chunk
-   size); features and masks are appended to one raw temporary file each
-   as results arrive (read back through a memory map for the Kwik writer),
-   so memory does not grow with the recording.
+   size); their features and masks are written, in the ``.kwx`` layout, straight
+   into the ``.kwx`` as results arrive (`phy_kwik.kwx_rows`: no copy at the
+   end), so memory does not grow with the recording.
    Workers read a chunk once, as float32 (columns selected on the raw data
    only when the group is not all the file's columns in order), filter it in
    place, and drop the memory-mapped file pages they read (`release_pages`),
@@ -33,7 +33,9 @@ this process loads the plugins and the probe and creates the Kwik files.
 Stages come from plugins (hook `phy_register_stages`), one per kind, chosen
 by name with ``spikedetekt['stages']`` in the PRM (defaults below). A
 stage's factory receives the arguments listed in `STAGE_ARGUMENTS` for its
-kind.
+kind; those in `worker.OPTIONAL_STAGE_ARGUMENTS` only if its signature names them
+(or takes ``**kwargs``), so that a lab's stage written before they existed
+keeps working.
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ from typing import Any
 
 import numpy as np
 
+from phy_core.atomic import fsync_directory, fsync_file
 from phy_core.errors import PhyError
 from phy_core.progress import ProgressReporter
 
 from .chunks import Chunk, plan_chunks
-from .worker import GroupSetup, clear_buffers, run_job
+from .worker import GroupSetup, clear_buffers, make_stage, run_job
 
 logger = logging.getLogger("phy")
 
@@ -103,7 +106,7 @@ def _adjacency_in_columns(probe, channels: np.ndarray) -> dict[int, list[int]]:
 
 
 def _make(stage, **arguments):
-    return stage.factory(**arguments)
+    return make_stage(stage.factory, stage.kind, arguments)
 
 
 def detect(
@@ -114,6 +117,7 @@ def detect(
     chunk_size_s: float | None = None,
     overwrite: bool = False,
     reporter: ProgressReporter | None = None,
+    timings: dict | None = None,
 ) -> Path:
     """Detect spikes in the recording of a PRM file; write ``<experiment_name>.kwik/.kwx``.
 
@@ -133,6 +137,12 @@ def detect(
         Replace existing Kwik files.
     reporter : ProgressReporter or None
         Receives the progress (one step per chunk and channel group).
+    timings : dict or None
+        If given, filled with where the wall-clock time went, in seconds:
+        ``setup`` (workers' start, plugins, probe, Kwik files created),
+        ``thresholds``, ``pca`` (the excerpt passes; summed over channel
+        groups), ``chunks`` (the pass over the recording), ``kwik`` (features
+        copied into the ``.kwx``), ``total``; and ``n_spikes``.
 
     Returns
     -------
@@ -155,7 +165,8 @@ def detect(
     rate = float(prm.traces.sample_rate)
     high = float(sd["filter_high_factor"]) * rate
     filter_arguments = dict(rate=rate, low=float(sd["filter_low"]), high=high,
-                            order=int(sd["filter_butter_order"]))
+                            order=int(sd["filter_butter_order"]),
+                            precision=str(sd["filter_precision"]))
     own_executor = executor is None
     executor = executor or make_executor("processes")
     t0 = time.perf_counter()
@@ -209,6 +220,8 @@ def detect(
                              sample_rate=rate,
                              **{k: v for k, v in sd.items() if v is not None and k != "stages"})
         n_total = 0
+        phases = dict(setup=time.perf_counter() - t0, thresholds=0.0, pca=0.0, chunks=0.0,
+                      kwik=0.0)
         for group in groups:
             probe.change_channel_group(group)
             channels = np.asarray(probe.channels, dtype=np.int64)
@@ -216,11 +229,15 @@ def detect(
                 raise DetectionError(f"{prm.prb_file}: channel {channels.max()} does not exist "
                                      f"in data with {n_file_channels} channels.")
             n_total += _detect_group(prm, sd, stages, filter_, traces, probe, group, channels,
-                                     chunks, executor, creator, tmp_dir, reporter, starts)
+                                     chunks, executor, creator, tmp_dir, reporter, starts,
+                                     phases)
         reporter.set_complete()
-        # Complete: move the files into place (the .kwx first, the .kwik last).
+        # Complete: on disk, then moved into place (the .kwx first, the .kwik last).
+        for path in (partial.with_suffix(".kwx"), partial.with_suffix(".kwik")):
+            fsync_file(path)
         os.replace(partial.with_suffix(".kwx"), kwx_path)
         os.replace(partial.with_suffix(".kwik"), kwik_path)
+        fsync_directory(out_dir)
     finally:
         if own_executor:
             executor.close()
@@ -228,6 +245,8 @@ def detect(
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     elapsed = time.perf_counter() - t0
+    if timings is not None:
+        timings.update(phases, total=elapsed, n_spikes=n_total)
     logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
                 n_total, n_samples / rate, elapsed, n_samples / rate / max(elapsed, 1e-9))
     return kwik_path
@@ -299,9 +318,25 @@ def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
     if bool(sd["use_single_threshold"]):
         median = np.median(values, overwrite_input=True)
         return factors * (np.float64(median) / _MAD_TO_STD)
-    median = np.median(values, axis=1, overwrite_input=True)
+    median = _row_medians(values)
     std = np.asarray(median, dtype=np.float64) / _MAD_TO_STD
     return factors[:, None] * std[None, :]
+
+
+def _row_medians(values: np.ndarray) -> np.ndarray:
+    """``np.median(values, axis=1)``, rows in blocks on all cores (partitions in place).
+
+    The workers wait for the thresholds meanwhile, so the cores are free;
+    numpy's partition releases the GIL.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n_threads = max(1, min(os.cpu_count() or 1, len(values)))
+    bounds = np.linspace(0, len(values), n_threads + 1).astype(int)
+    blocks = [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    with ThreadPoolExecutor(n_threads) as pool:
+        medians = list(pool.map(lambda v: np.median(v, axis=1, overwrite_input=True), blocks))
+    return np.concatenate(medians) if medians else np.zeros(0, dtype=values.dtype)
 
 
 def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pca: int,
@@ -359,7 +394,7 @@ def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
 
 
 def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks, executor,
-                  creator, tmp_dir, reporter, starts) -> int:
+                  creator, tmp_dir, reporter, starts, phases: dict) -> int:
     from .threshold import excerpts
 
     rate = float(prm.traces.sample_rate)
@@ -401,48 +436,35 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     n_features = int(sd["n_features_per_channel"]) * n_channels
     t_pca = time.perf_counter()
 
-    # The pass over the whole recording: features and masks appended to one raw
-    # temporary file each (no zip, no CRC), read back through a memory map.
-    samples, counts = [], []
-    features_path = tmp_dir / f"group{group}.features.f32"
-    masks_path = tmp_dir / f"group{group}.masks.f32"
+    # The pass over the whole recording: features and masks appended, in the .kwx
+    # layout, to the .kwx itself; they become the dataset at the end (no copy).
+    samples = []
+    n_pcs = int(sd["n_features_per_channel"])
+    writer = creator.kwx_row_writer(n_features)
     jobs = [(setup, chunk) for chunk in chunks]
-    with open(features_path, "wb") as features_file, open(masks_path, "wb") as masks_file:
+    try:
         for result in executor.imap(run_job, jobs):
             n = len(result.spike_samples)
             samples.append(result.spike_samples)
             if n:
                 features = result.features if n_fit else np.zeros((n, n_features), np.float32)
-                features_file.write(_as_float32_bytes(features, (n, n_features)))
-                masks_file.write(_as_float32_bytes(result.masks, (n, n_channels)))
-                counts.append(n)
+                writer.append(_kwx_rows(features, result.masks, n_channels, n_pcs))
             reporter.increment()
+    finally:
+        writer.close()
     spike_samples = np.concatenate(samples) if samples else np.zeros(0)
+    n_spikes = len(spike_samples)
     t_chunks = time.perf_counter()
-
-    def read(path, n_columns):
-        if not counts:
-            return
-        array = np.memmap(path, dtype=np.float32, mode="r", shape=(sum(counts), n_columns))
-        offset = 0
-        for n in counts:
-            yield array[offset:offset + n]
-            offset += n
 
     # Kwik stores spike samples relative to their recording (raw data file).
     recordings = np.searchsorted(starts, np.floor(spike_samples), side="right") - 1
     relative = spike_samples - starts[recordings]
-    if len(spike_samples):
+    if n_spikes:
         creator.add_spikes(group, relative, spike_recordings=recordings,
-                           masks=read(masks_path, n_channels),
-                           features=read(features_path, n_features), n_channels=n_channels,
-                           n_features=int(sd["n_features_per_channel"]))
+                           features_masks=writer, n_channels=n_channels, n_features=n_pcs)
     else:
         creator.add_spikes(group, relative, spike_recordings=recordings)
     creator.add_clustering(group, "main", np.zeros(len(spike_samples), dtype=np.int64))
-    for path in (features_path, masks_path):
-        with contextlib.suppress(OSError):
-            path.unlink()
     t_end = time.perf_counter()
     logger.info("Channel group %d: %d spikes.", group, len(spike_samples))
     # Where the time went (`phy -v detect ...`): the excerpt passes do not grow with the
@@ -451,13 +473,27 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
                  "%.1f s (chunks %.1f s, Kwik files %.1f s).", group, t_thresholds - t0,
                  t_pca - t_thresholds, n_fit, t_end - t_pca, t_chunks - t_pca,
                  t_end - t_chunks)
+    for name, seconds in (("thresholds", t_thresholds - t0), ("pca", t_pca - t_thresholds),
+                          ("chunks", t_chunks - t_pca), ("kwik", t_end - t_chunks)):
+        phases[name] += seconds
     return len(spike_samples)
 
 
-def _as_float32_bytes(array, shape: tuple[int, int]) -> memoryview:
-    """`array` as C-contiguous float32 bytes of the expected shape (no copy when it is)."""
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.shape != shape:
-        raise DetectionError(f"A chunk returned an array of shape {array.shape}, "
-                             f"expected {shape}.")
-    return memoryview(array).cast("B")
+def _kwx_rows(features, masks, n_channels: int, n_pcs: int) -> memoryview:
+    """A chunk's features and masks as ``.kwx`` rows: ``(n, n_channels * n_pcs, 2)`` float32.
+
+    Features in ``[..., 0]``; each channel's mask, repeated for its `n_pcs`
+    features, in ``[..., 1]``.
+    """
+    features, masks = np.asarray(features), np.asarray(masks)
+    n = len(features)
+    if features.shape != (n, n_channels * n_pcs) or masks.shape != (n, n_channels):
+        raise DetectionError(f"A chunk returned features {features.shape} and masks "
+                             f"{masks.shape}, expected ({n}, {n_channels * n_pcs}) and "
+                             f"({n}, {n_channels}).")
+    rows = np.empty((n, n_channels * n_pcs, 2), dtype=np.float32)
+    rows[..., 0] = features
+    repeated = rows[..., 1]
+    repeated.shape = (n, n_channels, n_pcs)  # a view (raises rather than copy)
+    repeated[...] = masks[:, :, None]
+    return memoryview(rows).cast("B")

@@ -39,6 +39,28 @@ class GroupSetup:
     task: str = "detect"
 
 
+#: Tuning arguments a stage factory receives only if its signature names them (or takes
+#: ``**kwargs``), so that a lab's stage written before they existed keeps working.
+OPTIONAL_STAGE_ARGUMENTS = {"filter": ("precision",)}
+
+
+def make_stage(factory, kind: str, arguments: dict):
+    """``factory(**arguments)``, without the optional arguments it does not accept."""
+    optional = OPTIONAL_STAGE_ARGUMENTS.get(kind, ())
+    return factory(**{k: v for k, v in arguments.items()
+                      if k not in optional or _accepts(factory, k)})
+
+
+def _accepts(factory, name: str) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 _TRACES_CACHE: dict[str, Any] = {}
 
 
@@ -200,14 +222,54 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
     return out
 
 
+def _crossing_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's reusable ``(data_t, weak, strong)`` buffers (as `_chunk_buffer`)."""
+    buffers = getattr(_BUFFERS, "crossings", None)
+    if buffers is None or buffers[0].shape != shape:
+        _BUFFERS.crossings = buffers = (np.empty(shape, np.float32), np.empty(shape, np.bool_),
+                                        np.empty(shape, np.bool_))
+    return buffers
+
+
 def _extract(setup: GroupSetup, data: np.ndarray):
-    """Filter `data` (in place when the filter allows it), threshold, flood fill, extract."""
+    """Filter `data` (in place when the filter allows it), threshold, flood fill, extract.
+
+    The extractor's results must not refer to `data` or to the crossing
+    buffers (the next chunk reuses them): `extract_all` returns new arrays.
+    """
     data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
-    data_t = setup.thresholder.transform(data)
-    weak = setup.thresholder.detect(data_t, "weak")
-    strong = setup.thresholder.detect(data_t, "strong")
+    thresholder = setup.thresholder
+    if hasattr(thresholder, "transform_detect") and data.dtype == np.float32:
+        data_t, weak, strong = thresholder.transform_detect(
+            data, out=_crossing_buffers(data.shape))
+    else:
+        data_t = thresholder.transform(data)
+        weak, strong = thresholder.detect(data_t, "weak"), thresholder.detect(data_t, "strong")
     components = setup.detector.detect_flat(weak, strong)
-    return setup.extractor.extract_all(components, data, data_t)
+    extractor = setup.extractor
+    if not _is_builtin_extractor(extractor):
+        return extractor.extract_all(components, data, data_t)
+    # (points, offsets): at most len(offsets) - 1 spikes. A reused buffer spares the
+    # kernel zeroing ~100 MB of fresh pages per chunk at 1024 channels.
+    n_max = len(components[1]) - 1
+    shape = (max(n_max, 1), extractor.n_samples_waveforms, data.shape[1])
+    return extractor.extract_all(components, data, data_t, out=_waveform_buffer(shape))
+
+
+def _waveform_buffer(shape: tuple[int, int, int]) -> np.ndarray:
+    """A reusable float32 buffer of at least ``shape[0]`` waveforms (grows by 1/4)."""
+    buffer = getattr(_BUFFERS, "waveforms", None)
+    if buffer is None or buffer.shape[1:] != shape[1:] or buffer.shape[0] < shape[0]:
+        rows = shape[0] if buffer is None or buffer.shape[1:] != shape[1:] \
+            else max(shape[0], buffer.shape[0] + buffer.shape[0] // 4)
+        _BUFFERS.waveforms = buffer = np.empty((rows,) + tuple(shape[1:]), np.float32)
+    return buffer
+
+
+def _is_builtin_extractor(extractor) -> bool:
+    from .waveform import WaveformExtractor
+
+    return type(extractor) is WaveformExtractor
 
 
 def _accepts_out(filter_) -> bool:
@@ -270,7 +332,7 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
         stages = {kind: (chosen[kind].factory, kwargs) for kind, (_, kwargs) in stages.items()}
     made = {}
     for kind, (factory, kwargs) in stages.items():
-        made[kind] = factory(**dict(defaults.get(kind, {}), **kwargs))
+        made[kind] = make_stage(factory, kind, dict(defaults.get(kind, {}), **kwargs))
     filter_ = made["filter"]
     if hasattr(filter_, "filter_chunk"):  # the threshold excerpts' path
         filter_.filter_chunk(_GroupTraces(raw, columns), 1000, 3000)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import KwikError
 from .h5 import open_h5
+from .kwx_rows import KwxRowWriter
 
 logger = logging.getLogger("phy")
 
@@ -200,7 +201,8 @@ class KwikCreator:
 
     def add_spikes(self, group: int = 0, spike_samples: Any = None,
                    spike_recordings: Any = None, masks: Any = None, features: Any = None,
-                   n_channels: int | None = None, n_features: int | None = None) -> None:
+                   n_channels: int | None = None, n_features: int | None = None,
+                   features_masks: Any = None) -> None:
         """Add the spikes of a channel group (once per group).
 
         Parameters
@@ -219,6 +221,13 @@ class KwikCreator:
             have the same number of rows pairwise).
         n_channels, n_features : int
             Needed when they cannot be inferred from the first chunks.
+        features_masks : array (n_spikes, n_channels * n_features, 2), iterable of chunks,
+            or `phy_kwik.kwx_rows.KwxRowWriter`
+            Instead of `features` and `masks`: the ``.kwx`` layout itself
+            (features in ``[..., 0]``, each channel's mask repeated for its
+            features in ``[..., 1]``), copied as is (no interleaving); or the
+            rows a `KwxRowWriter` (see `kwx_row_writer`) has already written
+            into the ``.kwx``, which become the dataset without being copied.
 
         Notes
         -----
@@ -256,11 +265,64 @@ class KwikCreator:
             f.write(spath + "/time_samples", time_samples)
             f.write(spath + "/time_fractional", frac)
             f.write(spath + "/recording", recordings)
+        if features_masks is not None:
+            if masks is not None or features is not None:
+                raise KwikError("add_spikes: give features_masks, or features and masks.")
+            if isinstance(features_masks, KwxRowWriter):
+                if features_masks.n_rows != n_spikes:
+                    features_masks.close()
+                    raise KwikError(f"add_spikes: {features_masks.n_rows} feature rows for "
+                                    f"{n_spikes} spikes.")
+                features_masks.adopt(f"/channel_groups/{group:d}/features_masks")
+                return
+            self._write_interleaved(group, n_spikes, features_masks, n_channels, n_features)
+            return
         if masks is None and features is None:
             return
         if masks is None or features is None:
             raise KwikError("add_spikes: give both features and masks, or neither.")
         self._write_features_masks(group, n_spikes, features, masks, n_channels, n_features)
+
+    def kwx_row_writer(self, n_columns: int) -> KwxRowWriter:
+        """A writer of features_masks rows straight into the ``.kwx`` (see `kwx_rows`).
+
+        Pass it to `add_spikes` as `features_masks` once every row is written;
+        nothing else may write to the ``.kwx`` in between.
+        """
+        self._check_exists()
+        return KwxRowWriter(self.kwx_path, n_columns)
+
+    def _write_interleaved(self, group, n_spikes, features_masks, n_channels, n_features):
+        fm_path = f"/channel_groups/{group:d}/features_masks"
+        chunks = _chunks(features_masks)
+        first = next(chunks, None)
+        if first is None or len(np.shape(first)) != 3 or np.shape(first)[2] != 2:
+            raise KwikError("add_spikes: features_masks must be (n_spikes, n_features, 2) "
+                            f"chunks, got {None if first is None else np.shape(first)}.")
+        n_columns = int(np.shape(first)[1])
+        if n_channels is not None and n_features is not None:
+            n_columns = int(n_channels) * int(n_features)
+        with open_h5(self.kwx_path, "a") as f:
+            if f.exists(fm_path):
+                raise KwikError(f"{self.kwx_path}: {fm_path} already exists.")
+            dset = f.write(fm_path, shape=(n_spikes, n_columns, 2), dtype=np.float32)
+            offset = 0
+            try:
+                for chunk in _prepend(first, chunks):
+                    block = np.ascontiguousarray(chunk[...], dtype=np.float32)
+                    n = len(block)
+                    if block.shape != (n, n_columns, 2) or offset + n > n_spikes:
+                        raise KwikError(f"add_spikes: a features_masks chunk of shape "
+                                        f"{block.shape} at row {offset} does not fit "
+                                        f"({n_spikes}, {n_columns}, 2).")
+                    if n:
+                        dset.write_direct(block, dest_sel=np.s_[offset:offset + n])
+                    offset += n
+                if offset != n_spikes:
+                    raise KwikError(f"add_spikes: {offset} feature rows for {n_spikes} spikes.")
+            except BaseException:
+                f.delete(fm_path)
+                raise
 
     def _write_features_masks(self, group, n_spikes, features, masks, n_channels, n_features):
         fm_path = f"/channel_groups/{group:d}/features_masks"

@@ -49,6 +49,9 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     filter_low=500.,  # Hz
     filter_high_factor=0.95 * .5,  # times the sample rate
     filter_butter_order=3,
+    # phy: the filter's state and arithmetic; 'float32' is ~1.5x faster than 'float64'
+    # and differs from scipy's sosfiltfilt by ~2e-6 of the signal scale (float64: ~6e-8).
+    filter_precision='float32',
     filter_lfp_low=0,
     filter_lfp_high=300,
     chunk_size_seconds=1,
@@ -106,6 +109,7 @@ _INTEGER_KEYS = {
     "max_possible_clusters", "max_quick_step_candidates", "max_split_iterations", "num_cpus",
 }
 _DETECT_SPIKES = ("negative", "positive", "both")
+_FILTER_PRECISIONS = ("float32", "float64")
 TRACES_KEYS = ("raw_data_files", "voltage_gain", "sample_rate", "n_channels", "dtype", "offset")
 TOP_LEVEL_KEYS = ("experiment_name", "prb_file", "traces", "spikedetekt", "klustakwik2")
 TRACES_DEFAULTS: dict[str, Any] = dict(voltage_gain=10., dtype="int16", offset=0)
@@ -162,6 +166,10 @@ def _check_section(path: Path, name: str, given: Any, defaults: dict[str, Any]) 
     if name == "spikedetekt" and out["detect_spikes"] not in _DETECT_SPIKES:
         raise PrmError(f"{path}: spikedetekt['detect_spikes'] must be one of "
                        f"{', '.join(map(repr, _DETECT_SPIKES))}, got {out['detect_spikes']!r}.")
+    if name == "spikedetekt" and out["filter_precision"] not in _FILTER_PRECISIONS:
+        raise PrmError(f"{path}: spikedetekt['filter_precision'] must be one of "
+                       f"{', '.join(map(repr, _FILTER_PRECISIONS))}, "
+                       f"got {out['filter_precision']!r}.")
     return out
 
 

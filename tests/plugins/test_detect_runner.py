@@ -50,7 +50,13 @@ def test_kwik_files_follow_the_protocol_and_find_the_spikes(reference, recording
 
 
 def test_result_does_not_depend_on_chunk_size(reference, recording, tmp_path):
-    other = KwikModel(_run(recording, tmp_path, chunk_size_s=0.37))
+    timings = {}
+    other = KwikModel(_run(recording, tmp_path, chunk_size_s=0.37, timings=timings))
+    # Where the time went: every phase, adding up to at most the total.
+    phases = ("setup", "thresholds", "pca", "chunks", "kwik")
+    assert all(timings[p] >= 0 for p in phases) and timings["chunks"] > 0
+    assert sum(timings[p] for p in phases) <= timings["total"]
+    assert timings["n_spikes"] == other.n_spikes
     np.testing.assert_array_equal(other.spike_samples, reference.spike_samples)
     np.testing.assert_allclose(other.spike_samples_fractional,
                                reference.spike_samples_fractional, atol=1e-2)
@@ -286,9 +292,43 @@ def test_worker_warm_up_opens_the_recording_and_runs_the_stages(recording, monke
     func(args[0], {"filter": ("no-such-stage", {})})
 
 
-def test_chunk_results_of_the_wrong_shape_are_refused():
-    from phy_detect.runner import DetectionError, _as_float32_bytes
+def test_chunk_results_become_kwx_rows_or_are_refused():
+    from phy_detect.runner import DetectionError, _kwx_rows
 
-    assert len(_as_float32_bytes(np.zeros((2, 3), np.float64), (2, 3))) == 24
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 6))  # 3 channels x 2 features, float64 on purpose
+    masks = rng.random((4, 3))
+    rows = np.frombuffer(_kwx_rows(features, masks, 3, 2), np.float32).reshape(4, 6, 2)
+    np.testing.assert_array_equal(rows[..., 0], features.astype(np.float32))
+    # Channel c's mask on features 2c and 2c + 1 (channel-major features, as the Kwik format).
+    np.testing.assert_array_equal(rows[..., 1], np.repeat(masks, 2, axis=1).astype(np.float32))
     with pytest.raises(DetectionError, match="expected"):
-        _as_float32_bytes(np.zeros((2, 4), np.float32), (2, 3))
+        _kwx_rows(np.zeros((2, 4), np.float32), np.zeros((2, 3)), 3, 2)
+    with pytest.raises(DetectionError, match="expected"):
+        _kwx_rows(np.zeros((2, 6), np.float32), np.zeros((2, 2)), 3, 2)
+
+
+def test_optional_stage_arguments_reach_only_the_factories_that_take_them():
+    from phy_detect.filtering import Filter
+    from phy_detect.worker import make_stage
+
+    arguments = dict(rate=30000.0, low=500.0, high=9000.0, order=3, precision="float32")
+    # The built-in filter takes `precision`.
+    assert make_stage(Filter, "filter", arguments).precision == "float32"
+    seen = {}
+
+    def old_style(rate, low, high, order):  # a lab's filter written before `precision`
+        seen["old"] = (rate, low, high, order)
+        return "old"
+
+    def any_keywords(**kwargs):
+        seen["any"] = kwargs
+        return "any"
+
+    assert make_stage(old_style, "filter", arguments) == "old"
+    assert seen["old"] == (30000.0, 500.0, 9000.0, 3)
+    assert make_stage(any_keywords, "filter", arguments) == "any"
+    assert seen["any"] == arguments
+    # Required arguments are always passed: a factory missing one fails loudly.
+    with pytest.raises(TypeError):
+        make_stage(lambda rate: None, "filter", arguments)

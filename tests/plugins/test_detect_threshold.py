@@ -204,3 +204,32 @@ def test_local_whitening():
     assert (stage.name, stage.kind) == ("whitening", "whitening")
     assert isinstance(stage.factory(**stage.parameters), Whitening)
     assert isinstance(stage.factory(scope="local"), LocalWhitening)
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(["positive", "negative", "both"]),
+       n_samples=st.integers(1, 40), n_channels=st.integers(1, 9),
+       per_channel=st.booleans(), seed=st.integers(0, 2**16))
+def test_transform_detect_equals_the_separate_steps(mode, n_samples, n_channels, per_channel,
+                                                    seed):
+    # The fused kernel gives exactly `transform` and the two `detect` calls, values on the
+    # thresholds included (ties are the strict inequality's).
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-6, 7, size=(n_samples, n_channels)).astype(np.float32)
+    if per_channel:
+        weak = rng.integers(0, 3, n_channels).astype(float)
+        strong = weak + rng.integers(1, 4, n_channels)
+    else:
+        weak, strong = 2.0, 4.0
+    thresholder = Thresholder(mode, thresholds={"weak": weak, "strong": strong})
+    data_t = thresholder.transform(data)
+    expected = (data_t, thresholder.detect(data_t, "weak"), thresholder.detect(data_t, "strong"))
+    out = (np.full_like(data, np.nan), np.ones(data.shape, bool), np.ones(data.shape, bool))
+    for got in (thresholder.transform_detect(data), thresholder.transform_detect(data, out=out)):
+        for g, e in zip(got, expected, strict=True):
+            assert g.dtype == e.dtype
+            np.testing.assert_array_equal(g, e)
+    assert thresholder.transform_detect(data, out=out)[1] is out[1]
+    # Other dtypes take the separate steps (same values).
+    got = thresholder.transform_detect(data.astype(np.float64))
+    np.testing.assert_array_equal(got[2], thresholder.detect(data_t.astype(np.float64), "strong"))

@@ -309,3 +309,37 @@ def test_two_dat_recordings(tmp_path, caplog):
     before, after = model.metadata["extract_s_before"], model.metadata["extract_s_after"]
     np.testing.assert_array_equal(unfiltered.waveforms[2],
                                   b[10 - before:10 + after][:, [2, 0]])
+
+
+def test_interleaved_features_masks_equal_the_separate_ones(tmp_path):
+    # `features_masks` (the .kwx layout, as the detection runner writes it) and
+    # `features` + `masks` give the same dataset; bad chunks are refused and leave no dataset.
+    rng = np.random.default_rng(1)
+    n, n_channels, n_pcs = 50, 4, 3
+    features = rng.normal(size=(n, n_channels * n_pcs)).astype(np.float32)
+    masks = rng.random((n, n_channels)).astype(np.float32)
+    interleaved = np.stack([features, np.repeat(masks, n_pcs, axis=1)], axis=-1)
+    paths = []
+    for name, kwargs in [("a", dict(features=features, masks=masks)),
+                         ("b", dict(features_masks=[interleaved[:20], interleaved[20:]]))]:
+        creator = KwikCreator(tmp_path / name)
+        creator.create_empty()
+        creator.add_spikes(0, np.arange(n, dtype=float), n_channels=n_channels,
+                           n_features=n_pcs, **kwargs)
+        paths.append(tmp_path / f"{name}.kwx")
+    with h5py.File(paths[0], "r") as a, h5py.File(paths[1], "r") as b:
+        path = "/channel_groups/0/features_masks"
+        np.testing.assert_array_equal(a[path][...], b[path][...])
+    creator = KwikCreator(tmp_path / "c")
+    creator.create_empty()
+    with pytest.raises(KwikError, match="features_masks chunk"):
+        creator.add_spikes(0, np.arange(n, dtype=float), features_masks=[interleaved[:, :6]],
+                           n_channels=n_channels, n_features=n_pcs)
+    with pytest.raises(KwikError, match="feature rows"):
+        creator.add_spikes(1, np.arange(n, dtype=float), features_masks=interleaved[:10])
+    with pytest.raises(KwikError, match="or features and masks"):
+        creator.add_spikes(2, np.arange(n, dtype=float), features_masks=interleaved,
+                           masks=masks)
+    with h5py.File(tmp_path / "c.kwx", "r") as f:
+        assert not any("features_masks" in f[f"/channel_groups/{g}"] for g in (0, 1)
+                       if f"/channel_groups/{g}" in f)

@@ -140,6 +140,8 @@ helper = 'session1'
     (MINIMAL + "spikedetekt = dict(n_excerpts=2.5)", r"spikedetekt\['n_excerpts'\] must be an "
                                                       "integer"),
     (MINIMAL + "spikedetekt = dict(detect_spikes='up')", r"detect_spikes'\] must be one of"),
+    (MINIMAL + "spikedetekt = dict(filter_precision='float16')",
+     r"filter_precision'\] must be one of"),
     (MINIMAL + "spikedetekt = dict(filter_low='500')", r"filter_low'\] must be a number"),
     (MINIMAL + "klustakwik2 = dict(use_noise_cluster=1)", r"use_noise_cluster'\] must be True"),
     (MINIMAL + "klustakwik2 = 3", "klustakwik2 must be a dict"),
