@@ -1,0 +1,170 @@
+"""Benchmark the whole sort: ``.dat`` in, detection then masked EM clustering, ``.kwik`` out.
+
+Usage::
+
+    python benchmarks/sort.py [--channels 32,384] [--duration 20]
+                              [--data-dir /tmp/phy-bench] [--out-dir DIR]
+
+For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
+``dense1024``), the cached synthetic recording of ``--data-dir`` (written
+once, as by ``benchmarks/detect.py``) is sorted with
+`phy_spikesort.pipeline.sort_recording` (local worker processes for the
+detection, the masked EM in the parent process) in a fresh interpreter, so
+that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
+
+- ``detect s``, ``cluster s``, ``total s``: wall-clock times of the two
+  phases and of the whole call (reading the PRM, worker start-up and Kwik
+  writes included; not the interpreter start-up and imports).
+- ``x RT``: recording seconds per wall-clock second of the whole sort.
+- ``RSS MB parent/worker``: peak RSS of the sorting process (which runs the
+  clustering) and of the largest detection worker (``VmHWM``, sampled; see
+  ``benchmarks/detect.py``).
+- ``snr>=5``, ``snr>=3``: true units with that SNR sorted at accuracy >= 0.8
+  (`phy_evaluate.metrics.evaluate`: spikes matched within 0.4 ms, Hungarian
+  assignment of units to clusters), as ``k/n``.
+- ``false good``: clusters labelled good that match no true unit (best
+  accuracy < 0.5), over the clusters labelled good (the masked EM labels
+  none: ``0/0`` until something ranks clusters as good).
+- ``false clusters``: the same over all the clusters the masked EM proposes
+  as units (not its noise and MUA clusters 0 and 1).
+
+A warm-up sort of a short recording runs first (untimed) so that the numba
+kernels are compiled into their on-disk cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import PROBES, SEED, TreeMemory, machine, recording
+
+FALSE_UNIT_ACCURACY = 0.5
+
+
+def evaluate_kwik(kwik: Path, gt_path: Path) -> dict:
+    """Accuracy of the ``main`` clustering of every channel group against the ground truth."""
+    import numpy as np
+
+    from phy_evaluate.metrics import FALSE_UNIT_THRESHOLD, evaluate
+    from phy_kwik.model import KwikModel
+
+    samples, clusters, groups = [], [], {}
+    with KwikModel(kwik) as model:
+        channel_groups, rate = list(model.channel_groups), float(model.sample_rate)
+    for g, group in enumerate(channel_groups):
+        with KwikModel(kwik, channel_group=group) as model:
+            # Cluster ids made unique across channel groups.
+            offset = g * 10 ** 7
+            samples.append(np.asarray(model.spike_samples, dtype=np.int64))
+            clusters.append(np.asarray(model.spike_clusters, dtype=np.int64) + offset)
+            groups.update({int(c) + offset: v for c, v in model.cluster_groups.items()})
+    samples, clusters = np.concatenate(samples), np.concatenate(clusters)
+    gt = np.load(gt_path)
+    result = evaluate(gt["spike_samples"], gt["spike_clusters"], samples, clusters, rate,
+                      unit_snr=gt["unit_snr"], cluster_groups=groups)
+    s = result.summary
+    units = np.isin(result.clusters, [c for c, v in groups.items() if v not in (0, 1)])
+    false = units & (result.cluster_best_accuracy < FALSE_UNIT_THRESHOLD)
+    return dict(n_units_5=s.n_units_snr_5, n_accurate_5=s.n_accurate_snr_5,
+                n_units_3=s.n_units_snr_3, n_accurate_3=s.n_accurate_snr_3,
+                n_good=s.n_good, n_false_good=s.n_false_good,
+                n_unit_clusters=int(units.sum()), n_false_clusters=int(false.sum()))
+
+
+def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
+    from phy_core.progress import ProgressReporter
+    from phy_spikesort.pipeline import sort_recording
+
+    with TreeMemory() as tree:
+        detect_reporter = ProgressReporter()
+        # The workers' final high-water marks, read before they exit.
+        detect_reporter.connect(tree.sample, event="complete")
+        result = sort_recording(prm, output_dir=out_dir, overwrite=True,
+                                detect_reporter=detect_reporter)
+    out = dict(channels=0, spikes=result.n_spikes, clusters=result.n_clusters,
+               duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
+               total=result.total_s,
+               rss_parent=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               rss_worker=tree.max_kb / 1024)
+    from phy_kwik.model import KwikModel
+
+    with KwikModel(result.kwik_path) as model:
+        out["channels"] = int(model.n_channels)
+    if evaluate:
+        out.update(evaluate_kwik(result.kwik_path, Path(prm).with_name("rec.groundtruth.npz")))
+    return out
+
+
+def run(prm: Path, out_dir: Path, evaluate: bool = True) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(prm), str(out_dir)]
+                          + ([] if evaluate else ["--no-eval"]), capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"the sort failed on {prm} (exit code {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+HEADER = (f"{'channels':>8} {'duration s':>10} {'spikes':>7} {'clusters':>8} {'detect s':>8} "
+          f"{'cluster s':>9} {'total s':>7} {'x RT':>5} {'RSS MB parent/worker':>20} "
+          f"{'snr>=5':>7} {'snr>=3':>7} {'false good':>10} {'false clusters':>14}")
+
+
+def row(r: dict) -> str:
+    def ratio(k, n):
+        return f"{r[k]}/{r[n]}" if n in r else "-"
+
+    rss = f"{r['rss_parent']:.0f}/{r['rss_worker']:.0f}"
+    return (f"{r['channels']:>8} {r['duration']:>10g} {r['spikes']:>7} {r['clusters']:>8} "
+            f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r['total']:>7.1f} "
+            f"{r['duration'] / r['total']:>5.2f} {rss:>20} "
+            f"{ratio('n_accurate_5', 'n_units_5'):>7} {ratio('n_accurate_3', 'n_units_3'):>7} "
+            f"{ratio('n_false_good', 'n_good'):>10} "
+            f"{ratio('n_false_clusters', 'n_unit_clusters'):>14}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--channels", default="32,384",
+                        help="comma-separated channel counts among " + ",".join(map(str, PROBES)))
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording")
+    parser.add_argument("--data-dir", default="/tmp/phy-bench",
+                        help="cache of the synthetic recordings (shared with detect.py)")
+    parser.add_argument("--out-dir", default=None,
+                        help="where the Kwik files are written (default: DATA_DIR/sort)")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(child_run(*args.child, evaluate=not args.no_eval)))
+        return
+
+    data_dir = Path(args.data_dir)
+    out_root = Path(args.out_dir) if args.out_dir else data_dir / "sort"
+    channels = [int(c) for c in args.channels.split(",") if c.strip()]
+    unknown = [c for c in channels if c not in PROBES]
+    if unknown:
+        parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
+    print(machine(), flush=True)
+
+    # Warm-up: the numba kernels of detection and clustering compiled into their cache.
+    t0 = time.perf_counter()
+    run(recording(data_dir, "linear32", 2.0), out_root / "warmup", evaluate=False)
+    print(f"# warm-up {time.perf_counter() - t0:.1f} s; sort_recording(prm, overwrite=True): "
+          f"detection on local worker processes, masked EM in the parent; default PRM "
+          f"parameters, seed {SEED}", flush=True)
+    print(HEADER, flush=True)
+    for c in channels:
+        probe = PROBES[c]
+        prm = recording(data_dir, probe, args.duration)
+        print(row(run(prm, out_root / f"{probe}-{args.duration:g}s")), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The whole sort: spike detection, then masked EM clustering of every channel group.
+
+`sort_recording` runs `phy_detect.runner.detect` on a PRM file (which writes
+``<experiment_name>.kwik``/``.kwx`` only once complete), then
+`phy_masked_em.command.cluster_kwik` on each channel group, with the PRM's
+``klustakwik2`` parameters. The result is the ``main`` clustering of each
+group (the detection's single-cluster clustering is kept as
+``main_previous``).
+
+Resuming
+    Right after detection, ``<experiment_name>.spikesort.json`` is written
+    beside the Kwik file (atomically): what identifies the detection (the
+    PRM's ``spikedetekt`` and ``traces`` sections, the probe file) and the
+    channel groups clustered so far; it is deleted when every group is
+    clustered. If the Kwik file exists and is complete, a run without
+    ``overwrite`` then *resumes* instead of failing: the detection is not
+    redone, the groups already clustered are skipped, and each remaining
+    group resumes from its ``cluster-auto`` checkpoint when there is one
+    (see `phy_masked_em.command`). A Kwik file left by ``phy detect`` and an
+    interrupted ``phy cluster-auto`` (a checkpoint, no state file) resumes
+    the checkpointed groups. Otherwise an existing Kwik file is an error
+    unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from phy_core.bunch import Bunch
+from phy_core.errors import PhyError
+
+logger = logging.getLogger("phy")
+
+STATE_SUFFIX = ".spikesort.json"
+_STATE_VERSION = 1
+
+
+class SpikeSortError(PhyError, ValueError):
+    """The sort cannot run (or resume) with these files."""
+
+
+def state_path(kwik_path: str | os.PathLike) -> Path:
+    """The resume state of a sort writing `kwik_path`."""
+    kwik_path = Path(kwik_path)
+    return kwik_path.with_name(kwik_path.stem + STATE_SUFFIX)
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def detection_identity(prm) -> dict:
+    """What the detection's output depends on: PRM sections and the probe file's bytes."""
+    probe = Path(prm.prb_file) if prm.prb_file is not None else None
+    probe_sha = hashlib.sha256(probe.read_bytes()).hexdigest() if probe and probe.is_file() \
+        else None
+    identity = dict(version=_STATE_VERSION, spikedetekt=dict(prm.spikedetekt),
+                    traces=dict(prm.traces), prb_file=str(probe), prb_sha256=probe_sha)
+    return json.loads(json.dumps(identity, sort_keys=True, default=_plain))
+
+
+def _write_state(path: Path, identity: dict, clustered: list[int]) -> None:
+    from phy_core.atomic import atomic_write
+
+    atomic_write(path, json.dumps(dict(detection=identity, clustered=sorted(clustered)),
+                                  indent=1, sort_keys=True) + "\n")
+
+
+def _read_state(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        clustered = [int(g) for g in state["clustered"]]
+        return dict(detection=state["detection"], clustered=clustered)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s: unreadable sort state (%s); ignoring it.", path, exc)
+        return None
+
+
+def _resume_plan(kwik_path: Path, identity: dict) -> list[int] | None:
+    """Channel groups still to cluster if an interrupted sort can resume; None if not.
+
+    Raises `SpikeSortError` when the existing files cannot be resumed.
+    """
+    from phy_masked_em.command import checkpointed_groups
+
+    kwx_path = kwik_path.with_suffix(".kwx")
+    if not kwx_path.exists():
+        raise SpikeSortError(f"{kwik_path} exists without its {kwx_path.name}: use --overwrite "
+                             "to detect the spikes again.")
+    state = _read_state(state_path(kwik_path))
+    if state is not None:
+        if state["detection"] != identity:
+            raise SpikeSortError(
+                f"{kwik_path} is an interrupted sort with other detection parameters (or "
+                f"another recording or probe) than now (see {state_path(kwik_path).name}): use "
+                "--overwrite to sort again.")
+        return [g for g in _channel_groups(kwik_path) if g not in state["clustered"]]
+    groups = checkpointed_groups(kwik_path)
+    return groups or None
+
+
+def _channel_groups(kwik_path: Path) -> list[int]:
+    from phy_kwik.model import KwikModel
+
+    with KwikModel(kwik_path) as model:
+        return list(model.channel_groups)
+
+
+def _check_channel_group(prm, channel_group: int | None) -> None:
+    if channel_group is None or prm.prb_file is None:
+        return
+    from phy_probes.builtin import load_probe
+
+    probe = load_probe(prm.prb_file)
+    groups = list(probe.channel_groups) if probe is not None else []
+    if channel_group not in groups:
+        raise SpikeSortError(f"{prm.prb_file}: no channel group {channel_group}; the probe has "
+                             f"{', '.join(map(str, groups)) or 'none'}.")
+
+
+def _group_counts(kwik_path: Path, group: int) -> tuple[int, int]:
+    """(spikes, clusters) of the ``main`` clustering of a channel group."""
+    from phy_kwik.model import KwikModel
+
+    with KwikModel(kwik_path, channel_group=group) as model:
+        return int(model.n_spikes), int(model.n_clusters)
+
+
+def _recording_duration(prm) -> float:
+    from phy_rawdata.model import open_traces
+
+    return open_traces(prm).shape[0] / float(prm.traces.sample_rate)
+
+
+def _detect(prm, out_dir: Path, executor, n_workers: int | None, scheduler: str | None,
+            **kwargs: Any) -> Path:
+    """`phy_detect.runner.detect` on an executor made here (and closed) unless one is given."""
+    from phy_detect.runner import detect
+
+    own_executor = executor is None
+    if own_executor:
+        from phy_detect.executors import make_executor
+
+        executor = make_executor("processes", n_workers=n_workers, scheduler=scheduler)
+    try:
+        return Path(detect(prm.path, output_dir=out_dir, executor=executor, **kwargs)).absolute()
+    finally:
+        if own_executor:  # the workers' memory is free for the clustering
+            executor.close()
+
+
+def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+                   overwrite: bool = False, executor=None, plugin_manager=None,
+                   channel_group: int | None = None, chunk_size_s: float | None = None,
+                   n_workers: int | None = None, scheduler: str | None = None,
+                   detect_reporter=None, cluster_reporter=None,
+                   checkpoint_every_s: float | None = None) -> Bunch:
+    """Detect and cluster the spikes of a recording; see the module docstring.
+
+    Parameters
+    ----------
+    prm_path : path
+        A klusta-style parameter file.
+    output_dir : path or None
+        Where to write the Kwik files (default: the PRM's folder).
+    overwrite : bool
+        Replace existing Kwik files (sort from scratch) instead of resuming.
+    executor : executor or None
+        Where detection runs (from `phy_detect.executors.make_executor`). By
+        default one is made from `n_workers` and `scheduler` when detection
+        runs, and closed before the clustering starts.
+    plugin_manager : PhyPluginManager or None
+        Where detection stages come from (default: every installed plugin).
+    channel_group : int or None
+        Cluster only this channel group (detection covers them all).
+    chunk_size_s : float or None
+        Overrides the PRM's detection chunk size.
+    n_workers, scheduler
+        Local worker processes, or a Dask scheduler's address, for the
+        default executor.
+    detect_reporter, cluster_reporter : ProgressReporter or None
+        The progress of each phase; the clustering one is reset for each
+        channel group, and its messages are set here.
+    checkpoint_every_s : float or None
+        Minimum time between clustering checkpoints (default: cluster-auto's).
+
+    Returns
+    -------
+    Bunch
+        ``kwik_path``, ``duration_s`` (of the recording), ``n_spikes`` and
+        ``n_clusters`` (all clustered groups, noise and MUA clusters
+        included), ``groups`` (``{group: (n_spikes, n_clusters)}``),
+        ``detect_s``, ``cluster_s``, ``total_s`` (this run's wall-clock
+        times; ``detect_s`` is 0 when resuming), ``resumed`` (bool).
+    """
+    from phy_masked_em.command import (
+        CHECKPOINT_EVERY_S,
+        cluster_kwik,
+        find_checkpoints,
+        make_reporter,
+    )
+    from phy_rawdata.prm import read_prm
+
+    t0 = time.perf_counter()
+    prm = read_prm(prm_path)
+    out_dir = Path(output_dir) if output_dir is not None else prm.path.parent
+    kwik_path = (out_dir / f"{prm.experiment_name}.kwik").absolute()
+    identity = detection_identity(prm)
+    _check_channel_group(prm, channel_group)
+    todo = None
+    if kwik_path.exists() and not overwrite:
+        todo = _resume_plan(kwik_path, identity)
+        if todo is None:
+            raise SpikeSortError(f"{kwik_path} already exists and has no interrupted sort to "
+                                 "resume: use --overwrite to replace it.")
+        logger.info("%s: the spikes were detected by an interrupted sort; resuming with the "
+                    "clustering of channel group(s) %s.", kwik_path,
+                    ", ".join(map(str, todo)) or "(none left)")
+    detect_s, resumed = 0.0, todo is not None
+    if todo is None:
+        # A new detection: earlier checkpoints and states describe files about to go.
+        for stale in [state_path(kwik_path), *find_checkpoints(kwik_path)]:
+            stale.unlink(missing_ok=True)
+        kwik_path = _detect(prm, out_dir, executor, n_workers, scheduler, overwrite=overwrite,
+                            plugin_manager=plugin_manager, chunk_size_s=chunk_size_s,
+                            reporter=detect_reporter)
+        detect_s = time.perf_counter() - t0
+        todo = _channel_groups(kwik_path)
+        _write_state(state_path(kwik_path), identity, [])
+    state = _read_state(state_path(kwik_path))
+    clustered = list(state["clustered"]) if state else []
+    if channel_group is not None:
+        todo = [g for g in todo if g == channel_group]
+    t1 = time.perf_counter()
+    for group in todo:
+        if cluster_reporter is not None:
+            cluster_reporter.reset()
+            make_reporter(group, cluster_reporter)
+        cluster_kwik(kwik_path, group, reporter=cluster_reporter, parameters=dict(prm.klustakwik2),
+                     checkpoint_every_s=(CHECKPOINT_EVERY_S if checkpoint_every_s is None
+                                         else checkpoint_every_s))
+        if state is not None:
+            clustered.append(group)
+            _write_state(state_path(kwik_path), identity, clustered)
+    cluster_s = time.perf_counter() - t1
+    all_groups = _channel_groups(kwik_path)
+    if state is not None and set(all_groups) <= set(clustered):
+        state_path(kwik_path).unlink(missing_ok=True)
+    groups = {g: _group_counts(kwik_path, g) for g in all_groups
+              if channel_group is None or g == channel_group}
+    return Bunch(kwik_path=kwik_path, duration_s=_recording_duration(prm),
+                 n_spikes=sum(n for n, _ in groups.values()),
+                 n_clusters=sum(k for _, k in groups.values()), groups=groups,
+                 detect_s=detect_s, cluster_s=cluster_s, total_s=time.perf_counter() - t0,
+                 resumed=resumed)
