@@ -6,8 +6,6 @@
   into ``<data_dir>/<probe>-<duration>s-seed0/`` and reused.
 - `TreeMemory`: the peak ``VmHWM`` of every descendant process (detection
   workers), sampled by a thread.
-
-(``benchmarks/detect.py`` has its own copy of these, from before this module.)
 """
 
 from __future__ import annotations

@@ -53,155 +53,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-PROBES = {32: "linear32", 384: "neuropixels1", 1024: "dense1024"}
+from _common import PROBES, SEED, TreeMemory, machine, recording
+
 SNR_MIN = 5.0
-SEED = 0
-
-
-# -- Machine ------------------------------------------------------------------------
-
-
-def machine() -> str:
-    import numba
-    import numpy as np
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    try:
-        n_usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n_usable = os.cpu_count()
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
-        mem = f", {kb / 2**20:.1f} GB RAM"
-    except (OSError, StopIteration):
-        pass
-    return (f"# {cpu}, {os.cpu_count()} logical CPUs ({n_usable} usable){mem}, "
-            f"Python {platform.python_version()}, numpy {np.__version__}, "
-            f"numba {numba.__version__}, load average {os.getloadavg()[0]:.2f}")
-
-
-# -- Data ---------------------------------------------------------------------------
-
-
-def recording(data_dir: Path, probe: str, duration: float) -> Path:
-    """The PRM of a cached synthetic recording (written if missing)."""
-    folder = data_dir / f"{probe}-{duration:g}s-seed{SEED}"
-    prm = folder / "rec.prm"
-    if all((folder / f"rec.{ext}").exists() for ext in ("prm", "dat", "prb", "groundtruth.npz")):
-        return prm
-    from phy_synthetic.recording import synthesize_recording
-
-    print(f"# writing {folder} ...", file=sys.stderr, flush=True)
-    synthesize_recording(folder, "rec", probe, float(duration), seed=SEED, overwrite=True)
-    return prm
-
-
-# -- Memory of a process tree ---------------------------------------------------------
-
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    try:
-        import psutil
-
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except ImportError:
-        pass
-    except Exception:  # psutil.NoSuchProcess etc.
-        return []
-    # Without psutil: walk /proc/<pid>/task/*/children.
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    kids = [int(k) for k in f.read().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
-class TreeMemory:
-    """Peak VmHWM (KB) of each descendant of this process, sampled by a thread."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peaks: dict[int, int] = {}
-        self.anon: dict[int, int] = {}  # sampled maximum of RssAnon (not a true peak)
-        with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
-            self._cmdline = f.read()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        for pid in _descendants(os.getpid()):
-            # A child forked but not yet exec'd ('spawn' forks then execs) shows this
-            # process's high-water mark: skip it until its command line changes.
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read() == self._cmdline:
-                        continue
-            except OSError:
-                continue
-            hwm = _status_kb(pid, "VmHWM:")
-            if hwm > self.peaks.get(pid, 0):
-                self.peaks[pid] = hwm
-            anon = _status_kb(pid, "RssAnon:")
-            if anon > self.anon.get(pid, 0):
-                self.anon[pid] = anon
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def max_kb(self) -> int:
-        return max(self.peaks.values(), default=0)
-
-    @property
-    def max_anon_kb(self) -> int:
-        return max(self.anon.values(), default=0)
 
 
 # -- One run, in a fresh interpreter --------------------------------------------------
