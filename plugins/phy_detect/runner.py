@@ -411,7 +411,9 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
                         thresholds={"weak": weak, "strong": strong})
     detector = _make(stages["detector"],
                      probe_adjacency_list=_adjacency_in_columns(probe, channels), join_size=int(
-                         sd["connected_component_join_size"]))
+                         sd["connected_component_join_size"]),
+                     thresholds={"weak": weak, "strong": strong},
+                     split_prominence=sd["split_prominence"])
     extractor = _make(stages["extractor"], extract_before=int(sd["extract_s_before"]),
                       extract_after=int(sd["extract_s_after"]),
                       weight_power=float(sd["weight_power"]),

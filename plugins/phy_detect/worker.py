@@ -41,7 +41,8 @@ class GroupSetup:
 
 #: Tuning arguments a stage factory receives only if its signature names them (or takes
 #: ``**kwargs``), so that a lab's stage written before they existed keeps working.
-OPTIONAL_STAGE_ARGUMENTS = {"filter": ("precision",)}
+OPTIONAL_STAGE_ARGUMENTS = {"filter": ("precision",),
+                            "detector": ("thresholds", "split_prominence")}
 
 
 def make_stage(factory, kind: str, arguments: dict):
@@ -245,7 +246,11 @@ def _extract(setup: GroupSetup, data: np.ndarray):
     else:
         data_t = thresholder.transform(data)
         weak, strong = thresholder.detect(data_t, "weak"), thresholder.detect(data_t, "strong")
-    components = setup.detector.detect_flat(weak, strong)
+    if _accepts(setup.detector.detect_flat, "data_t"):
+        # A detector that looks at the traces (e.g. to split components at their peaks).
+        components = setup.detector.detect_flat(weak, strong, data_t=data_t)
+    else:
+        components = setup.detector.detect_flat(weak, strong)
     extractor = setup.extractor
     if not _is_builtin_extractor(extractor):
         return extractor.extract_all(components, data, data_t)
@@ -319,7 +324,8 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
         "threshold": {"mode": "negative", "thresholds": thresholds},
         "detector": {"probe_adjacency_list": {i: [j for j in (i - 1, i + 1)
                                                   if 0 <= j < n_channels]
-                                              for i in range(n_channels)}},
+                                              for i in range(n_channels)},
+                     "thresholds": thresholds},
         "extractor": {"thresholds": thresholds},
     }
     if any(isinstance(factory, str) for factory, _ in stages.values()):

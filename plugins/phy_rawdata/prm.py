@@ -63,6 +63,10 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     threshold_weak_std_factor=2.,
     detect_spikes='negative',
     connected_component_join_size=1,
+    # phy: split a flood-fill component at each strong peak that rises this much (in units of
+    # strong - weak threshold) above its saddle with a higher peak; None: one spike per
+    # component, as SpikeDetekt (see phy_detect.splitting).
+    split_prominence=1.0,
     extract_s_before=10,
     extract_s_after=10,
     weight_power=2,
@@ -108,6 +112,8 @@ _INTEGER_KEYS = {
     "num_starting_clusters", "full_step_every", "split_first", "split_every",
     "max_possible_clusters", "max_quick_step_candidates", "max_split_iterations", "num_cpus",
 }
+# Keys of numeric default that also accept None.
+_OPTIONAL_NUMBER_KEYS = {"split_prominence"}
 _DETECT_SPIKES = ("negative", "positive", "both")
 _FILTER_PRECISIONS = ("float32", "float64")
 TRACES_KEYS = ("raw_data_files", "voltage_gain", "sample_rate", "n_channels", "dtype", "offset")
@@ -153,7 +159,8 @@ def _check_section(path: Path, name: str, given: Any, defaults: dict[str, Any]) 
         elif isinstance(default, bool):
             ok, expected = isinstance(value, bool), "True or False"
         elif isinstance(default, (int, float)):
-            ok, expected = _is_number(value), "a number"
+            ok = _is_number(value) or (key in _OPTIONAL_NUMBER_KEYS and value is None)
+            expected = "a number" + (" or None" if key in _OPTIONAL_NUMBER_KEYS else "")
         elif isinstance(default, str):
             ok, expected = isinstance(value, str), "a string"
         else:

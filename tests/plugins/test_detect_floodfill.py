@@ -140,3 +140,161 @@ def test_floodfill_bad_adjacency_clean_error(adjacency, n_c):
         return
     # Accepted: every crossing is in exactly one component.
     assert sum(len(c) for c in comps) == weak.sum()
+
+
+# -- splitting components at their peaks ---------------------------------------------
+
+
+def _neighbourhood(points, adjacency, n_c, join_size):
+    """Boolean (k, k) matrix: which points of a component are flood-fill neighbours."""
+    adj = np.eye(n_c, dtype=bool)
+    for c, nbrs in adjacency.items():
+        for d in nbrs:
+            adj[c, d] = adj[d, c] = True
+    s, c = points[:, 0], points[:, 1]
+    close = (np.abs(s[:, None] - s[None, :]) <= join_size) & adj[c[:, None], c[None, :]]
+    np.fill_diagonal(close, False)
+    return close
+
+
+def _key_col(values, close, b):
+    """Highest level at which point b connects to a higher point (-inf: it is the top).
+
+    Brute force: lower a level through the values; b's connected component in
+    the points above the level first reaches a higher point at the key col.
+    """
+    for level in np.sort(values[values <= values[b]])[::-1]:
+        above = values >= level
+        graph = coo_matrix(close & above[:, None] & above[None, :])
+        _, labels = connected_components(graph, directed=False)
+        if np.any((labels == labels[b]) & (values > values[b])):
+            return level
+    return -np.inf
+
+
+@st.composite
+def _split_problems(draw):
+    n_s = draw(st.integers(3, 14))
+    n_c = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    # Smooth-ish bumps plus noise: several peaks, some prominent, some not.
+    data_t = rng.normal(0, 1, (n_s, n_c))
+    for _ in range(draw(st.integers(0, 3))):
+        t0, c0 = rng.uniform(0, n_s), rng.uniform(0, n_c)
+        t, c = np.meshgrid(np.arange(n_s), np.arange(n_c), indexing="ij")
+        data_t += rng.uniform(2, 8) * np.exp(-((t - t0) / 2) ** 2 - ((c - c0) / 1.5) ** 2)
+    weak = rng.uniform(-0.5, 0.5, n_c)
+    strong = weak + rng.uniform(0.5, 2.5, n_c)
+    adjacency = {c: [int(d) for d in np.flatnonzero(rng.random(n_c) < 0.5)] for c in range(n_c)}
+    join_size = draw(st.integers(0, 2))
+    prominence = draw(st.sampled_from([0.0, 0.3, 1.0, 2.0, np.inf]))
+    return data_t, weak, strong, adjacency, join_size, prominence
+
+
+@settings(max_examples=150, deadline=None)
+@given(_split_problems())
+def test_split_matches_prominence_reference(problem):
+    """Each part of a split component has one peak: the component's top, or a strong local
+    maximum rising at least `prominence` above its key col; the parts partition the
+    component, are connected, and every other point is in the part of its highest
+    neighbour (steepest ascent)."""
+    data_t, weak, strong, adjacency, join_size, prominence = problem
+    n_c = data_t.shape[1]
+    thresholds = {"weak": weak, "strong": strong}
+    weak_x, strong_x = data_t > weak, data_t > strong
+    classic = FloodFillDetector(adjacency, join_size, split_prominence=None)(weak_x, strong_x)
+    split = FloodFillDetector(adjacency, join_size, thresholds=thresholds,
+                              split_prominence=prominence)(weak_x, strong_x, data_t)
+    part_of = {tuple(p): i for i, part in enumerate(split) for p in part.tolist()}
+    assert len(part_of) == sum(len(c) for c in classic)  # a partition of the same points
+    firsts = [tuple(part[0]) for part in split]  # parts in scan order of their first point
+    assert firsts == sorted(firsts)
+    for part in split:  # scan order inside a part
+        assert np.all(np.diff(part[:, 0] * 1000 + part[:, 1]) > 0)
+    for comp in classic:
+        values = (data_t[comp[:, 0], comp[:, 1]] - weak[comp[:, 1]]) / \
+            (strong[comp[:, 1]] - weak[comp[:, 1]])
+        close = _neighbourhood(comp, adjacency, n_c, join_size)
+        labels = np.array([part_of[tuple(p)] for p in comp.tolist()])
+        top = int(np.argmax(values))
+        expected_peaks = {top}
+        for b in range(len(comp)):
+            is_max = not np.any(values[close[b]] > values[b])
+            if b != top and is_max and values[b] > 1 and \
+                    values[b] - _key_col(values, close, b) >= prominence:
+                expected_peaks.add(b)
+        parts = np.unique(labels)
+        assert len(parts) == len(expected_peaks)
+        for part in parts:
+            members = np.flatnonzero(labels == part)
+            assert int(members[np.argmax(values[members])]) in expected_peaks
+            sub = close[np.ix_(members, members)]
+            assert connected_components(coo_matrix(sub), directed=False)[0] == 1
+        for p in range(len(comp)):
+            higher = np.flatnonzero(close[p] & (values > values[p]))
+            if len(higher):
+                assert labels[p] == labels[higher[np.argmax(values[higher])]]
+
+
+def _two_spikes(dt=3, n_c=12, amp=(12.0, 8.0), bump=0.0):
+    """Two Gaussian spikes (time and space) on a line of channels, on channels 2 and 8:
+    their weak crossings touch, so the flood fill makes one component of them. `bump`: the
+    amplitude of a third one, 7 samples after the second, on its channel."""
+    n_s = 80
+    t, c = np.meshgrid(np.arange(n_s), np.arange(n_c), indexing="ij")
+    data_t = np.zeros((n_s, n_c))
+    for (t0, c0), a in zip([(30.0, 2.0), (30.0 + dt, 8.0), (37.0 + dt, 8.0)],
+                           (*amp, bump), strict=True):
+        data_t += a * np.exp(-0.5 * ((t - t0) / 2.0) ** 2 - 0.5 * ((c - c0) / 2.0) ** 2)
+    adjacency = {i: [i + 1] for i in range(n_c - 1)}
+    return data_t.astype(np.float32), adjacency
+
+
+def test_split_separates_overlapping_spikes():
+    data_t, adjacency = _two_spikes()
+    thresholds = {"weak": 1.0, "strong": 4.0}
+    weak, strong = data_t > 1.0, data_t > 4.0
+    classic = FloodFillDetector(adjacency, 1, split_prominence=None)(weak, strong)
+    assert len(classic) == 1
+    det = FloodFillDetector(adjacency, 1, thresholds=thresholds, split_prominence=1.0)
+    parts = det(weak, strong, data_t)
+    assert len(parts) == 2
+    # Each part is around its own peak: the first spike's channels and time, then the second.
+    assert abs(np.median(parts[0][:, 1]) - 2) <= 1 and abs(np.median(parts[1][:, 1]) - 8) <= 1
+    from phy_detect.waveform import WaveformExtractor
+
+    ext = WaveformExtractor(10, 10, thresholds=thresholds)
+    times = ext.extract_all(det.detect_flat(weak, strong, data_t), -data_t, data_t).spike_samples
+    np.testing.assert_allclose(np.sort(times), [30.0, 33.0], atol=0.3)
+    # A shallow dip between the peaks (a prominence above it) keeps one spike.
+    assert len(FloodFillDetector(adjacency, 1, thresholds=thresholds,
+                                 split_prominence=50.0)(weak, strong, data_t)) == 1
+    # A peak under the strong threshold is never a spike of its own, however deep the dip
+    # that separates it (here (3.5 - 1) / 3 = 0.84 above weak, 0.3 above its saddle).
+    data_t, _ = _two_spikes(bump=3.5)
+    weak, strong = data_t > 1.0, data_t > 4.0
+    assert len(FloodFillDetector(adjacency, 1, split_prominence=None)(weak, strong)) == 1
+    det = FloodFillDetector(adjacency, 1, thresholds=thresholds, split_prominence=0.0)
+    parts = det(weak, strong, data_t)
+    assert len(parts) == 2 and sum(map(len, parts)) == int(weak.sum())
+
+
+def test_split_needs_data_t_and_valid_parameters():
+    data_t, adjacency = _two_spikes()
+    det = FloodFillDetector(adjacency, 1, thresholds={"weak": 1.0, "strong": 4.0})
+    assert det.splits
+    with pytest.raises(DetectionError, match="needs the transformed traces"):
+        det.detect_flat(data_t > 1, data_t > 4)
+    # Without thresholds, the detector does not split (and needs no data_t).
+    assert not FloodFillDetector(adjacency, 1).splits
+    with pytest.raises(DetectionError, match="split_prominence"):
+        FloodFillDetector(adjacency, 1, split_prominence=-1.0)
+    with pytest.raises(DetectionError, match="thresholds"):
+        FloodFillDetector(adjacency, 1, thresholds={"weak": 1.0})
+    bad = FloodFillDetector(adjacency, 1, thresholds={"weak": 4.0, "strong": 1.0})
+    with pytest.raises(DetectionError, match="strong threshold must be above"):
+        bad.detect_flat(data_t > 1, data_t > 4, data_t)
+    bad = FloodFillDetector(adjacency, 1, thresholds={"weak": [1.0, 1.0], "strong": 4.0})
+    with pytest.raises(DetectionError, match="expected scalars"):
+        bad.detect_flat(data_t > 1, data_t > 4, data_t)
