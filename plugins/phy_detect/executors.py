@@ -24,7 +24,12 @@ from phy_core.errors import PhyError
 def _init_worker() -> None:
     # One numba thread per process: the processes already use every core, and
     # oversubscribing threads makes each chunk slower.
-    os.environ["NUMBA_NUM_THREADS"] = "1"
+    import sys
+
+    # Before numba's import only: once imported (e.g. by a script re-imported under
+    # 'spawn'), changing the variable breaks its next compilation; set_num_threads suffices.
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = "1"
     try:
         import numba
 

@@ -1,0 +1,115 @@
+"""The matching pursuit over the filtered recording, chunk by chunk.
+
+Each chunk is loaded with a margin on each side (the filter's, plus the
+pursuit's `dependency_radius`), band-passed, projected on every template
+(`kernels.project`, from the templates' low-rank form), and the greedy pursuit
+(`kernels.pursue`, described there) finds the spikes: ``(time, template,
+amplitude)`` that most reduce the residual energy, until nothing eligible is
+left. Only the spikes whose time falls in the chunk's keep range are kept;
+since every decision there depends on traces within the margin, the result
+does not depend on the chunk size (and chunks run in parallel).
+
+Thresholds: an entry is eligible when its projection is at least
+`z_threshold` times the spread of that template's projection on noise
+(``sigma``, measured on excerpts of the recording: `phy_tmatch.runner`) and
+its fitted amplitude lies in ``[amplitude_min, amplitude_max]`` widened by
+`amplitude_tolerance` standard deviations of that fit (`amplitude_bounds`);
+the amplitude subtracted is clipped to ``[amplitude_min, amplitude_max]``.
+The defaults (z 5, amplitudes 0.75-1.35) were chosen on the synthetic
+recordings (10 % amplitude jitter per spike): recordings whose units vary
+more in amplitude (bursts, drift) want a wider range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from phy_core.bunch import Bunch
+
+from .kernels import cross_correlations, dependency_radius, project, pursue, transpose
+
+
+@dataclass(frozen=True)
+class MatchParameters:
+    """Parameters of the pursuit (see `phy_tmatch.kernels`)."""
+
+    z_threshold: float = 5.0
+    amplitude_min: float = 0.75
+    amplitude_max: float = 1.35
+    amplitude_tolerance: float = 3.0  # in standard deviations of the amplitude estimate
+    refractory: int = 30  # samples
+    max_rounds: int = 12
+
+
+def margin_samples(n_t: int, parameters: MatchParameters, filter_margin: int) -> int:
+    """The overlap each chunk needs so that its kept spikes equal the whole recording's."""
+    return int(filter_margin) + dependency_radius(n_t, parameters.max_rounds,
+                                                  parameters.refractory)
+
+
+def amplitude_bounds(norm2: np.ndarray, sigma: np.ndarray,
+                     parameters: MatchParameters) -> tuple[np.ndarray, np.ndarray]:
+    """The eligible range of each template's fitted amplitude (float32 arrays).
+
+    ``[amplitude_min, amplitude_max]`` widened by `amplitude_tolerance` standard
+    deviations of the amplitude estimate on noise (``sigma / |T|^2``): weak
+    units' amplitudes are noisy, strong ones' are not.
+    """
+    spread = parameters.amplitude_tolerance * np.asarray(sigma, np.float64) / norm2
+    return ((parameters.amplitude_min - spread).astype(np.float32),
+            (parameters.amplitude_max + spread).astype(np.float32))
+
+
+def projections(filtered: np.ndarray, templates) -> np.ndarray:
+    """``B[k, s]``: projection of the chunk on template ``k`` starting at row ``s``.
+
+    ``(K, n - n_t + 1)`` float32 (no column when the chunk is shorter than a template).
+    """
+    n_t = templates.n_samples
+    m = max(filtered.shape[0] - n_t + 1, 0)
+    out = np.empty((templates.n_templates, m), dtype=np.float32)
+    if m:
+        xt = np.empty(filtered.shape[::-1], dtype=np.float32)
+        transpose(np.ascontiguousarray(filtered, dtype=np.float32), xt)
+        project(xt, templates.pptr, templates.pidx, templates.pspatial, templates.temporal, out)
+    return out
+
+
+def template_cross_correlations(templates) -> np.ndarray:
+    return cross_correlations(templates.temporal, templates.ptr, templates.idx,
+                              templates.spatial, templates.spatial_dense(projection=True),
+                              templates.nbr_ptr, templates.nbr_idx)
+
+
+def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
+    """The spikes of one chunk (those whose time is in its keep range).
+
+    Returns
+    -------
+    Bunch
+        ``spike_samples`` (int64, absolute), ``spike_templates`` (int64),
+        ``amplitudes`` (float32), sorted by sample then template; ``n_rounds``;
+        ``capped`` (bool: the round cap stopped the pursuit).
+    """
+    from .worker import cached
+
+    t = setup.templates
+    p = setup.parameters
+    cc = cached(setup.token, lambda: template_cross_correlations(t))
+    b = projections(filtered, t)
+    sigma = np.asarray(setup.sigma, dtype=np.float32)
+    alo, ahi = amplitude_bounds(t.norm2, sigma, p)
+    spikes, amplitudes, n_rounds = pursue(
+        b, t.norm2, sigma, np.float32(p.z_threshold), np.float32(p.amplitude_min),
+        np.float32(p.amplitude_max), alo, ahi, int(p.refractory), t.nbr_ptr, t.nbr_idx, cc,
+        int(p.max_rounds))
+    starts, kinds = spikes[:, 0], spikes[:, 1]
+    samples = chunk.load_start + starts + t.trough[kinds]
+    keep = (samples >= chunk.keep_start) & (samples < chunk.keep_stop)
+    samples, kinds, amplitudes = samples[keep], kinds[keep], amplitudes[keep]
+    order = np.lexsort((kinds, samples))
+    return Bunch(spike_samples=samples[order], spike_templates=kinds[order],
+                 amplitudes=amplitudes[order], n_rounds=int(n_rounds),
+                 capped=bool(n_rounds > p.max_rounds))

@@ -1,0 +1,388 @@
+"""``template_match``: a sorted dataset's clusters in, a template directory of matched spikes out.
+
+Three passes over the recording, each in parallel over chunks (the
+executors of `phy_detect.executors`), none holding more than a few chunks:
+
+1. *Templates* (`phy_tmatch.templates`): the chunks holding the chosen spikes
+   of each cluster are filtered; each returns the sums of its spikes' windows
+   and its channels' median ``|x|`` (the noise level, for choosing each
+   template's significant channels); a few of them, spread through the
+   recording, also the sums of the noise covariance, from which the projection
+   templates are made (`phy_tmatch.whitening`).
+2. *Noise of the projections*: a few excerpts spread through the recording are
+   projected on the templates; the median ``|B|`` over them gives each
+   template's ``sigma`` (the spread of its projection on noise, whatever the
+   noise's spectrum and correlations across channels), the unit of the
+   eligibility threshold.
+3. *Matching* (`phy_tmatch.matching`): the whole recording in overlapping
+   chunks; the spikes of all chunks are concatenated in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phy_core.bunch import Bunch
+from phy_core.progress import ProgressReporter
+
+from .matching import MatchParameters, margin_samples
+from .templates import (
+    TemplateMatchingError,
+    build_templates,
+    noise_std_from_medians,
+    select_spikes,
+)
+from .worker import Setup, run_job
+
+logger = logging.getLogger("phy")
+
+#: Duration of the chunks of the template pass (s), and chunks per job (each job
+#: sends back one partial sum of the templates).
+TEMPLATE_CHUNK_S = 1.0
+TEMPLATE_CHUNKS_PER_JOB = 4
+
+#: Defaults of the keyword options of `template_match` / `match_spikes`.
+DEFAULTS = dict(
+    # The pursuit's margin (~2000 samples per side at 30 kHz) is a smaller share of 2 s.
+    chunk_size_s=2.0,
+    max_spikes_per_template=200,
+    min_spikes=3,
+    before_ms=0.8,
+    after_ms=1.4,
+    channel_fraction=0.1,
+    significance=4.0,
+    max_channels=64,
+    rank=3,
+    z_threshold=MatchParameters.z_threshold,
+    amplitude_range=(MatchParameters.amplitude_min, MatchParameters.amplitude_max),
+    amplitude_tolerance=MatchParameters.amplitude_tolerance,
+    refractory_ms=1.0,
+    max_rounds=MatchParameters.max_rounds,
+    n_noise_excerpts=5,
+    noise_excerpt_s=1.0,
+    whiten=True,
+    whitening_radius_um=100.0,
+    n_noise_chunks=5,
+)
+
+
+def _options(options: dict) -> Bunch:
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise TemplateMatchingError(f"Unknown template-matching option(s) {unknown}; "
+                                    f"known: {', '.join(sorted(DEFAULTS))}.")
+    o = Bunch(DEFAULTS, **options)
+    amin, amax = (float(v) for v in o.amplitude_range)
+    checks = [
+        (o.chunk_size_s > 0, "chunk_size_s must be > 0"),
+        (int(o.max_spikes_per_template) >= 1, "max_spikes_per_template must be >= 1"),
+        (o.before_ms > 0 and o.after_ms > 0, "before_ms and after_ms must be > 0"),
+        (0 <= o.channel_fraction <= 1, "channel_fraction must be in [0, 1]"),
+        (int(o.max_channels) >= 1 and int(o.rank) >= 1, "max_channels and rank must be >= 1"),
+        (o.z_threshold > 0, "z_threshold must be > 0"),
+        (0 < amin <= 1 <= amax, "amplitude_range must be (min, max) with 0 < min <= 1 <= max"),
+        (o.amplitude_tolerance >= 0, "amplitude_tolerance must be >= 0"),
+        (o.refractory_ms >= 0, "refractory_ms must be >= 0"),
+        (int(o.max_rounds) >= 1, "max_rounds must be >= 1"),
+        (int(o.n_noise_excerpts) >= 1 and o.noise_excerpt_s > 0,
+         "n_noise_excerpts must be >= 1 and noise_excerpt_s > 0"),
+        (int(o.n_noise_chunks) >= 1, "n_noise_chunks must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TemplateMatchingError(f"Template matching: {message}.")
+    o.amplitude_range = (amin, amax)
+    return o
+
+
+def _group_channels(prm, channel_group: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """File columns and positions of a channel group of the PRM's probe."""
+    from phy_probes.builtin import load_probe
+
+    if prm.prb_file is None:
+        raise TemplateMatchingError(f"{prm.path}: template matching needs a probe (prb_file).")
+    probe = load_probe(prm.prb_file)
+    if channel_group is not None:
+        if channel_group not in probe.channel_groups:
+            raise TemplateMatchingError(f"{prm.prb_file}: no channel group {channel_group!r} "
+                                        f"(groups: {list(probe.channel_groups)}).")
+        probe.change_channel_group(channel_group)
+    return (np.asarray(probe.channels, dtype=np.int64),
+            np.asarray(probe.positions, dtype=np.float64))
+
+
+def template_match(prm_path: str | os.PathLike, kwik_path: str | os.PathLike,
+                   output_dir: str | os.PathLike, channel_group: int | None = None,
+                   clustering: str | None = None, include_mua: bool = False,
+                   include_noise: bool = False, executor=None, overwrite: bool = False,
+                   reporter: ProgressReporter | None = None, **options: Any) -> Path:
+    """Re-detect the spikes of a sorted Kwik dataset against its clusters' templates.
+
+    Parameters
+    ----------
+    prm_path : path
+        The recording's parameter file (its raw data, probe, filter).
+    kwik_path : path
+        The sorted dataset: one template per cluster of its clustering
+        (`clustering`, default ``main``), except, unless `include_noise` /
+        `include_mua`, the clusters of the noise and MUA groups (masked EM's
+        clusters 0 and 1; without groups, the clusters 0 and 1).
+    output_dir : path
+        The template directory to write (`phy_tmatch.output`).
+    channel_group : int or None
+        The channel group (shank); default: the Kwik file's first.
+    executor : executor or None
+        From `phy_detect.executors.make_executor` (default: local processes).
+    overwrite : bool
+        Replace a template directory in `output_dir`.
+    reporter : ProgressReporter or None
+        One step per chunk of each pass.
+    **options
+        See `DEFAULTS` (thresholds, template shape and sparsity, chunk size).
+
+    Returns
+    -------
+    output_dir : Path
+    """
+    from phy_kwik.model import KwikModel
+
+    with KwikModel(kwik_path, channel_group=channel_group, clustering=clustering) as model:
+        samples = np.asarray(model.spike_samples, dtype=np.int64)
+        clusters = np.asarray(model.spike_clusters, dtype=np.int64)
+        channels = np.asarray(model.channel_order, dtype=np.int64)
+        positions = np.asarray(model.channel_positions, dtype=np.float64)
+        groups = {int(c): int(g) for c, g in (model.cluster_groups or {}).items()}
+    excluded = {group for group, included in ((0, include_noise), (1, include_mua))
+                if not included}
+    ids = np.unique(clusters)
+    if groups:
+        cluster_ids = np.array([c for c in ids if groups.get(int(c), 3) not in excluded])
+    else:
+        cluster_ids = ids[~np.isin(ids, list(excluded))]
+    return match_spikes(prm_path, samples, clusters, output_dir, cluster_ids=cluster_ids,
+                        channels=channels, channel_positions=positions, cluster_groups=groups,
+                        executor=executor, overwrite=overwrite, reporter=reporter,
+                        source=str(kwik_path), **options)
+
+
+def match_spikes(prm_path: str | os.PathLike, spike_samples, spike_clusters,
+                 output_dir: str | os.PathLike, cluster_ids=None, channels=None,
+                 channel_positions=None, channel_group: int | None = None,
+                 cluster_groups: dict | None = None, executor=None, overwrite: bool = False,
+                 reporter: ProgressReporter | None = None, source: str = "",
+                 **options: Any) -> Path:
+    """`template_match` from spikes given as arrays (any sorting, or a ground truth).
+
+    `channels` (file columns) and `channel_positions` default to the PRM probe's
+    channel group `channel_group`; `cluster_ids` to every cluster.
+    """
+    from phy_rawdata.prm import read_prm
+
+    from .output import check_output_dir, write_template_directory
+
+    o = _options(options)
+    prm = read_prm(prm_path)
+    out_dir = Path(output_dir).absolute()
+    check_output_dir(out_dir, overwrite)
+    if channels is None:
+        channels, probe_positions = _group_channels(prm, channel_group)
+        channel_positions = probe_positions if channel_positions is None else channel_positions
+    channels = np.asarray(channels, dtype=np.int64)
+    if channel_positions is None:
+        channel_positions = np.c_[np.zeros(len(channels)), 20.0 * np.arange(len(channels))]
+    if len(channels) == 0 or channels.max() >= prm.traces.n_channels:
+        raise TemplateMatchingError(f"{prm.path}: the channels {channels.tolist()[:8]} ... do "
+                                    f"not fit the {prm.traces.n_channels} channels of the data.")
+    spike_samples = np.asarray(spike_samples, dtype=np.int64)
+    spike_clusters = np.asarray(spike_clusters, dtype=np.int64)
+    if spike_samples.shape != spike_clusters.shape or spike_samples.ndim != 1:
+        raise TemplateMatchingError(f"{len(spike_samples)} spike samples but "
+                                    f"{len(spike_clusters)} spike clusters.")
+    if cluster_ids is None:
+        cluster_ids = np.unique(spike_clusters)
+    cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+    counts = np.array([(spike_clusters == c).sum() for c in cluster_ids], dtype=np.int64)
+    cluster_ids = cluster_ids[counts >= int(o.min_spikes)]
+    if len(cluster_ids) == 0:
+        raise TemplateMatchingError(f"No cluster with at least {o.min_spikes} spikes to make "
+                                    "a template from.")
+
+    own_executor = executor is None
+    if own_executor:
+        from phy_detect.executors import make_executor
+
+        executor = make_executor("processes")
+    reporter = reporter or ProgressReporter()
+    try:
+        result, templates, info = _run(prm, spike_samples, spike_clusters, cluster_ids,
+                                       channels, channel_positions, executor, reporter, o)
+    finally:
+        if own_executor:
+            executor.close()
+    info.update(source=source, prm=str(prm.path))
+    path = write_template_directory(out_dir, prm, templates, result, channels,
+                                    channel_positions, cluster_groups=cluster_groups,
+                                    info=info, overwrite=overwrite)
+    reporter.set_complete()
+    return path
+
+
+def _excerpt_chunks(n_samples: int, n_excerpts: int, size: int, margin: int) -> list:
+    """`n_excerpts` chunks of `size` samples evenly spread (the whole recording if short)."""
+    from phy_detect.chunks import Chunk
+
+    size = min(size, n_samples)
+    n = max(1, min(n_excerpts, n_samples // max(size, 1)))
+    starts = np.linspace(0, n_samples - size, n).round().astype(np.int64)
+    return [Chunk(i, int(s), int(s) + size, max(0, int(s) - margin),
+                  min(n_samples, int(s) + size + margin)) for i, s in enumerate(starts)]
+
+
+def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_positions,
+         executor, reporter, o: Bunch) -> tuple[Bunch, Any, dict]:
+    from phy_detect.chunks import plan_chunks
+    from phy_detect.filtering import Filter
+
+    from .worker import traces
+
+    t0 = time.perf_counter()
+    rate = float(prm.traces.sample_rate)
+    sd = prm.spikedetekt
+    # The detection's band-pass (same parameters, same precision).
+    filter_arguments = dict(rate=rate, low=float(sd["filter_low"]),
+                            high=float(sd["filter_high_factor"]) * rate,
+                            order=int(sd["filter_butter_order"]),
+                            precision=str(sd.get("filter_precision", "float64")))
+    if hasattr(executor, "warm_up"):
+        # The workers start (imports, numba caches, the recording) while this process
+        # chooses the spikes.
+        from .worker import warm_up
+
+        executor.warm_up(warm_up, str(prm.path), filter_arguments)
+    filter_ = Filter(**filter_arguments)
+    n_samples = int(traces(str(prm.path)).shape[0])
+    before = int(round(o.before_ms * 1e-3 * rate))
+    n_t = before + int(round(o.after_ms * 1e-3 * rate))
+    chunk_size = max(1, int(round(o.chunk_size_s * rate)))
+    parameters = MatchParameters(
+        z_threshold=float(o.z_threshold), amplitude_min=o.amplitude_range[0],
+        amplitude_max=o.amplitude_range[1],
+        amplitude_tolerance=float(o.amplitude_tolerance),
+        refractory=int(round(o.refractory_ms * 1e-3 * rate)), max_rounds=int(o.max_rounds))
+    prm_path = str(prm.path)
+
+    # 1. Templates: sums of the chosen spikes' windows, per chunk.
+    chosen, chosen_k = select_spikes(spike_samples, spike_clusters, cluster_ids,
+                                     int(o.max_spikes_per_template), n_samples, before,
+                                     n_t - before)
+    # Chunks of a fixed size: the noise statistics come from some of them, and must
+    # not depend on the matching's chunk size.
+    template_chunks = plan_chunks(n_samples, int(round(TEMPLATE_CHUNK_S * rate)),
+                                  filter_.margin_samples + n_t)
+    bounds = np.searchsorted(chosen, [c.keep_start for c in template_chunks] + [n_samples])
+    setup = Setup(prm_path, channels, filter_, "templates", before=before, n_t=n_t)
+    used = [i for i in range(len(template_chunks)) if bounds[i + 1] > bounds[i]]
+    # The noise (channel levels, covariance) from a few of these chunks, spread out.
+    n_noise = min(len(used), int(o.n_noise_chunks))
+    with_noise = set(np.linspace(0, len(used) - 1, n_noise).round().astype(int).tolist())
+    parts = [(template_chunks[i], chosen[bounds[i]:bounds[i + 1]],
+              chosen_k[bounds[i]:bounds[i + 1]], j in with_noise) for j, i in enumerate(used)]
+    jobs = [(setup, None, parts[i:i + TEMPLATE_CHUNKS_PER_JOB])
+            for i in range(0, len(parts), TEMPLATE_CHUNKS_PER_JOB)]
+    match_margin = margin_samples(n_t, parameters, filter_.margin_samples)
+    match_chunks = plan_chunks(n_samples, chunk_size, match_margin)
+    n_excerpts = len(_excerpt_chunks(n_samples, int(o.n_noise_excerpts),
+                                     int(round(o.noise_excerpt_s * rate)), 0))
+    reporter.value_max = len(jobs) + n_excerpts + len(match_chunks)
+    sums = np.zeros((len(cluster_ids), n_t, len(channels)))
+    n_used = np.zeros(len(cluster_ids), dtype=np.int64)
+    medians = []
+    xtx, n_rows = np.zeros((len(channels), len(channels))), 0
+    for part in executor.imap(run_job, jobs):
+        sums[part.templates] += part.sums
+        n_used[part.templates] += part.counts
+        medians.extend(part.noise)
+        xtx += sum(part.xtx, np.zeros_like(xtx))
+        n_rows += sum(part.n_rows)
+        reporter.increment()
+    if not medians:
+        raise TemplateMatchingError("No spike of the chosen clusters lies inside the recording.")
+    noise_std = noise_std_from_medians(medians)
+    means = sums / np.maximum(n_used, 1)[:, None, None]
+    templates = build_templates(means, n_used, cluster_ids, noise_std,
+                                channel_fraction=float(o.channel_fraction),
+                                significance=float(o.significance),
+                                max_channels=int(o.max_channels), rank=int(o.rank))
+    if o.whiten:
+        if n_rows < 10 * len(channels):
+            logger.warning("Template matching: only %d quiet samples to estimate the noise "
+                           "covariance of %d channels; not whitening.", n_rows, len(channels))
+        else:
+            from .whitening import projection_templates
+
+            templates = projection_templates(templates, xtx / n_rows, channel_positions,
+                                             radius_um=float(o.whitening_radius_um))
+    t_templates = time.perf_counter()
+
+    # 2. The spread of each template's projection on noise, from excerpts.
+    token = uuid.uuid4().hex
+    setup = Setup(prm_path, channels, filter_, "noise", before=before, n_t=n_t,
+                  templates=templates, token=token)
+    excerpts = _excerpt_chunks(n_samples, int(o.n_noise_excerpts),
+                               int(round(o.noise_excerpt_s * rate)), filter_.margin_samples)
+    medians_b = []
+    for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
+        if part.n_samples:
+            medians_b.append(part.median_abs)
+        reporter.increment()
+    if not medians_b:
+        raise TemplateMatchingError(f"The recording ({n_samples} samples) is shorter than a "
+                                    f"template ({n_t} samples).")
+    sigma = (np.median(np.stack(medians_b), axis=0) / 0.6744897501960817).astype(np.float32)
+    sigma = np.maximum(sigma, 1e-12)
+    t_noise = time.perf_counter()
+
+    # 3. The matching pursuit, chunk by chunk.
+    setup = Setup(prm_path, channels, filter_, "match", before=before, n_t=n_t,
+                  templates=templates, parameters=parameters, sigma=sigma, token=token)
+    parts, rounds, capped = [], [], 0
+    for part in executor.imap(run_job, [(setup, c, None) for c in match_chunks]):
+        parts.append(part)
+        rounds.append(part.n_rounds)
+        capped += part.capped
+        reporter.increment()
+    if capped:
+        logger.warning("Template matching: the pursuit reached max_rounds=%d in %d of %d "
+                       "chunks; some spikes may be missed (raise max_rounds).",
+                       parameters.max_rounds, capped, len(match_chunks))
+    result = Bunch(
+        spike_samples=np.concatenate([p.spike_samples for p in parts]),
+        spike_templates=np.concatenate([p.spike_templates for p in parts]),
+        amplitudes=np.concatenate([p.amplitudes for p in parts]))
+    t_end = time.perf_counter()
+    duration = n_samples / rate
+    logger.info("Template matching: %d spikes from %d templates in %.1f s of recording in "
+                "%.1f s (%.1fx real time; templates %.1f s, noise %.1f s, matching %.1f s).",
+                len(result.spike_samples), templates.n_templates, duration, t_end - t0,
+                duration / max(t_end - t0, 1e-9), t_templates - t0, t_noise - t_templates,
+                t_end - t_noise)
+    info = dict(
+        options={k: (list(v) if isinstance(v, tuple) else v) for k, v in o.items()},
+        parameters=asdict(parameters), n_t=n_t, template_before=before,
+        n_templates=templates.n_templates, cluster_ids=templates.cluster_ids,
+        template_trough=templates.trough, template_n_channels=np.diff(templates.ptr),
+        template_explained=np.round(templates.explained, 4), projection_sigma=sigma,
+        n_spikes=int(len(result.spike_samples)), max_rounds_used=int(max(rounds or [0])),
+        chunks_capped=int(capped), elapsed_s=round(t_end - t0, 3),
+        elapsed_templates_s=round(t_templates - t0, 3),
+        elapsed_noise_s=round(t_noise - t_templates, 3),
+        elapsed_matching_s=round(t_end - t_noise, 3))
+    return result, templates, info

@@ -1,0 +1,188 @@
+"""What a template-matching worker does with one chunk: read, filter, then one task.
+
+Jobs are ``(Setup, Chunk, payload)`` tuples, pickled to the workers (local
+processes or Dask); `run_job` is the function the executors call. Each worker
+opens the recording once and keeps it mapped, reads a chunk as float32 and
+filters it in place (`phy_detect`'s reader and filter), then:
+
+- ``'templates'``: sums the windows of the chunk's chosen spikes per template
+  (`phy_tmatch.templates`) and, for a few chunks, the median ``|x|`` per
+  channel and the noise covariance sums (`phy_tmatch.whitening`);
+- ``'noise'``: the median ``|B|`` of the projections on every template (the
+  spread of a template's projection on noise);
+- ``'match'``: the matching pursuit (`phy_tmatch.matching.match_chunk`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from phy_core.bunch import Bunch
+
+_TRACES: dict[str, Any] = {}
+_CACHE: dict[str, Any] = {}
+
+
+@dataclass
+class Setup:
+    """Everything a worker needs (pickled with every job; the templates are small)."""
+
+    prm_path: str
+    channels: np.ndarray  # file columns of the channel group
+    filter: Any
+    task: str
+    before: int = 0
+    n_t: int = 0
+    templates: Any = None  # a TemplateSet
+    parameters: Any = None  # a matching.MatchParameters
+    sigma: Any = None  # (K,) noise of the projections
+    token: str = ""  # identifies the templates, for the per-worker cache
+
+
+def traces(prm_path: str):
+    """The recording of a PRM (opened once per worker)."""
+    if prm_path not in _TRACES:
+        from phy_rawdata.model import open_traces
+        from phy_rawdata.prm import read_prm
+
+        _TRACES[prm_path] = open_traces(read_prm(prm_path))
+    return _TRACES[prm_path]
+
+
+def cached(token: str, make):
+    """``make()`` once per worker and token (the templates' cross-correlations)."""
+    if token not in _CACHE:
+        _CACHE.clear()  # one run at a time: drop the previous run's arrays
+        _CACHE[token] = make()
+    return _CACHE[token]
+
+
+def filtered_chunk(setup: Setup, chunk) -> np.ndarray:
+    """The chunk's rows ``[load_start, load_stop)`` of the group, band-passed, float32."""
+    from phy_detect.filtering import Filter
+    from phy_detect.worker import read_float32, release_pages
+
+    data_traces = traces(setup.prm_path)
+    data = read_float32(data_traces, chunk.load_start, chunk.load_stop, setup.channels)
+    release_pages(data_traces)
+    if isinstance(setup.filter, Filter):
+        return setup.filter(data, out=data)
+    return np.ascontiguousarray(setup.filter(data), dtype=np.float32)
+
+
+def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
+    """Get a fresh worker ready while the parent prepares the run (best effort).
+
+    Opens the recording and runs every kernel once on a tiny input, so that the
+    imports and the loading of numba's on-disk caches happen now rather than in
+    the first jobs. Any failure is ignored: the real jobs will report it. The
+    arguments are plain data: unpickling a filter object would import numba
+    before the executor's initializer sets its thread count.
+    """
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        traces(prm_path)
+    with contextlib.suppress(Exception):
+        from phy_detect.filtering import Filter
+
+        from .kernels import cross_correlations, project, pursue
+
+        rng = np.random.default_rng(0)
+        if filter_arguments is not None:
+            Filter(**filter_arguments)(rng.standard_normal((200, 2)).astype(np.float32))
+        temporal = rng.standard_normal((1, 1, 4)).astype(np.float32)
+        ptr, idx = np.array([0, 1]), np.array([0])
+        spatial = np.ones((1, 1), dtype=np.float32)
+        b = np.empty((1, 17), dtype=np.float32)
+        project(rng.standard_normal((1, 20)).astype(np.float32), ptr, idx, spatial, temporal, b)
+        cc = cross_correlations(temporal, ptr, idx, spatial, spatial[None], ptr, idx)
+        one = np.ones(1, dtype=np.float32)
+        pursue(b, one, one, np.float32(1.0), np.float32(0.5), np.float32(1.5), one * 0.4,
+               one * 1.6, 2, ptr, idx, cc, 2)
+
+
+def spike_segments(setup: Setup, chunk, samples: np.ndarray) -> list | None:
+    """The chunk's spike windows (with the filter's margins) as merged segments.
+
+    Filtering only these is exact (the margins), and cheaper than the whole
+    chunk when the chosen spikes are sparse (long recordings: the template
+    pass then costs in proportion to the spikes, not to the recording).
+    None when the segments would cover more than half of the chunk.
+    """
+    from phy_detect.chunks import Chunk
+
+    margin = int(setup.filter.margin_samples) if hasattr(setup.filter, "margin_samples") \
+        else chunk.keep_start - chunk.load_start
+    n_total = int(traces(setup.prm_path).shape[0])
+    starts = np.maximum(samples - setup.before - margin, 0)
+    stops = np.minimum(samples - setup.before + setup.n_t + margin, n_total)
+    segments, total = [], 0
+    for a, b, s in zip(starts, stops, samples):
+        if segments and a <= segments[-1][1]:
+            segments[-1][1] = max(segments[-1][1], b)
+            segments[-1][3] = s + 1
+        else:
+            segments.append([a, b, s, s + 1])
+    total = sum(b - a for a, b, _, _ in segments)
+    if total > (chunk.load_stop - chunk.load_start) // 2:
+        return None
+    # Keep ranges tile [first spike, last spike + 1): each spike is summed once.
+    return [Chunk(i, int(s0), int(s1), int(a), int(b))
+            for i, (a, b, s0, s1) in enumerate(segments)]
+
+
+def template_job(setup: Setup, parts: list) -> Bunch:
+    """Sums of the chosen spikes' windows over several chunks, and noise statistics.
+
+    `parts` lists ``(chunk, samples, templates, noise)``: each chunk is read and
+    filtered in turn (one chunk in memory at a time); `noise` asks for its
+    channels' median ``|x|`` and covariance sums. One job covers several chunks
+    so that fewer partial sums travel back to the parent.
+    """
+    from .templates import channel_noise, template_sums
+
+    present = np.unique(np.concatenate([p[2] for p in parts]))
+    sums = np.zeros((len(present), setup.n_t, len(setup.channels)))
+    counts = np.zeros(len(present), dtype=np.int64)
+    out = Bunch(noise=[], xtx=[], n_rows=[])
+    for chunk, samples, templates, noise in parts:
+        segments = None if noise else spike_segments(setup, chunk, samples)
+        for sub in segments or [chunk]:
+            data = filtered_chunk(setup, sub)
+            inside = (samples >= sub.keep_start) & (samples < sub.keep_stop)
+            part = template_sums(data, sub.load_start, samples[inside], templates[inside],
+                                 setup.before, setup.n_t)
+            rows = np.searchsorted(present, part.templates)
+            sums[rows] += part.sums
+            counts[rows] += part.counts
+        if noise:
+            from .whitening import covariance_sums
+
+            keep = data[chunk.keep_start - chunk.load_start:chunk.keep_stop - chunk.load_start]
+            out.noise.append(channel_noise(keep))
+            xtx, n_rows = covariance_sums(keep, out.noise[-1], setup.n_t // 2)
+            out.xtx.append(xtx)
+            out.n_rows.append(n_rows)
+    out.update(templates=present, sums=sums.astype(np.float32), counts=counts)
+    return out
+
+
+def run_job(job: tuple) -> Bunch:
+    setup, chunk, payload = job
+    if setup.task == "templates":
+        return template_job(setup, payload)
+    data = filtered_chunk(setup, chunk)
+    if setup.task == "noise":
+        from .matching import projections
+
+        b = projections(data, setup.templates)
+        return Bunch(median_abs=np.median(np.abs(b), axis=1), n_samples=b.shape[1])
+    if setup.task == "match":
+        from .matching import match_chunk
+
+        return match_chunk(setup, chunk, data)
+    raise ValueError(f"Unknown template-matching task {setup.task!r}.")

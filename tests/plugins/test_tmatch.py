@@ -1,0 +1,260 @@
+"""Template matching (phy_tmatch): kernels, recall, overlapping spikes, chunking, outputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from phy_core.cli import main
+from phy_core.model import check_model
+from phy_detect.evaluation import detection_report, match_spikes
+from phy_detect.executors import SerialExecutor
+from phy_synthetic.recording import synthesize_recording
+from phy_template.model import TemplateModel
+from phy_tmatch.kernels import cross_correlations, project, pursue
+from phy_tmatch.runner import match_spikes as tmatch_spikes
+from phy_tmatch.runner import template_match
+from phy_tmatch.templates import TemplateMatchingError, TemplateSet
+
+DURATION_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tmatch_rec")
+    synthesize_recording(folder, name="rec", probe="linear32", duration_s=DURATION_S, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ground_truth(recording):
+    return dict(np.load(recording / "rec.groundtruth.npz"))
+
+
+def _match(recording, gt, out, **options):
+    options.setdefault("executor", SerialExecutor())
+    return tmatch_spikes(recording / "rec.prm", gt["spike_samples"], gt["spike_clusters"], out,
+                         **options)
+
+
+@pytest.fixture(scope="module")
+def matched(recording, ground_truth, tmp_path_factory):
+    return _match(recording, ground_truth, tmp_path_factory.mktemp("tmatch_out"))
+
+
+@pytest.fixture(scope="module")
+def kwik(recording, tmp_path_factory):
+    from phy_detect.runner import detect
+
+    return detect(recording / "rec.prm", output_dir=tmp_path_factory.mktemp("tmatch_kwik"),
+                  executor=SerialExecutor())
+
+
+# -- kernels against direct computations ------------------------------------------------------
+
+
+def _random_templates(rng, n_templates=3, n_t=9, n_channels=6, rank=2):
+    ptr, idx, spatial = [0], [], []
+    for _ in range(n_templates):
+        chans = np.sort(rng.choice(n_channels, size=3, replace=False))
+        idx.extend(chans)
+        spatial.append(rng.standard_normal((3, rank)))
+        ptr.append(len(idx))
+    return TemplateSet(
+        cluster_ids=np.arange(n_templates) + 10, ptr=np.array(ptr), idx=np.array(idx),
+        spatial=np.concatenate(spatial).astype(np.float32),
+        temporal=rng.standard_normal((n_templates, rank, n_t)).astype(np.float32),
+        trough=np.zeros(n_templates, dtype=np.int64),
+        n_spikes=np.ones(n_templates, dtype=np.int64), n_channels=n_channels,
+        explained=np.ones(n_templates))
+
+
+def test_projections_and_cross_correlations_match_dense_computations():
+    rng = np.random.default_rng(0)
+    t = _random_templates(rng)
+    dense = t.dense().astype(np.float64)
+    x = rng.standard_normal((50, t.n_channels)).astype(np.float32)
+    b = np.empty((t.n_templates, 50 - t.n_samples + 1), dtype=np.float32)
+    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
+    expected = np.array([[(dense[k] * x[s:s + t.n_samples]).sum() for s in range(b.shape[1])]
+                         for k in range(t.n_templates)])
+    np.testing.assert_allclose(b, expected, rtol=1e-4, atol=1e-4)
+
+    cc = cross_correlations(t.temporal, t.ptr, t.idx, t.spatial, t.spatial_dense(True),
+                            t.nbr_ptr, t.nbr_idx)
+    w = t.n_samples - 1
+    for k in range(t.n_templates):
+        for e in range(t.nbr_ptr[k], t.nbr_ptr[k + 1]):
+            kk = t.nbr_idx[e]
+            for d in range(-w, w + 1):
+                # Removing a unit spike of k at s changes B[kk, s + d] by cc[e, d + w].
+                shifted = np.zeros((3 * t.n_samples, t.n_channels))
+                shifted[t.n_samples:2 * t.n_samples] = dense[k]
+                window = shifted[t.n_samples + d:2 * t.n_samples + d]
+                assert cc[e, d + w] == pytest.approx((dense[kk] * window).sum(), abs=1e-4)
+    np.testing.assert_allclose(t.norm2, (dense ** 2).sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_pursuit_resolves_overlapping_spikes_without_noise():
+    rng = np.random.default_rng(1)
+    t = _random_templates(rng)
+    dense = t.dense()
+    n = 200
+    x = np.zeros((n, t.n_channels), dtype=np.float32)
+    truth = [(40, 0, 1.0), (43, 1, 1.2), (120, 2, 0.9), (122, 0, 1.1)]  # two overlaps
+    for s, k, a in truth:
+        x[s:s + t.n_samples] += a * dense[k]
+    b = np.empty((t.n_templates, n - t.n_samples + 1), dtype=np.float32)
+    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
+    cc = cross_correlations(t.temporal, t.ptr, t.idx, t.spatial, t.spatial_dense(True),
+                            t.nbr_ptr, t.nbr_idx)
+    spikes, amplitudes, n_rounds = pursue(
+        b, t.norm2, np.full(t.n_templates, 1e-3, dtype=np.float32), np.float32(5.0),
+        np.float32(0.5), np.float32(1.5), np.full(3, 0.5, np.float32), np.full(3, 1.5, np.float32),
+        2, t.nbr_ptr, t.nbr_idx, cc, 10)
+    found = sorted(zip(spikes[:, 0].tolist(), spikes[:, 1].tolist(),
+                       np.round(amplitudes, 3).tolist()))
+    assert [(s, k) for s, k, _ in found] == [(s, k) for s, k, _ in truth]
+    # Greedy amplitudes of overlapping spikes are a little off (each is fitted while the
+    # other is still there: matching pursuit, not a joint least-squares fit).
+    np.testing.assert_allclose([a for *_, a in found], [a for *_, a in truth], atol=0.06)
+    assert 2 <= n_rounds <= 10  # the overlapping spikes cannot be accepted in one round
+    # Little is left in the residual's projections.
+    assert np.abs(b).max() < 0.1 * t.norm2.max()
+
+
+# -- on a synthetic recording with ground truth -----------------------------------------------
+
+
+def test_matching_finds_at_least_what_detection_found(matched, recording, ground_truth, kwik):
+    from phy_kwik.model import KwikModel
+
+    model = TemplateModel(matched)
+    assert check_model(model) == []
+    rate = float(ground_truth["sample_rate"])
+    true_s, true_u = ground_truth["spike_samples"], ground_truth["spike_clusters"]
+    with KwikModel(kwik) as detected:
+        detection = detection_report(detected.spike_samples_fractional, true_s, true_u, rate)
+    tmatch = detection_report(model.spike_samples, true_s, true_u, rate)
+    assert np.all(tmatch.recall >= detection.recall - 1e-9), (tmatch.recall, detection.recall)
+    assert tmatch.recall.mean() > detection.recall.mean()
+    # Few spikes that are no true spike, and each spike carries the right template.
+    assert tmatch.n_false <= 0.02 * len(true_s)
+    found = tmatch.matches >= 0
+    clusters = np.asarray(model.spike_clusters)[tmatch.matches[found]]
+    assert np.mean(clusters == true_u[found]) > 0.98
+    amplitudes = np.asarray(model.amplitudes)
+    assert amplitudes.min() >= 0.75 - 1e-6 and amplitudes.max() <= 1.35 + 1e-6
+    assert model.templates.shape[0] == len(np.unique(true_u))
+
+
+def test_overlapping_spikes_of_two_units_are_both_found(recording, ground_truth, tmp_path):
+    gt = ground_truth
+    folder = tmp_path / "rec"
+    shutil.copytree(recording, folder)
+    templates, trough = gt["templates"], int(gt["template_trough"])
+    peaks = gt["unit_peak_channels"]
+    n_t = templates.shape[1]
+    # Two clearly visible units with nearby peak channels.
+    units = [u for u in np.argsort(-gt["unit_snr"]) if gt["unit_snr"][u] >= 4]
+    a, b = next((u, v) for i, u in enumerate(units) for v in units[i + 1:]
+                if 0 < abs(int(peaks[u]) - int(peaks[v])) <= 3)
+    # A quiet place: no true spike within 3 ms.
+    samples = gt["spike_samples"]
+    t0 = next(t for t in range(15000, 100000, 500)
+              if np.all(np.abs(samples - t) > 90) and np.all(np.abs(samples - t - 6) > 90))
+    dat = np.memmap(folder / "rec.dat", dtype=np.int16, mode="r+").reshape(-1, 32)
+    for unit, t in ((a, t0), (b, t0 + 6)):  # 0.2 ms apart: one flood-fill component
+        window = dat[t - trough:t - trough + n_t].astype(np.float64) + templates[unit]
+        dat[t - trough:t - trough + n_t] = np.round(window).astype(np.int16)
+    dat.flush()
+    del dat
+    out = _match(folder, gt, tmp_path / "out")
+    model = TemplateModel(out)
+    near = np.abs(model.spike_samples - t0 - 3) <= 20
+    found = sorted(zip(model.spike_samples[near].tolist(),
+                       np.asarray(model.spike_clusters)[near].tolist()))
+    assert len(found) == 2, found
+    (s1, c1), (s2, c2) = found
+    assert (c1, c2) == (a, b)
+    assert abs(s1 - t0) <= 2 and abs(s2 - t0 - 6) <= 2
+
+
+def test_result_does_not_depend_on_chunk_size(matched, recording, ground_truth, tmp_path):
+    other = _match(recording, ground_truth, tmp_path / "small", chunk_size_s=0.37)
+    whole = _match(recording, ground_truth, tmp_path / "whole", chunk_size_s=DURATION_S)
+    for out in (other, whole):
+        for name in ("spike_times.npy", "spike_templates.npy", "spike_clusters.npy"):
+            np.testing.assert_array_equal(np.load(out / name), np.load(matched / name))
+        np.testing.assert_allclose(np.load(out / "amplitudes.npy"),
+                                   np.load(matched / "amplitudes.npy"), atol=1e-5)
+
+
+def test_template_match_from_a_kwik_file(kwik, recording, ground_truth, tmp_path, capsys):
+    from phy_kwik.model import KwikModel
+
+    # A clustering made from the ground truth: each detected spike gets its true unit
+    # (+ 2), unmatched detections the noise cluster 0, one unit the MUA cluster 1.
+    gt = ground_truth
+    with KwikModel(kwik) as model:
+        matches = match_spikes(model.spike_samples_fractional, gt["spike_samples"], 12)
+        clusters = np.zeros(model.n_spikes, dtype=np.int64)
+        found = matches >= 0
+        clusters[matches[found]] = gt["spike_clusters"][found] + 2
+        mua_unit = int(gt["spike_clusters"][0])
+        clusters[clusters == mua_unit + 2] = 1
+        groups = {int(c): (int(c) if c < 2 else 3) for c in np.unique(clusters)}
+        model.save(clusters, groups)
+    out = template_match(recording / "rec.prm", kwik, tmp_path / "out",
+                         executor=SerialExecutor())
+    model = TemplateModel(out)
+    ids, counts = np.unique(clusters, return_counts=True)
+    expected = [c for c, n in zip(ids.tolist(), counts) if c > 1 and n >= 3]  # min_spikes
+    assert len(expected) >= 4
+    assert sorted(np.unique(model.spike_clusters).tolist()) == expected
+    assert model.cluster_groups == {c: 3 for c in expected}
+    # Through the command line, with the MUA cluster included and the output replaced.
+    assert main(["template-match", str(recording / "rec.prm"), str(kwik), "--output-dir",
+                 str(out), "--include-mua", "--overwrite", "--n-workers", "1"]) == 0
+    assert "Wrote" in capsys.readouterr().out
+    assert 1 in np.unique(TemplateModel(out).spike_clusters)
+    # And `phy evaluate` reads the result.
+    assert main(["evaluate", str(out), str(recording / "rec.prm")]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_clear_errors(recording, ground_truth, matched, tmp_path):
+    with pytest.raises(TemplateMatchingError, match="already holds a template directory"):
+        _match(recording, ground_truth, matched)
+    with pytest.raises(TemplateMatchingError, match="Unknown template-matching option"):
+        _match(recording, ground_truth, tmp_path / "a", z_treshold=3)
+    with pytest.raises(TemplateMatchingError, match="amplitude_range"):
+        _match(recording, ground_truth, tmp_path / "b", amplitude_range=(1.2, 2.0))
+    with pytest.raises(TemplateMatchingError, match="at least 3 spikes"):
+        tmatch_spikes(recording / "rec.prm", [100, 200], [4, 4], tmp_path / "c",
+                      executor=SerialExecutor())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "params.py").exists()
+
+
+def test_template_sums_from_spike_windows_equal_those_from_whole_chunks(recording, ground_truth):
+    from phy_detect.chunks import plan_chunks
+    from phy_detect.filtering import Filter
+    from phy_tmatch.worker import Setup, spike_segments, template_job
+
+    rate = float(ground_truth["sample_rate"])
+    setup = Setup(str(recording / "rec.prm"), np.arange(32),
+                  Filter(rate, 500.0, 0.475 * rate, precision="float32"),
+                  "templates", before=24, n_t=66)
+    chunk = plan_chunks(int(DURATION_S * rate), int(rate), setup.filter.margin_samples + 66)[1]
+    samples, units = ground_truth["spike_samples"], ground_truth["spike_clusters"]
+    inside = np.flatnonzero((samples >= chunk.keep_start) & (samples < chunk.keep_stop))[::3]
+    samples, units = samples[inside], units[inside]
+    assert spike_segments(setup, chunk, samples) is not None  # sparse: windows only
+    windows = template_job(setup, [(chunk, samples, units, False)])
+    whole = template_job(setup, [(chunk, samples, units, True)])  # noise: the whole chunk
+    np.testing.assert_array_equal(windows.templates, whole.templates)
+    np.testing.assert_array_equal(windows.counts, whole.counts)
+    np.testing.assert_allclose(windows.sums, whole.sums, atol=1e-3 * np.abs(whole.sums).max())
+    assert len(whole.noise) == 1 and whole.xtx[0].shape == (32, 32)
