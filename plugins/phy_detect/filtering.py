@@ -5,23 +5,34 @@ The filter is the one `scipy.signal.sosfiltfilt` applies with its defaults
 extension of ``padlen`` samples at each end), so that on a whole array the
 result matches scipy to float32 precision. It is written for
 ``(n_samples, n_channels)`` float32 traces with channels contiguous: the
-innermost loop runs over channels, whose recursions are independent, so the
-compiler turns it into SIMD instructions; the recursion along time cannot be
-vectorised. Each pass streams through whole rows (see `DEFAULT_BLOCK_CHANNELS`
-for why not narrow channel blocks); with `n_threads` > 1 the channels are split
-into one block per thread (numba ``prange``). No padded copy of the data is
-made: the odd extensions are computed on the fly.
+recursion along time cannot be vectorised, the channels can. The kernels
+(`phy_detect.filter_kernels`) keep the filter state of 16 channels in SIMD
+registers for a tile of rows, and prefetch the next tile; with `n_threads` > 1
+the channel blocks are split between threads (numba ``prange``). No padded copy
+of the data is made: the odd extensions are computed on the fly.
 
-Numerics: data in and out are float32; by default the filter state and
-arithmetic are float64: float32 recursions (``precision='float32'``, ~1.7x
-faster at 1024 channels) deviate from scipy by ~1e-5 of the signal scale,
-float64 by ~2e-7. The intermediate (forward-pass) output is stored as float32,
-which costs one float32 rounding.
+Design (`_kernel_design`): scipy's product of the b0 coefficients is one gain
+on the input. Up to order 3 every section gets the numerator 1 - z^-2 (the
+band-pass has N zeros at z = 1 and N at z = -1, so this is the same filter):
+2 multiplications per section and sample instead of 5. Above order 3 that
+pairing loses precision, and scipy's sections are kept (4 multiplications).
 
-Speed (benchmarks/filter.py, 1 s of 30 kHz data, one core of an AMD EPYC with
-AVX-512): 1024 channels ~10-12x real time (float64 state), ~18x (float32),
-scipy's sosfiltfilt 1.4x. At float64 the kernel is bound by arithmetic and
-state loads/stores (32 channels run at the same channels x real time product).
+Numerics: data in and out are float32; the filter state and arithmetic are
+float64 by default, float32 with ``precision='float32'``. Against
+sosfiltfilt, order 3, the largest error is ~1e-5 of the signal's standard
+deviation in float32, ~7e-7 in float64; most of the latter is the float32
+rounding of the forward-pass output, which is stored as float32 (above order
+3, also of each group of 3 sections: ~1e-6 at order 7, 5e-6 at order 20).
+
+Speed (benchmarks/filter.py: 1 s of 30 kHz data, one core of an AMD EPYC
+with AVX-512, CPU time, filtered in place): at 1024 channels ~18 ms float32
+(57x real time) and ~22 ms float64 (47x), against 46 and 71 ms for the
+previous kernel (whole rows, state in memory) and 660 ms for scipy's
+sosfiltfilt. At 384 channels 3.8 and 7.4 ms: there the kernel runs at the
+arithmetic limit (one AVX-512 FMA per cycle; 7 per row and 16 channels in the
+fast form). 1024 channels are slower per channel: rows 4 KiB apart fall in
+the same L1 set (see `filter_kernels._tile_rows`); 1008 or 1040 channels run
+at ~10 ms.
 
 Chunked processing: `Filter.margin_samples` is the overlap a chunked runner
 adds on each side of a chunk so that the filtered interior equals filtering the
@@ -33,23 +44,15 @@ from __future__ import annotations
 import math
 from functools import cached_property
 
-import numba
 import numpy as np
-from numba import njit, prange
 from scipy import signal
 
 from phy_core.descriptors import Stage
 from phy_core.errors import PhyError
 
-__all__ = ["Filter", "FilterError", "STAGES", "DEFAULT_BLOCK_CHANNELS"]
+from .filter_kernels import FAST_MAX_ORDER, GROUP, filtfilt
 
-# Channels per block. Small blocks keep the state in L1 but read each row in
-# short pieces 4 KiB apart (1024 float32 channels), which defeats the hardware
-# prefetcher (it follows streams within a page): measured at 1024 channels,
-# 30 kHz, one core: block 64 -> 4.3x real time, whole rows -> 11.8x. So by
-# default a block is a whole row (48 KiB of float64 state at 1024 channels,
-# in L2), split only to give each thread its share.
-DEFAULT_BLOCK_CHANNELS = 4096
+__all__ = ["Filter", "FilterError", "STAGES"]
 
 MAX_ORDER = 20
 
@@ -59,136 +62,6 @@ MARGIN_TOLERANCE = 1e-7
 
 class FilterError(PhyError, ValueError):
     """Invalid filter parameters or input."""
-
-
-# -- numba kernels -------------------------------------------------------------
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _sections(buf, sos, z, nc):
-    """Push one row (``buf[:nc]``, in place) through all sections (TDF-II)."""
-    for s in range(sos.shape[0]):
-        b0 = sos[s, 0]
-        b1 = sos[s, 1]
-        b2 = sos[s, 2]
-        a1 = sos[s, 4]
-        a2 = sos[s, 5]
-        for c in range(nc):  # independent channels: vectorised
-            xi = buf[c]
-            yi = b0 * xi + z[s, 0, c]
-            z[s, 0, c] = b1 * xi - a1 * yi + z[s, 1, c]
-            z[s, 1, c] = b2 * xi - a2 * yi
-            buf[c] = yi
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _load(buf, row, nc):
-    for c in range(nc):
-        buf[c] = row[c]
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _load_odd(buf, pivot, row, nc):
-    # Odd extension about `pivot`: 2 * pivot - row.
-    for c in range(nc):
-        buf[c] = 2.0 * np.float64(pivot[c]) - row[c]
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _store(row, buf, nc):
-    for c in range(nc):
-        row[c] = buf[c]
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _init_state(z, zi, first, nc):
-    # Steady state of a step of height `first` (as sosfilt_zi * x0 in sosfiltfilt).
-    for s in range(zi.shape[0]):
-        for c in range(nc):
-            z[s, 0, c] = zi[s, 0] * first[c]
-            z[s, 1, c] = zi[s, 1] * first[c]
-
-
-@njit(cache=True, fastmath=True)
-def _filtfilt_block(x, y, c0, c1, sos, zi, edge):
-    """Forward-backward filter channels ``c0:c1`` of `x` into `y` (scipy's default).
-
-    The odd extension is computed on the fly, so no padded copy of the data
-    is made; only the forward output over the right extension is kept
-    (the backward pass starts there). Rows are sliced before the inner loops
-    so that those index from 0 with a loop counter: no negative-index
-    handling, hence contiguous SIMD loads instead of gathers.
-    """
-    n = x.shape[0]
-    nc = c1 - c0
-    ns = sos.shape[0]
-    z = np.empty((ns, 2, nc), zi.dtype)
-    buf = np.empty(nc, zi.dtype)
-    right = np.empty((max(edge, 1), nc), np.float32)
-    # Copies of the rows the extensions are made of: `y` may be `x` (in place).
-    head = x[0 : edge + 1, c0:c1].copy()
-    tail = x[n - 1 - edge : n, c0:c1].copy()  # tail[edge] is x[n - 1]
-    x_first = head[0]
-    x_last = tail[edge]
-
-    # Forward pass over ext = [left extension, data, right extension], with
-    # ext[i] = 2 x[0] - x[edge - i] on the left, 2 x[n-1] - x[n-2-j] on the
-    # right. One loop, one call site of the (inlined, vectorised) sections:
-    # this halves the compilation time; the branches are per row, not per value.
-    if edge > 0:
-        _load_odd(buf, x_first, head[edge], nc)
-    else:
-        _load(buf, x_first, nc)
-    _init_state(z, zi, buf, nc)
-    for t in range(-edge, n + edge):
-        if t < 0:
-            _load_odd(buf, x_first, head[-t], nc)
-        elif t < n:
-            _load(buf, x[t, c0:c1], nc)
-        else:
-            _load_odd(buf, x_last, tail[n + edge - 1 - t], nc)
-        _sections(buf, sos, z, nc)
-        if t < 0:
-            continue
-        if t < n:
-            _store(y[t, c0:c1], buf, nc)
-        else:
-            _store(right[t - n], buf, nc)
-
-    # Backward pass from the end of the right extension; initial state from
-    # the last forward output. Outputs over the extensions are discarded (and
-    # the left extension is not needed: nothing comes after it).
-    if edge > 0:
-        _load(buf, right[edge - 1], nc)
-    else:
-        _load(buf, y[n - 1, c0:c1], nc)
-    _init_state(z, zi, buf, nc)
-    for t in range(n + edge - 1, -1, -1):
-        if t >= n:
-            _load(buf, right[t - n], nc)
-        else:
-            _load(buf, y[t, c0:c1], nc)
-        _sections(buf, sos, z, nc)
-        if t < n:
-            _store(y[t, c0:c1], buf, nc)
-
-
-@njit(cache=True)
-def _filtfilt_serial(x, y, sos, zi, edge, block):
-    n_channels = x.shape[1]
-    n_blocks = (n_channels + block - 1) // block
-    for b in range(n_blocks):
-        c0 = b * block
-        _filtfilt_block(x, y, c0, min(c0 + block, n_channels), sos, zi, edge)
-
-
-@njit(cache=True, parallel=True)
-def _filtfilt_parallel(x, y, sos, zi, edge, block):
-    n_channels = x.shape[1]
-    n_blocks = (n_channels + block - 1) // block
-    for b in prange(n_blocks):
-        c0 = b * block
-        _filtfilt_block(x, y, c0, min(c0 + block, n_channels), sos, zi, edge)
 
 
 # -- public API ----------------------------------------------------------------
@@ -201,6 +74,51 @@ def _int_parameter(name: str, value, low: int, high: int) -> int:
     if not ok:
         raise FilterError(f"Filter: {name} must be an integer in [{low}, {high}], got {value!r}.")
     return int(value)
+
+
+def _kernel_design(sos: np.ndarray, precision: str):
+    """Coefficients of the kernels: ``(coefficients, zi, gains, general)``.
+
+    `coefficients` (n_groups, GROUP, 4) holds (b1, b2, a1, a2) per section
+    with b0 = 1, `zi` (n_groups, GROUP, 2) the steady state for a unit input
+    (as sosfilt_zi), ``gains[0]`` the factor on the input of the forward
+    pass (scipy's product of b0, squared: the signal goes through twice),
+    ``gains[1]`` that of the backward pass. Sections are padded to whole
+    GROUPs with pass-through ones (zero coefficients, or a1 = 0, a2 = -1 in
+    the fast form; zero state: y = u exactly).
+
+    Up to FAST_MAX_ORDER, every section gets the numerator 1 - z^-2: a
+    Butterworth band-pass of order N has N zeros at z = 1 and N at z = -1,
+    so ``gain * prod_s (1 - z^-2) / (1 + a1_s z^-1 + a2_s z^-2)`` with
+    scipy's denominators is the same filter, with cheaper sections.
+    """
+    gain = float(np.prod(sos[:, 0]))
+    n = len(sos)
+    general = n > FAST_MAX_ORDER
+    cascade = np.zeros((n, 6))
+    cascade[:, 3:] = sos[:, 3:]
+    if general:
+        cascade[:, :3] = sos[:, :3] / sos[:, :1]
+    else:
+        cascade[:, :3] = (1.0, 0.0, -1.0)
+        _, h_ref = signal.sosfreqz(sos, worN=512)
+        _, h = signal.sosfreqz(cascade, worN=512)
+        if not np.allclose(gain * h, h_ref, rtol=0, atol=1e-9 * np.abs(h_ref).max()):
+            raise FilterError("Filter: the band-pass does not have its zeros at z = 1 and z = -1.")
+    n_groups = -(-n // GROUP)
+    coefficients = np.zeros((n_groups * GROUP, 4))
+    if not general:
+        coefficients[:, 3] = -1.0
+    coefficients[:n] = cascade[:, [1, 2, 4, 5]]
+    zi = np.zeros((n_groups * GROUP, 2))
+    zi[:n] = signal.sosfilt_zi(cascade)
+    gains = np.ones((2, n_groups))
+    gains[0, 0] = gain * gain
+    kernel = [
+        np.ascontiguousarray(a, dtype=precision)
+        for a in (coefficients.reshape(n_groups, GROUP, 4), zi.reshape(n_groups, GROUP, 2), gains)
+    ]
+    return (*kernel, general)
 
 
 class Filter:
@@ -226,13 +144,11 @@ class Filter:
         Threads per call (channel blocks in parallel, numba ``prange``).
         1 (the default) runs serially and never starts numba's thread pool,
         which is what a runner that parallelises chunks across processes wants.
-    block_channels : int
-        Channels per block (cache tiling).
     precision : {'float64', 'float32'}
         Type of the filter state and arithmetic. 'float64' (default) matches
-        scipy to ~1e-7 of the signal scale; 'float32' is ~1.6x faster at 1024
-        channels (twice the SIMD width) with errors ~3e-6 of the signal
-        scale, far below the noise of any recording.
+        scipy to ~7e-7 of the signal scale; 'float32' is 1.2x (1024 channels)
+        to 2x (384) faster, with errors ~1e-5 of the signal scale, far below
+        the noise of any recording.
 
     Example
     -------
@@ -247,7 +163,6 @@ class Filter:
         high: float | None = None,
         order: int = 3,
         n_threads: int = 1,
-        block_channels: int = DEFAULT_BLOCK_CHANNELS,
         precision: str = "float64",
     ) -> None:
         try:
@@ -266,7 +181,6 @@ class Filter:
             )
         order = _int_parameter("order", order, 1, MAX_ORDER)
         n_threads = _int_parameter("n_threads", n_threads, 1, 1024)
-        block_channels = _int_parameter("block_channels", block_channels, 1, 2**31)
         if precision not in ("float64", "float32"):
             raise FilterError(
                 f"Filter: precision must be 'float64' or 'float32', got {precision!r}."
@@ -274,7 +188,6 @@ class Filter:
         self.precision = precision
         self.rate, self.low, self.high, self.order = rate, low, high, int(order)
         self.n_threads = int(n_threads)
-        self.block_channels = int(block_channels)
         try:
             self.sos = signal.butter(
                 self.order, (low, high), btype="bandpass", fs=rate, output="sos"
@@ -294,8 +207,7 @@ class Filter:
                 "numerically unstable (cut-offs too close to 0 or to each other)."
             )
         # The kernels compute in the dtype of the coefficients they are given.
-        self._sos_k = np.ascontiguousarray(self.sos, dtype=precision)
-        self._zi_k = np.ascontiguousarray(self._zi, dtype=precision)
+        self._kernel = _kernel_design(self.sos, precision)
         # sosfiltfilt's default pad length (see scipy.signal.sosfiltfilt).
         ntaps = 2 * len(self.sos) + 1
         ntaps -= min(int((self.sos[:, 2] == 0).sum()), int((self.sos[:, 5] == 0).sum()))
@@ -373,21 +285,7 @@ class Filter:
                     f"Filter: `out` must be a C-contiguous float32 array of shape {x.shape}."
                 )
             y = out
-        if n_channels == 0:
-            return y
-        block = min(self.block_channels, n_channels)
-        if self.n_threads == 1:
-            _filtfilt_serial(x, y, self._sos_k, self._zi_k, self.padlen, block)
-        else:
-            # One block per thread (a multiple of 16 channels: whole SIMD vectors).
-            share = -(-n_channels // self.n_threads)
-            block = min(block, max(16, -(-share // 16) * 16))
-            previous = numba.get_num_threads()
-            numba.set_num_threads(min(self.n_threads, numba.config.NUMBA_NUM_THREADS))
-            try:
-                _filtfilt_parallel(x, y, self._sos_k, self._zi_k, self.padlen, block)
-            finally:
-                numba.set_num_threads(previous)
+        filtfilt(x, y, self._kernel, self.padlen, self.n_threads)
         return y
 
     def filter_chunk(
