@@ -45,7 +45,6 @@ import math
 from functools import cached_property
 
 import numpy as np
-from scipy import signal
 
 from phy_core.descriptors import Stage
 from phy_core.errors import PhyError
@@ -92,6 +91,8 @@ def _kernel_design(sos: np.ndarray, precision: str):
     so ``gain * prod_s (1 - z^-2) / (1 + a1_s z^-1 + a2_s z^-2)`` with
     scipy's denominators is the same filter, with cheaper sections.
     """
+    from scipy import signal
+
     gain = float(np.prod(sos[:, 0]))
     n = len(sos)
     general = n > FAST_MAX_ORDER
@@ -188,6 +189,9 @@ class Filter:
         self.precision = precision
         self.rate, self.low, self.high, self.order = rate, low, high, int(order)
         self.n_threads = int(n_threads)
+        # Imported here: a worker that receives a Filter (pickled) never needs scipy.
+        from scipy import signal
+
         try:
             self.sos = signal.butter(
                 self.order, (low, high), btype="bandpass", fs=rate, output="sos"
@@ -237,6 +241,8 @@ class Filter:
         (1e-7) of its peak, plus the pad length. The error at the chunk
         interior is then about 1e-7 times the signal scale (the float32 epsilon).
         """
+        from scipy import signal
+
         n = 1024
         while True:
             impulse = np.zeros(n)
@@ -310,6 +316,22 @@ class Filter:
         if channels is not None:
             data = data[:, channels]
         return self(data)[start - a : end - a]
+
+
+def warm_up(precision: str = "float64") -> None:
+    """Load (or compile) the kernels for `precision` without designing a filter.
+
+    A detection worker calls this at start-up instead of building a `Filter`,
+    whose design needs scipy.signal (most of a worker's start-up time); the
+    filters it is then sent arrive designed. Any stable sections do: these
+    are pass-through ones in the fast form (numerator 1 - z^-2, no poles).
+    """
+    coefficients = np.zeros((1, GROUP, 4), dtype=precision)
+    coefficients[..., 1] = -1.0
+    kernel = (coefficients, np.zeros((1, GROUP, 2), dtype=precision),
+              np.ones((2, 1), dtype=precision), False)
+    x = np.zeros((64, 17), dtype=np.float32)  # a whole block of channels and a partial one
+    filtfilt(x, x, kernel, padlen=9)
 
 
 def _make_filter(**parameters) -> Filter:

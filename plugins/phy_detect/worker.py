@@ -336,8 +336,16 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
         chosen = choose_stages(create_plugin_manager(),
                                {kind: name for kind, (name, _) in stages.items()})
         stages = {kind: (chosen[kind].factory, kwargs) for kind, (_, kwargs) in stages.items()}
+    from . import filtering
+
     made = {}
     for kind, (factory, kwargs) in stages.items():
+        if factory is filtering._make_filter:
+            # The built-in filter's kernels, without designing a filter (scipy.signal's
+            # import is most of a worker's start-up); the real ones arrive designed.
+            filtering.warm_up(kwargs.get("precision", "float64"))
+            made[kind] = _identity
+            continue
         made[kind] = make_stage(factory, kind, dict(defaults.get(kind, {}), **kwargs))
     filter_ = made["filter"]
     if hasattr(filter_, "filter_chunk"):  # the threshold excerpts' path
@@ -347,3 +355,7 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
     if setup.thresholder is not None and setup.detector is not None \
             and setup.extractor is not None:
         _extract(setup, read_float32(raw, 0, n_samples, columns))
+
+
+def _identity(data: np.ndarray) -> np.ndarray:
+    return data

@@ -218,3 +218,35 @@ def test_parameters_valid_or_clean_error(rate, low, high, order):
         return
     assert 0 < fil.low < fil.high < fil.rate / 2 and fil.order >= 1
     assert np.all(np.isfinite(fil.sos))
+
+
+def test_workers_need_no_scipy_signal(tmp_path):
+    # A worker's start-up (warm-up by stage name) and a pickled Filter it receives run
+    # without importing scipy.signal, most of a worker's start-up time.
+    import pickle
+    import subprocess
+    import sys
+
+    filter_ = Filter(rate=30000.0, low=500.0, high=9000.0, order=3, precision="float32")
+    filter_.margin_samples  # computed before pickling, as the runner does
+    x = np.random.default_rng(0).normal(size=(2000, 5)).astype(np.float32)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((filter_, x, filter_(x))))
+    code = f"""
+import pickle, sys
+import numpy as np
+from phy_detect.worker import warm_up
+warm_up("", {{"filter": ("butterworth", dict(rate=30000.0, low=500.0, high=9000.0, order=3,
+                                              precision="float32")),
+              "threshold": ("mad", dict(mode="negative")),
+              "detector": ("floodfill", dict(join_size=1)),
+              "extractor": ("centroid", dict(extract_before=10, extract_after=10,
+                                             weight_power=2.0))}})
+filter_, x, expected = pickle.loads(open({str(tmp_path / "job.pkl")!r}, "rb").read())
+# (Not bit-equal: fastmath kernels may round differently in another process's specialisation.)
+assert np.abs(filter_(x) - expected).max() <= 1e-5 * np.abs(expected).max()
+assert filter_.margin_samples > 0
+assert "scipy.signal" not in sys.modules, "scipy.signal was imported"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
