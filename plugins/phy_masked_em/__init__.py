@@ -1,7 +1,10 @@
 """Automatic clustering with the masked EM algorithm (Kadir, Goodman & Harris, 2014).
 
-Hooks only: the algorithm lives in the submodules (`data`, `starts`, `em`,
-`loop`, `kernels`), imported when it runs.
+Hooks only: the algorithm lives in the submodules, imported when it runs:
+`data` (sparse masked data read in row blocks), `starts` (mask-based starting
+clusters), `model` (M-step), `em` (E-step, deletion, score), `splits`, `merge`,
+`kernels` (numba) and `loop` (the driver, `masked_em`); `command` is
+``phy cluster-auto``.
 """
 
 from __future__ import annotations

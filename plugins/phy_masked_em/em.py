@@ -1,241 +1,190 @@
-"""The classification EM loop of the masked EM algorithm (KlustaKwik 2).
+"""One iteration of the classification EM of the masked EM algorithm (KlustaKwik 2).
 
-Clusters: 0 is the noise cluster (uniform density 1 on the features scaled to
-``[0, 1]``), 1 the MUA cluster (a Gaussian with diagonal covariance), 2 and up
-the Gaussian clusters. Each iteration:
-
-- **M-step**: weight ``(n_c + prior) / (n + noise_point + mua_point +
-  prior_point * n_gaussian)``; mean of the corrected data with `prior_point`
-  pseudo-points at the noise mean; covariance of the corrected data plus the
-  variance corrections plus `prior_point` times the noise variance on the
-  diagonal, divided by ``n_c + prior - 1``. The covariance is a full block on
-  the cluster's unmasked features (those whose summed masks reach
-  `points_for_cluster_mask`) and diagonal elsewhere, where (as KlustaKwik
-  2) the variance is the noise variance, ``(n_c + prior) / (n_c + prior - 1)``
-  times it: spikes are noise on the features their cluster masks.
-- **E-step** (numba): negative expected log-likelihood of each spike under
-  each cluster; each spike goes to its best cluster (classification EM).
-- **Deletion**: the cluster whose removal (its spikes going to their
-  second-best cluster) costs less than the penalty it saves is deleted (one
-  per iteration). Penalty per cluster (as KlustaKwik 2): with ``k`` the mean
-  over its spikes of ``u (u + 1) / 2 + u + 1`` (``u`` the sum of the spike's
-  masks, KlustaKwik 2's "float number of unmasked features"),
-  ``2 penalty_k k + penalty_k_log_n k log(n_spikes) / 2``.
-- **Splits**: at iteration `split_first`, every `split_every` iterations after,
-  and when the loop converges, each cluster is split in two along the first
-  principal axis of its corrected data, refined by a CEM on its spikes, and
-  the split kept if it lowers the total score (negative log-likelihood plus
-  penalties) of the whole data set.
-- Stop when at most ``num_changed_threshold * n_spikes`` spikes changed
-  cluster and no split helps, or after `max_iterations`.
-
-Simplifications with respect to KlustaKwik 2: no quick steps (every E-step is
-full: `full_step_every`, `dist_thresh` and the quick-step parameters are
-ignored), dense corrected data, the covariance of masked features uses the
-exact variance corrections, and splits start from the principal axis rather
-than a random/mask start (deterministic and independent of the spike order).
+- **M-step** (`model.fit`): cluster weights and means (see `model`).
+- **E-step** (numba): negative expected log-likelihood of each spike under each
+  cluster; each spike goes to its best cluster (classification EM).
+- **Deletion**: the cluster whose removal (its spikes going to their second-best
+  cluster) lowers the score most, if any, is deleted (one per iteration; the
+  weights of the new counts are used, see `MaskedEM.deletion_gains`).
+- **Score**: the sum of the spikes' negative log-likelihoods plus the clusters'
+  penalties. Penalty of a cluster: as KlustaKwik 2, with ``k`` the mean over its
+  spikes of a number of parameters, ``2 penalty_k k + penalty_k_log_n k
+  log(n_spikes) / 2``; the noise cluster has none. KlustaKwik 2 counts for a
+  spike a mean and a full covariance on its unmasked features, ``u (u + 1) / 2
+  + u + 1`` (``u`` the sum of its masks, its "float number of unmasked
+  features"); the clusters here estimate no covariance (see `model`), and a spike
+  counts ``u + 1``. With the tens of unmasked features of a spike on a dense
+  probe, the quadratic count is hundreds to thousands of parameters: small units
+  never paid for themselves, and mixed clusters were never split.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from .data import MaskedData
+from .model import FIRST_GAUSSIAN, MUA, NOISE, Model, fit
 
-logger = logging.getLogger("phy")
-
-NOISE, MUA, FIRST_GAUSSIAN = 0, 1, 2
-
-
-@dataclass
-class _Cluster:
-    mean: np.ndarray
-    unmasked: np.ndarray  # feature indices of the covariance block
-    chol: np.ndarray  # Cholesky factor of the block
-    diag: np.ndarray  # (n_features,) covariance diagonal of the other features
-    inv_cov_diag: np.ndarray
-    log_root_det: float
-    weight: float
-
-
-def subset(data: MaskedData, spikes: np.ndarray) -> MaskedData:
-    """The data of some spikes (same noise statistics)."""
-    counts = np.diff(data.unmasked_indptr)[spikes]
-    indptr = np.zeros(len(spikes) + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.concatenate([data.unmasked_indices[data.unmasked_indptr[s]:
-                                                    data.unmasked_indptr[s + 1]]
-                              for s in spikes]) if len(spikes) else np.zeros(0, np.int64)
-    return MaskedData(data.features[spikes], data.masks[spikes], data.noise_mean,
-                      data.noise_variance, data.corrected[spikes], data.correction[spikes],
-                      indptr, indices.astype(np.int64))
+# Entry-cluster visits above which the E-step runs on several threads: below, the
+# synchronisation of a parallel region costs more than it saves.
+_PARALLEL_WORK = 2_000_000
 
 
 class MaskedEM:
     """Masked classification EM on `data` with KlustaKwik 2 parameters `p`."""
 
-    def __init__(self, data: MaskedData, p: dict) -> None:
+    def __init__(self, data: MaskedData, p: dict, use_noise: bool | None = None,
+                 use_mua: bool | None = None) -> None:
         self.data = data
         self.p = p
-        # KlustaKwik 2 counts the parameters of a spike with its *float* number of
-        # unmasked features, the sum of its masks (not the number of masks > 0): with
-        # soft masks on many channels the count overstates the penalty several-fold.
-        self.n_unmasked = data.masks.sum(axis=1)
+        self.use_noise = bool(p["use_noise_cluster"] if use_noise is None else use_noise)
+        self.use_mua = bool(p["use_mua_cluster"] if use_mua is None else use_mua)
+        self._inv_nv = 1.0 / data.noise_variance
+        #: Parameters counted for each spike by the penalty.
+        self.params = data.float_num_unmasked + 1.0
 
-    # M-step -------------------------------------------------------------------
+    # M-step and E-step ----------------------------------------------------------
 
-    def _prior(self, c: int) -> float:
-        return float(self.p["mua_point"] if c == MUA else self.p["prior_point"])
+    def fit(self, labels: np.ndarray) -> Model:
+        return fit(self.data, labels, self.p, self.use_noise, self.use_mua)
 
-    def m_step(self, labels: np.ndarray) -> dict[int, _Cluster]:
-        d, p = self.data, self.p
-        n_clusters = int(labels.max()) + 1 if labels.size else FIRST_GAUSSIAN
-        counts = np.bincount(labels, minlength=max(n_clusters, FIRST_GAUSSIAN))
-        alive = [c for c in range(FIRST_GAUSSIAN, len(counts)) if counts[c] > 0]
-        denom = d.n_spikes + p["prior_point"] * len(alive)
-        denom += p["noise_point"] if p["use_noise_cluster"] else 0
-        denom += p["mua_point"] if p["use_mua_cluster"] else 0
-        order = np.argsort(labels, kind="stable")
-        bounds = np.searchsorted(labels[order], np.arange(len(counts) + 1))
-        model: dict[int, _Cluster] = {}
-        if p["use_noise_cluster"]:
-            model[NOISE] = None  # handled apart: uniform density
-            self.noise_weight = (counts[NOISE] + p["noise_point"]) / denom
-        candidates = ([MUA] if p["use_mua_cluster"] else []) + alive
-        for c in candidates:
-            spikes = order[bounds[c]:bounds[c + 1]]
-            cluster = self._estimate(c, spikes, denom)
-            if cluster is not None:
-                model[c] = cluster
-        return model
+    def e_step(self, model: Model):
+        """Best and second-best cluster of each spike and their negative log-likelihoods."""
+        from .kernels import _e_step_chunk, e_step_parallel
 
-    def _estimate(self, c: int, spikes: np.ndarray, denom: float) -> _Cluster | None:
         d = self.data
-        prior = self._prior(c)
-        n_c = len(spikes)
-        y, eta = d.corrected[spikes], d.correction[spikes]
-        mean = (y.sum(axis=0) + prior * d.noise_mean) / (n_c + prior)
-        if c == MUA:
-            unmasked = np.zeros(0, dtype=np.int64)
+        n = d.n_spikes
+        best, second = np.empty(n), np.empty(n)
+        best_c, second_c = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        # The slots unmasked on each feature, feature-major.
+        features, slots = np.nonzero(model.support.T)
+        feat_ptr = np.searchsorted(features, np.arange(d.n_features + 1))
+        feat_g = model.g[slots, features]
+        args = (d.indptr, d.indices, d.dy, d.deta, self._inv_nv, model.ids, model.const,
+                model.inv_scale, model.is_const, feat_ptr, slots.astype(np.int64), feat_g,
+                best_c, best, second_c, second)
+        work = len(d.indices) * (len(slots) / max(d.n_features, 1) + 1) + n * len(model.ids)
+        if work > _PARALLEL_WORK:
+            e_step_parallel(*args)
         else:
-            mask_sum = d.masks[spikes].sum(axis=0)
-            unmasked = np.flatnonzero(mask_sum >= self.p["points_for_cluster_mask"])
-        z = y - mean
-        factor = 1.0 / max(n_c + prior - 1.0, 1.0)
-        diag = ((z ** 2).sum(axis=0) + eta.sum(axis=0) + prior * d.noise_variance) * factor
-        if c != MUA:
-            # As KlustaKwik 2: on the features the cluster masks, the variance is the
-            # noise variance (its spikes there are noise), not the empirical one.
-            masked = np.ones(d.n_features, dtype=bool)
-            masked[unmasked] = False
-            diag[masked] = (n_c + prior) * d.noise_variance[masked] * factor
-        zu = z[:, unmasked]
-        block = zu.T @ zu * factor
-        block[np.diag_indices_from(block)] = diag[unmasked]
-        try:
-            chol = np.linalg.cholesky(block) if len(unmasked) else np.zeros((0, 0))
-        except np.linalg.LinAlgError:
-            logger.debug("Cluster %d: singular covariance, dropped.", c)
-            return None
-        if np.any(diag <= 0):
-            return None
-        inv_cov_diag = 1.0 / diag
-        if len(unmasked):
-            inv_chol = np.linalg.inv(chol)
-            inv_cov_diag[unmasked] = (inv_chol ** 2).sum(axis=0)
-        is_block = np.zeros(d.n_features, dtype=bool)
-        is_block[unmasked] = True
-        log_root_det = float(np.log(np.diag(chol)).sum() + 0.5 * np.log(diag[~is_block]).sum())
-        weight = (n_c + prior) / denom
-        return _Cluster(mean, unmasked.astype(np.int64), np.ascontiguousarray(chol), diag,
-                        inv_cov_diag, log_root_det, weight)
+            _e_step_chunk(0, n, *args)
+        return best_c, best, second_c, second
 
-    # E-step -------------------------------------------------------------------
-
-    def cluster_log_p(self, cluster: _Cluster) -> np.ndarray:
-        """Negative expected log-likelihood of each spike under a Gaussian cluster."""
-        from .kernels import cluster_log_p
+    def own_log_p(self, model: Model, labels: np.ndarray) -> np.ndarray:
+        """Negative log-likelihood of each spike under its own cluster (inf if not fitted)."""
+        from .kernels import own_log_p
 
         d = self.data
-        is_block = np.zeros(d.n_features, dtype=bool)
-        is_block[cluster.unmasked] = True
-        block_pos = np.full(d.n_features, -1, dtype=np.int64)
-        block_pos[cluster.unmasked] = np.arange(len(cluster.unmasked))
-        d0 = d.noise_mean - cluster.mean
-        const = (cluster.log_root_det - math.log(cluster.weight)
-                 + 0.5 * d.n_features * math.log(2 * math.pi)
-                 + 0.5 * (d0[~is_block] ** 2 / cluster.diag[~is_block]).sum()
-                 + 0.5 * (d.noise_variance * cluster.inv_cov_diag).sum())
+        slots = model.slot_of(int(labels.max()) + 1 if len(labels) else 0)[labels]
         out = np.empty(d.n_spikes)
-        cluster_log_p(d.corrected, d.correction, d.unmasked_indptr, d.unmasked_indices,
-                      d.noise_mean, d.noise_variance, cluster.mean, block_pos,
-                      cluster.unmasked, cluster.chol, cluster.diag, cluster.inv_cov_diag,
-                      const, out)
+        own_log_p(d.indptr, d.indices, d.dy, d.deta, self._inv_nv, slots, model.const,
+                  model.inv_scale, model.is_const, model.g, out)
         return out
-
-    def e_step(self, model: dict[int, _Cluster]):
-        """Best and second-best cluster of every spike, and their negative log-likelihoods."""
-        n = self.data.n_spikes
-        best = np.full(n, np.inf)
-        second = np.full(n, np.inf)
-        best_c = np.full(n, -1, dtype=np.int64)
-        second_c = np.full(n, -1, dtype=np.int64)
-        for c in sorted(model):
-            if c == NOISE:
-                log_p = np.full(n, -math.log(self.noise_weight))
-            else:
-                log_p = self.cluster_log_p(model[c])
-            # Strict comparisons: ties go to the lowest cluster id.
-            new_best = log_p < best
-            new_second = ~new_best & (log_p < second)
-            second = np.where(new_best, best, np.where(new_second, log_p, second))
-            second_c = np.where(new_best, best_c, np.where(new_second, c, second_c))
-            best = np.where(new_best, log_p, best)
-            best_c = np.where(new_best, c, best_c)
-        if np.any(best_c < 0):
-            raise FloatingPointError("no cluster can hold some spikes (degenerate data).")
-        return best_c, best, second_c, second
 
     # Score ----------------------------------------------------------------------
 
-    def penalties(self, labels: np.ndarray) -> np.ndarray:
-        u = self.n_unmasked.astype(np.float64)
-        params = u * (u + 1) / 2 + u + 1
-        n_clusters = max(int(labels.max()) + 1, FIRST_GAUSSIAN) if labels.size else 2
-        total = np.bincount(labels, weights=params, minlength=n_clusters)
-        counts = np.bincount(labels, minlength=n_clusters)
-        mean_params = total / np.maximum(counts, 1)
-        n = max(self.data.n_spikes, 1)
-        pen = (2 * self.p["penalty_k"] * mean_params
-               + self.p["penalty_k_log_n"] * mean_params * math.log(n) / 2)
+    @property
+    def penalty_per_parameter(self) -> float:
+        log_n = math.log(max(self.data.n_spikes, 1))
+        return 2 * self.p["penalty_k"] + self.p["penalty_k_log_n"] * log_n / 2
+
+    def penalty(self, params_sum, counts) -> np.ndarray:
+        """Penalties of clusters of `counts` spikes whose parameter counts sum to `params_sum`."""
+        params_sum, counts = np.asarray(params_sum, float), np.asarray(counts)
+        pen = params_sum / np.maximum(counts, 1) * self.penalty_per_parameter
+        pen[counts == 0] = 0.0
+        return pen
+
+    def penalties(self, labels: np.ndarray, n_clusters: int | None = None) -> np.ndarray:
+        """Penalty of each cluster id (0 for empty clusters and the noise cluster)."""
+        if n_clusters is None:
+            n_clusters = max(int(labels.max()) + 1 if len(labels) else 0, FIRST_GAUSSIAN)
+        pen = self.penalty(np.bincount(labels, weights=self.params, minlength=n_clusters),
+                           np.bincount(labels, minlength=n_clusters))
         pen[NOISE] = 0.0
         return pen
 
-    def iterate(self, labels: np.ndarray, deletion: bool):
-        """One M-step, E-step (and deletion): new labels, score, and the E-step output."""
-        model = self.m_step(labels)
+    def _priors(self, n_clusters: int) -> np.ndarray:
+        """The weight prior (pseudo-spikes) of each cluster id."""
+        prior = np.full(n_clusters, float(self.p["prior_point"]))
+        prior[NOISE] = self.p["noise_point"]
+        prior[MUA] = self.p["mua_point"]
+        return prior
+
+    def deletion(self, model: Model, best_c, best, second_c, second) -> int | None:
+        """The cluster whose deletion lowers the score most, or None (see `deletion_gains`)."""
+        gains = self.deletion_gains(model, best_c, best, second_c, second)
+        c = int(np.argmax(gains))
+        return c if gains[c] > 0 else None
+
+    def deletion_gains(self, model: Model, best_c, best, second_c, second) -> np.ndarray:
+        """How much deleting each cluster would lower the score (-inf: not deletable).
+
+        Deleting cluster ``c`` moves its spikes to their second-best cluster
+        (KlustaKwik 2): their log-likelihoods are their second-best ones (means
+        kept), the penalty of ``c`` goes, and those of the clusters receiving its
+        spikes change with their mean parameter counts. Unlike KlustaKwik 2, the
+        weights are those of the new counts (the receivers grow, the common
+        denominator loses ``c``'s prior): with the old weights, two clusters
+        sharing one unit each see the other's spikes at half their weight and
+        never merge. The score before uses the weights of the current counts too.
+        """
+        n = len(best_c)
+        n_clusters = max(int(best_c.max()) + 1, int(second_c.max()) + 1, FIRST_GAUSSIAN)
+        counts = np.bincount(best_c, minlength=n_clusters)
+        prior = self._priors(n_clusters)
+        used = np.ones(n_clusters, dtype=bool)
+        used[NOISE], used[MUA] = self.use_noise, self.use_mua
+        used[FIRST_GAUSSIAN:] = counts[FIRST_GAUSSIAN:] > 0
+        denom = n + prior[used].sum()
+        # Log-likelihoods without the model's weight terms.
+        log_w = np.log(model.weights[model.slot_of(n_clusters)])
+        loss = np.bincount(best_c, weights=(second + log_w[second_c]) - (best + log_w[best_c]),
+                           minlength=n_clusters)
+        total = np.bincount(best_c, weights=self.params, minlength=n_clusters)
+        pen = self.penalty(total, counts)
+        pen[NOISE] = 0.0
+        order = np.argsort(best_c, kind="stable")
+        bounds = np.searchsorted(best_c[order], np.arange(n_clusters + 1))
+        gains = np.full(n_clusters, -np.inf)
+        for c in range(FIRST_GAUSSIAN, n_clusters):
+            spikes = order[bounds[c]:bounds[c + 1]]
+            to = second_c[spikes]
+            if not len(spikes) or np.any(to < 0):
+                continue
+            receivers, inverse = np.unique(to, return_inverse=True)
+            moved = np.bincount(inverse)
+            n_r, p_r = counts[receivers], prior[receivers]
+            # Weight terms -log((count + prior) / denom), summed over the spikes, after - before.
+            weights_change = (n_r * np.log(n_r + p_r) - (n_r + moved) * np.log(n_r + moved + p_r)
+                              ).sum() + len(spikes) * np.log(len(spikes) + prior[c])
+            weights_change += n * np.log((denom - prior[c]) / denom)
+            new = self.penalty(total[receivers] + np.bincount(inverse, weights=self.params[spikes]),
+                               n_r + moved)
+            new[receivers == NOISE] = 0.0
+            gains[c] = pen[c] + pen[receivers].sum() - new.sum() - loss[c] - weights_change
+        return gains
+
+    def iterate(self, labels: np.ndarray, deletion: bool, noise: bool = True):
+        """M-step, E-step (and deletion): new labels, score, whether a cluster was deleted.
+
+        With `noise` False, no spike goes to the noise cluster.
+        """
+        model = self.fit(labels)
+        if not noise:
+            model.const = np.where(model.is_const, np.inf, model.const)
         best_c, best, second_c, second = self.e_step(model)
-        pen = self.penalties(best_c)
-        deleted = False
-        if deletion:
-            n_clusters = len(pen)
-            loss = np.bincount(best_c, weights=second - best, minlength=n_clusters)
-            counts = np.bincount(best_c, minlength=n_clusters)
-            gain = loss - pen
-            gain[:FIRST_GAUSSIAN] = np.inf
-            gain[counts == 0] = np.inf
-            c = int(np.argmin(gain))
-            if gain[c] < 0:
-                moved = best_c == c
-                if np.all(second_c[moved] >= 0):
-                    best_c = np.where(moved, second_c, best_c)
-                    best = np.where(moved, second, best)
-                    pen = self.penalties(best_c)
-                    deleted = True
-        counts = np.bincount(best_c, minlength=len(pen))
-        score = float(best.sum() + pen[:len(counts)][counts > 0].sum())
-        return best_c, score, deleted
+        if np.any(best_c < 0):
+            raise FloatingPointError("no cluster can hold some spikes (degenerate data).")
+        deleted = self.deletion(model, best_c, best, second_c, second) if deletion else None
+        if deleted is not None:
+            moved = best_c == deleted
+            best_c = np.where(moved, second_c, best_c)
+            best = np.where(moved, second, best)
+        score = float(best.sum() + self.penalties(best_c).sum())
+        return best_c, score, deleted is not None
+
+
+__all__ = ["MaskedEM", "NOISE", "MUA", "FIRST_GAUSSIAN"]

@@ -1,47 +1,278 @@
-"""Numba kernel of the E-step (imported lazily: numba is heavy)."""
+"""Numba kernels of the masked EM (imported lazily: numba is heavy).
+
+All of them work on the sparse data of `data.MaskedData` (CSR rows of unmasked
+entries): a spike costs its unmasked entries, and in the E-step only those that
+fall on a cluster's unmasked features.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+# Spikes per parallel task of the E-step: each task allocates its scratch space once.
+_CHUNK = 256
 
-@njit(parallel=True, cache=True)
-def cluster_log_p(y, eta, indptr, indices, noise_mean, noise_variance, mean, block_pos,
-                  unmasked, chol, diag, inv_cov_diag, const, out):  # pragma: no cover
-    """Negative expected log-likelihood of every spike under one Gaussian cluster.
 
-    The cluster's covariance is a block on its `unmasked` features (Cholesky
-    factor `chol`) plus a diagonal `diag` on the others. A masked feature of a
-    spike equals the noise mean with variance correction ``noise_variance``;
-    `const` holds the contribution of a fully masked spike, so each spike only
-    adds the terms of its own unmasked features, plus the triangular solve
-    on the cluster's block.
+@njit(cache=True)
+def scan_block(fb, mb, fpc, shift, lo, hi, sums, indptr, idx, x, m, mask_sums,
+               status):  # pragma: no cover (compiled)
+    """Accumulate the statistics of a block of rows and extract its unmasked entries.
+
+    ``sums`` rows: weights ``1 - m``, weighted ``x - shift``, weighted
+    ``(x - shift)**2``, and the same unweighted. ``mask_sums`` gets the sum of
+    each row's masks. Sets ``status = (1, row)`` at a non-finite value.
     """
-    n = y.shape[0]
-    u = unmasked.shape[0]
-    for i in prange(n):
-        z = np.empty(u)
-        for a in range(u):
-            f = unmasked[a]
-            z[a] = noise_mean[f] - mean[f]
-        extra = 0.0
+    n, n_features = fb.shape
+    for i in range(n):
+        k = indptr[i]
+        total = 0.0
+        for f in range(n_features):
+            v = fb[i, f]
+            w = mb[i, f // fpc]
+            if not (np.isfinite(v) and np.isfinite(w)):
+                status[0] = 1
+                status[1] = i
+                return
+            lo[f] = min(lo[f], v)
+            hi[f] = max(hi[f], v)
+            d = v - shift[f]
+            q = 1.0 - w
+            sums[0, f] += q
+            sums[1, f] += q * d
+            sums[2, f] += q * d * d
+            sums[3, f] += 1.0
+            sums[4, f] += d
+            sums[5, f] += d * d
+            if w > 0:
+                idx[k] = f
+                x[k] = v
+                m[k] = w
+                k += 1
+                total += w
+        mask_sums[i] = total
+
+
+@njit(cache=True)
+def correct_entries(indices, x, m, lo, span, noise_mean, noise_variance,
+                    deta):  # pragma: no cover (compiled)
+    """Raw unmasked values `x` replaced (in place) by ``dy = m (x_scaled - noise_mean)``;
+    ``deta = m (1 - m) (x_scaled - noise_mean)**2 - m noise_variance``."""
+    for j in range(len(x)):
+        f = indices[j]
+        d = (x[j] - lo[f]) / span[f] - noise_mean[f]
+        w = np.float64(m[j])
+        x[j] = w * d
+        deta[j] = w * (1.0 - w) * d * d - w * noise_variance[f]
+
+
+@njit(cache=True)
+def gather_rows(indptr, spikes, new_indptr):  # pragma: no cover (compiled)
+    """Entry indices of the rows `spikes`, in that order."""
+    out = np.empty(new_indptr[-1], dtype=np.int64)
+    for t in range(len(spikes)):
+        s = spikes[t]
+        k = new_indptr[t]
+        for j in range(indptr[s], indptr[s + 1]):
+            out[k] = j
+            k += 1
+    return out
+
+
+@njit(cache=True)
+def cluster_sums(indptr, indices, dy, masks, labels, n_clusters,
+                 n_features):  # pragma: no cover (compiled)
+    """Per cluster: spike counts, and per feature the sums of ``dy`` and of the masks."""
+    counts = np.zeros(n_clusters, dtype=np.int64)
+    s1 = np.zeros((n_clusters, n_features))
+    ms = np.zeros((n_clusters, n_features))
+    for i in range(len(labels)):
+        c = labels[i]
+        counts[c] += 1
         for j in range(indptr[i], indptr[i + 1]):
             f = indices[j]
-            d = y[i, f] - mean[f]
-            a = block_pos[f]
-            if a >= 0:
-                z[a] = d
+            s1[c, f] += dy[j]
+            ms[c, f] += masks[j]
+    return counts, s1, ms
+
+
+@njit(cache=True)
+def entry_sums(indptr, indices, dy, masks, labels, n_clusters,
+               n_features):  # pragma: no cover (compiled)
+    """Per cluster and feature: the number of unmasked entries and the sum of their
+    uncorrected offsets ``x - noise_mean = dy / m``."""
+    count = np.zeros((n_clusters, n_features))
+    sx = np.zeros((n_clusters, n_features))
+    for i in range(len(labels)):
+        c = labels[i]
+        for j in range(indptr[i], indptr[i + 1]):
+            f = indices[j]
+            count[c, f] += 1.0
+            sx[c, f] += dy[j] / masks[j]
+    return count, sx
+
+
+@njit(cache=True)
+def _e_step_chunk(first, last, indptr, indices, dy, deta, inv_nv, ids, const, inv_scale,
+                  is_const, feat_ptr, feat_slot, feat_g, best_c, best, second_c,
+                  second):  # pragma: no cover (compiled)
+    """The E-step of spikes ``first:last`` (see `e_step_parallel`)."""
+    n_slots = len(ids)
+    acc = np.zeros(n_slots)
+    for i in range(first, last):
+        background = 0.0
+        for j in range(indptr[i], indptr[i + 1]):
+            f = indices[j]
+            v = dy[j]
+            background += (v * v + deta[j]) * inv_nv[f]
+            for q in range(feat_ptr[f], feat_ptr[f + 1]):
+                acc[feat_slot[q]] += v * feat_g[q]
+        b, s2 = np.inf, np.inf
+        bc, sc = -1, -1
+        for k in range(n_slots):
+            if is_const[k]:
+                lp = const[k]
             else:
-                d0 = noise_mean[f] - mean[f]
-                extra += (d * d - d0 * d0) / diag[f]
-            extra += (eta[i, f] - noise_variance[f]) * inv_cov_diag[f]
-        # Forward substitution: chol w = z; the block's Mahalanobis term is |w|^2.
-        block = 0.0
-        for a in range(u):
-            s = z[a]
-            for b in range(a):
-                s -= chol[a, b] * z[b]
-            z[a] = s / chol[a, a]
-            block += z[a] * z[a]
-        out[i] = const + 0.5 * (block + extra)
+                lp = const[k] + 0.5 * inv_scale[k] * (background + 2.0 * acc[k])
+            acc[k] = 0.0
+            c = ids[k]
+            if lp < b:
+                s2, sc = b, bc
+                b, bc = lp, c
+            elif lp < s2:
+                s2, sc = lp, c
+        best[i], best_c[i], second[i], second_c[i] = b, bc, s2, sc
+
+
+@njit(parallel=True, cache=True)
+def e_step_parallel(indptr, indices, dy, deta, inv_nv, ids, const, inv_scale, is_const,
+                    feat_ptr, feat_slot, feat_g, best_c, best, second_c,
+                    second):  # pragma: no cover (compiled)
+    """Best and second-best cluster of each spike (negative expected log-likelihoods).
+
+    Slot ``k`` (cluster ``ids[k]``) has variance ``noise_variance / inv_scale[k]``
+    on every feature and, on its unmasked features, the mean ``noise_mean - d0``.
+    A spike's negative log-likelihood under it is ``const[k]`` (a fully masked
+    spike) plus ``inv_scale[k] / 2`` times the sum over its entries of
+    ``(dy**2 + deta) / noise_variance`` (the same for every slot), plus
+    ``2 dy g`` with ``g = d0 / noise_variance`` on the slot's unmasked features:
+    those are listed per feature (``feat_slot[feat_ptr[f]:feat_ptr[f + 1]]`` and
+    their ``feat_g``), so a spike only visits the clusters overlapping it.
+    Ties go to the first slot.
+    """
+    n = len(indptr) - 1
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    for chunk in prange(n_chunks):
+        _e_step_chunk(chunk * _CHUNK, min(n, (chunk + 1) * _CHUNK), indptr, indices, dy, deta,
+                      inv_nv, ids, const, inv_scale, is_const, feat_ptr, feat_slot, feat_g,
+                      best_c, best, second_c, second)
+
+
+@njit(cache=True)
+def own_log_p(indptr, indices, dy, deta, inv_nv, slots, const, inv_scale, is_const, g,
+              out):  # pragma: no cover (compiled)
+    """Negative log-likelihood of each spike under slot ``slots[i]`` (inf if -1);
+    ``g`` is dense, (n_slots, n_features), zero off each slot's unmasked features."""
+    for i in range(len(indptr) - 1):
+        k = slots[i]
+        if k < 0:
+            out[i] = np.inf
+            continue
+        if is_const[k]:
+            out[i] = const[k]
+            continue
+        acc = 0.0
+        for j in range(indptr[i], indptr[i + 1]):
+            f = indices[j]
+            v = dy[j]
+            acc += (v * v + deta[j]) * inv_nv[f] + 2.0 * v * g[k, f]
+        out[i] = const[k] + 0.5 * inv_scale[k] * acc
+
+
+@njit(cache=True)
+def sparse_cov_matvec(indptr, indices, dy, mean, v):  # pragma: no cover (compiled)
+    """``sum_i z_i (z_i . v)`` with ``z_i = dy_i - mean`` (``dy_i`` sparse)."""
+    out = np.zeros(len(v))
+    mv = 0.0
+    for f in range(len(v)):
+        mv += mean[f] * v[f]
+    total = 0.0
+    for i in range(len(indptr) - 1):
+        s = -mv
+        for j in range(indptr[i], indptr[i + 1]):
+            s += dy[j] * v[indices[j]]
+        total += s
+        for j in range(indptr[i], indptr[i + 1]):
+            out[indices[j]] += dy[j] * s
+    for f in range(len(v)):
+        out[f] -= mean[f] * total
+    return out
+
+
+@njit(cache=True)
+def sparse_project(indptr, indices, dy, v):  # pragma: no cover (compiled)
+    """``dy_i . v`` for each spike."""
+    n = len(indptr) - 1
+    out = np.zeros(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(indptr[i], indptr[i + 1]):
+            s += dy[j] * v[indices[j]]
+        out[i] = s
+    return out
+
+
+@njit(cache=True)
+def pattern_hashes(indptr, indices):  # pragma: no cover (compiled)
+    """A 64-bit hash (FNV-1a) of each spike's set of unmasked features."""
+    n = len(indptr) - 1
+    out = np.empty(n, dtype=np.uint64)
+    prime = np.uint64(1099511628211)
+    for i in range(n):
+        h = np.uint64(14695981039346656037)
+        for j in range(indptr[i], indptr[i + 1]):
+            h = (h ^ np.uint64(indices[j] + 1)) * prime
+        h = (h ^ np.uint64(indptr[i + 1] - indptr[i])) * prime
+        out[i] = h
+    return out
+
+
+@njit(cache=True)
+def nearest_seeds(indptr, indices, rows, seed_ptr, seed_features, feature_seeds_ptr,
+                  feature_seeds):  # pragma: no cover (compiled)
+    """Seed at the smallest Hamming distance from each pattern (ties: lowest seed).
+
+    Pattern ``p`` is the unmasked set of spike ``rows[p]``; seed ``s`` has
+    features ``seed_features[seed_ptr[s]:seed_ptr[s + 1]]`` and the seeds
+    containing feature ``f`` are ``feature_seeds[feature_seeds_ptr[f]:...]``.
+    """
+    n_seeds = len(seed_ptr) - 1
+    inter = np.zeros(n_seeds, dtype=np.int64)
+    touched = np.empty(n_seeds, dtype=np.int64)
+    # The nearest among the seeds sharing no feature: the smallest one.
+    smallest, smallest_size = 0, seed_ptr[1] - seed_ptr[0]
+    for s in range(1, n_seeds):
+        if seed_ptr[s + 1] - seed_ptr[s] < smallest_size:
+            smallest, smallest_size = s, seed_ptr[s + 1] - seed_ptr[s]
+    out = np.empty(len(rows), dtype=np.int64)
+    for p in range(len(rows)):
+        i = rows[p]
+        size = indptr[i + 1] - indptr[i]
+        nt = 0
+        for j in range(indptr[i], indptr[i + 1]):
+            f = indices[j]
+            for q in range(feature_seeds_ptr[f], feature_seeds_ptr[f + 1]):
+                s = feature_seeds[q]
+                if inter[s] == 0:
+                    touched[nt] = s
+                    nt += 1
+                inter[s] += 1
+        best, best_d = smallest, size + smallest_size
+        for t in range(nt):
+            s = touched[t]
+            d = size + (seed_ptr[s + 1] - seed_ptr[s]) - 2 * inter[s]
+            if d < best_d or (d == best_d and s < best):
+                best, best_d = s, d
+            inter[s] = 0
+        out[p] = best
+    return out

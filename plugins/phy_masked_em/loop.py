@@ -1,4 +1,19 @@
-"""The driver of the masked EM: starts, iterations, splits, stopping (see `em`)."""
+"""The driver of the masked EM: starts, iterations, merges and splits, stopping.
+
+1. The data are read once, in row blocks, into sparse form (`data`).
+2. Mask-based starting clusters (`starts`), unless resuming from given labels.
+3. Iterations (`em`): M-step, E-step (the noise cluster takes no spike before
+   iteration `split_first`), deletion. At iteration `split_first`, every
+   `split_every` iterations after, and whenever at most `num_changed_threshold`
+   of the spikes changed cluster ("converged"), clusters with the same mean
+   waveform are merged (`merge`) and every cluster is tried for a split
+   (`splits`).
+4. Stop when converged and nothing merged or split, or after `max_iterations`.
+
+Everything that decides the next iteration is in the labels and the iteration
+number: a run resumed from the labels `on_iteration` saw ends exactly as the
+uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +26,21 @@ import numpy as np
 from phy_rawdata.prm import KLUSTAKWIK2_DEFAULTS
 
 from .data import MaskedEMError, prepare_data
-from .em import FIRST_GAUSSIAN, MaskedEM, subset
+from .em import FIRST_GAUSSIAN, MaskedEM
+from .merge import merge_similar
+from .splits import try_splits
 from .starts import mask_starts
 
 logger = logging.getLogger("phy")
 
-#: KlustaKwik 2 parameters: the names and defaults of the ``klustakwik2`` section of a PRM
-#: file. The quick-step ones (`full_step_every`, `dist_thresh`, `max_quick_step_*`) and
-#: `num_cpus`, `fast_split`, `always_split_bimodal`, `subset_break_fraction`,
-#: `break_fraction`, `max_split_iterations` are accepted and ignored (see `em`).
+#: The parameters: the names and defaults of the ``klustakwik2`` section of a PRM file:
+#: KlustaKwik 2's, and `merge_similarity`: clusters whose mean waveforms are at least this
+#: similar are merged (see `merge`; None or above 1: never). Accepted and ignored: `num_cpus`,
+#: `fast_split`, `always_split_bimodal`, `subset_break_fraction`, `break_fraction`, and the
+#: quick steps' `full_step_every`, `dist_thresh` and `max_quick_step_candidates*`: the
+#: E-step only visits the clusters unmasked on a spike's features (`kernels`), which
+#: makes every step cost what a quick step did, without a stale candidate list.
 DEFAULT_PARAMETERS: dict[str, Any] = dict(KLUSTAKWIK2_DEFAULTS)
-# Iterations of the CEM that refines a candidate split on the cluster's spikes.
-_SPLIT_ITERATIONS = 30
-_MIN_SPLIT_SIZE = 4
 
 
 def _reindex(labels: np.ndarray) -> np.ndarray:
@@ -32,54 +49,6 @@ def _reindex(labels: np.ndarray) -> np.ndarray:
     mapping = np.arange(max(int(labels.max()) + 1, FIRST_GAUSSIAN) if labels.size else 2)
     mapping[ids] = FIRST_GAUSSIAN + np.arange(len(ids))
     return mapping[labels]
-
-
-def _split_candidate(em: MaskedEM, spikes: np.ndarray) -> np.ndarray | None:
-    """Two-cluster labels (2 or 3) of `spikes` that beat one cluster, or None."""
-    d = subset(em.data, spikes)
-    y = d.corrected - d.corrected.mean(axis=0)
-    # First principal axis, with a sign convention so that it is deterministic.
-    _, _, vt = np.linalg.svd(y, full_matrices=False)
-    axis = vt[0] * np.sign(vt[0][np.argmax(np.abs(vt[0]))])
-    labels = np.where(y @ axis > 0, 3, 2).astype(np.int64)
-    if np.bincount(labels, minlength=4)[2:].min() == 0:
-        return None
-    p = dict(em.p, use_noise_cluster=False, use_mua_cluster=False)
-    sub = MaskedEM(d, p)
-    for _ in range(_SPLIT_ITERATIONS):
-        new, score2, _ = sub.iterate(labels, deletion=False)
-        changed = np.count_nonzero(new != labels)
-        labels = new
-        if changed == 0:
-            break
-    counts = np.bincount(labels, minlength=4)[2:]
-    if counts.min() < 2:
-        return None
-    _, score1, _ = sub.iterate(np.full(len(spikes), 2, dtype=np.int64), deletion=False)
-    _, score2, _ = sub.iterate(labels, deletion=False)
-    return labels if score2 < score1 else None
-
-
-def _try_splits(em: MaskedEM, labels: np.ndarray, score: float) -> tuple[np.ndarray, float, int]:
-    """Try to split every Gaussian cluster; keep the splits that lower the total score."""
-    n_split = 0
-    for c in np.unique(labels[labels >= FIRST_GAUSSIAN]):
-        if len(np.unique(labels[labels >= FIRST_GAUSSIAN])) >= em.p["max_possible_clusters"]:
-            break
-        spikes = np.flatnonzero(labels == c)
-        if len(spikes) < _MIN_SPLIT_SIZE:
-            continue
-        halves = _split_candidate(em, spikes)
-        if halves is None:
-            continue
-        trial = labels.copy()
-        trial[spikes[halves == 3]] = labels.max() + 1
-        new, new_score, _ = em.iterate(trial, deletion=False)
-        if new_score < score:
-            logger.debug("Split cluster %d: score %.2f -> %.2f.", c, score, new_score)
-            labels, score = new, new_score
-            n_split += 1
-    return labels, score, n_split
 
 
 def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
@@ -129,14 +98,18 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
         if labels.shape != (n,):
             raise MaskedEMError(f"initial_labels has shape {labels.shape}, expected ({n},).")
     else:
-        labels = mask_starts(data.masks > 0, int(p["num_starting_clusters"])) + FIRST_GAUSSIAN
+        labels = mask_starts(data, int(p["num_starting_clusters"])) + FIRST_GAUSSIAN
     threshold = float(p["num_changed_threshold"]) * n
     split_first, split_every = int(p["split_first"]), max(int(p["split_every"]), 1)
     if reporter is not None:
         reporter.value = min(int(start_iteration), max_iterations)
     for iteration in range(int(start_iteration), max_iterations):
         labels = _reindex(labels)
-        new, score, deleted = em.iterate(labels, bool(p["consider_cluster_deletion"]))
+        # A starting cluster mixing units fits them worse than the noise cluster does: they
+        # would all go there, where no split reaches them. The noise cluster takes spikes
+        # once splits had their chance (from `split_first` on).
+        new, score, deleted = em.iterate(labels, bool(p["consider_cluster_deletion"]),
+                                         noise=iteration >= split_first)
         changed = np.count_nonzero(new != labels)
         labels = new
         if reporter is not None:
@@ -147,8 +120,9 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
         due = iteration >= split_first and (iteration - split_first) % split_every == 0
         stop = False
         if converged or due:
-            labels, score, n_split = _try_splits(em, labels, score)
-            stop = n_split == 0 and converged
+            labels, n_merged = merge_similar(data, labels, p["merge_similarity"])
+            labels, n_split = try_splits(em, labels)
+            stop = n_split == 0 and n_merged == 0 and converged
         if on_iteration is not None:
             on_iteration(iteration, labels)
         if stop:

@@ -80,7 +80,9 @@ KLUSTAKWIK2_DEFAULTS: dict[str, Any] = dict(
     prior_point=1,
     mua_point=2,
     noise_point=1,
-    points_for_cluster_mask=100,
+    # KlustaKwik 2: 100 (the threshold of a covariance block); phy's masked EM estimates a
+    # cluster's mean on the features where its masks sum to this (plugins/phy_masked_em/model.py).
+    points_for_cluster_mask=3,
     penalty_k=0.,
     penalty_k_log_n=1.,
     max_iterations=1000,
@@ -102,6 +104,9 @@ KLUSTAKWIK2_DEFAULTS: dict[str, Any] = dict(
     max_split_iterations=None,
     consider_cluster_deletion=True,
     num_cpus=None,
+    # phy: merge clusters whose mean waveforms are at least this similar on their common
+    # features (plugins/phy_masked_em/merge.py); above 1: never.
+    merge_similarity=0.9,
 )
 
 # Keys whose value must be an integer (the others of numeric default accept any number).
@@ -113,7 +118,7 @@ _INTEGER_KEYS = {
     "max_possible_clusters", "max_quick_step_candidates", "max_split_iterations", "num_cpus",
 }
 # Keys of numeric default that also accept None.
-_OPTIONAL_NUMBER_KEYS = {"split_prominence"}
+_OPTIONAL_NUMBER_KEYS = {"split_prominence", "merge_similarity"}
 _DETECT_SPIKES = ("negative", "positive", "both")
 _FILTER_PRECISIONS = ("float32", "float64")
 TRACES_KEYS = ("raw_data_files", "voltage_gain", "sample_rate", "n_channels", "dtype", "offset")

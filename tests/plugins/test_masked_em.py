@@ -52,13 +52,6 @@ def test_recovers_clusters_independent_of_order():
     assert _adjusted_rand(labels[perm], labels_perm) == pytest.approx(1.0)
 
 
-def test_recovers_with_small_cluster_mask_threshold():
-    # Full covariance blocks (points_for_cluster_mask below the cluster sizes).
-    features, masks, truth = _synthetic(n_clusters=5, seed=3)
-    labels = masked_em(features, masks, dict(points_for_cluster_mask=10))
-    assert _adjusted_rand(truth, labels) >= 0.95
-
-
 def test_corrected_statistics():
     x = np.array([[0., 2., 4.], [1., 0., 3.], [2., 1., 0.], [4., 3., 1.]])
     m = np.array([[1., 0., .5], [0., 1., 0.], [0., .5, 1.], [1., 0., 0.]])
@@ -70,24 +63,45 @@ def test_corrected_statistics():
     var = np.array([np.average((xs[:, f] - mean[f]) ** 2, weights=w[:, f]) for f in range(3)])
     np.testing.assert_allclose(d.noise_mean, mean)
     np.testing.assert_allclose(d.noise_variance, var)
+    y, eta = d.dense()
     for i in range(4):
         for f in range(3):
-            y = m[i, f] * xs[i, f] + (1 - m[i, f]) * mean[f]
+            expected_y = m[i, f] * xs[i, f] + (1 - m[i, f]) * mean[f]
             second = m[i, f] * xs[i, f] ** 2 + (1 - m[i, f]) * (mean[f] ** 2 + var[f])
-            assert d.corrected[i, f] == pytest.approx(y)
-            assert d.correction[i, f] == pytest.approx(second - y ** 2, abs=1e-12)
-    assert list(d.unmasked_indices[d.unmasked_indptr[0]:d.unmasked_indptr[1]]) == [0, 2]
+            assert y[i, f] == pytest.approx(expected_y, abs=1e-6)
+            assert eta[i, f] == pytest.approx(second - expected_y ** 2, abs=1e-6)
+    # Sparse: only the entries with mask > 0 are stored.
+    assert list(d.unmasked(0)) == [0, 2]
     assert list(d.n_unmasked) == [2, 1, 2, 1]
+    np.testing.assert_allclose(d.float_num_unmasked, m.sum(axis=1))
 
 
 def test_per_channel_masks_are_expanded():
     features, masks, _ = _synthetic(n_clusters=2, n_per=10)
+    masks = masks * np.linspace(0.2, 1, len(masks))[:, None]
     d = prepare_data(features, masks)
-    np.testing.assert_array_equal(d.masks, np.repeat(masks, N_FPC, axis=1))
-    with pytest.raises(MaskedEMError):
-        prepare_data(features, masks[:, :5])
-    with pytest.raises(MaskedEMError):
-        prepare_data(features, masks * 2)
+    per_feature = np.repeat(masks, N_FPC, axis=1)
+    rows, cols = np.nonzero(per_feature)
+    np.testing.assert_array_equal(d.indices, cols)
+    np.testing.assert_array_equal(np.repeat(np.arange(len(masks)), d.n_unmasked), rows)
+    np.testing.assert_allclose(d.masks, per_feature[rows, cols], rtol=1e-6)
+    np.testing.assert_allclose(d.float_num_unmasked, per_feature.sum(axis=1))
+
+
+@pytest.mark.parametrize("masks, message", [
+    (lambda m: m[:, :5], "multiple"),
+    (lambda m: m * 2, "in \\[0, 1\\]"),
+    (lambda m: m[:-1], "shape"),
+    (lambda m: np.where(m > 0, np.nan, m), "finite"),
+])
+def test_bad_input_is_reported(masks, message):
+    features, good, _ = _synthetic(n_clusters=2, n_per=10)
+    with pytest.raises(MaskedEMError, match=message):
+        prepare_data(features, masks(good))
+    with pytest.raises(MaskedEMError, match="2 dimensions"):
+        prepare_data(features[0], good)
+    with pytest.raises(MaskedEMError, match="row-sliceable"):
+        prepare_data(features.tolist(), good)
 
 
 def test_penalty_merges_identical_clusters():
@@ -99,21 +113,60 @@ def test_penalty_merges_identical_clusters():
     masks = np.zeros((n, N_CHANNELS))
     masks[:, :4] = 1
     masks[n // 2:, 4] = 0.5  # second half: a different (weak) mask pattern
-    labels = masked_em(x, masks, dict(points_for_cluster_mask=10))
+    labels = masked_em(x, masks, dict(merge_similarity=2))  # no merge step: deletion does it
     assert len(np.unique(labels[labels >= 2])) == 1
     assert np.count_nonzero(labels >= 2) >= 0.95 * n
-    # Without the penalty, nothing stops the two starting clusters (and splits) surviving.
-    unpenalised = masked_em(x, masks, dict(points_for_cluster_mask=10, penalty_k_log_n=0))
-    assert len(np.unique(unpenalised[unpenalised >= 2])) > 1
+
+
+def test_deletion_gains_match_rescoring():
+    # The gain of deleting a cluster: the score with its spikes moved to their second-best
+    # cluster, weights and penalties recomputed (means kept), minus the score before.
+    from phy_masked_em.em import MaskedEM
+
+    features, masks, _ = _synthetic(n_clusters=3, n_per=30, seed=9)
+    d = prepare_data(features, masks)
+    em = MaskedEM(d, dict(DEFAULT_PARAMETERS))
+    start = np.repeat([2, 3, 4], 30)
+    start[::7] = 5  # a fourth cluster taking a few spikes of each
+    model = em.fit(start)
+    best_c, best, second_c, second = em.e_step(model)
+    n_clusters = int(max(best_c.max(), second_c.max())) + 1
+    priors = np.array([1.0, 2.0] + [1.0] * (n_clusters - 2))  # noise, MUA, prior points
+    slot = model.slot_of(n_clusters)
+
+    def rescore(labels, log_p):
+        # Weights from these labels' counts, replacing the model's.
+        counts = np.bincount(labels, minlength=n_clusters)
+        used = np.r_[True, True, counts[2:] > 0]
+        denom = len(labels) + priors[used].sum()
+        log_p = log_p + np.log(model.weights[slot[labels]])
+        return float((log_p - np.log((counts[labels] + priors[labels]) / denom)).sum()
+                     + em.penalties(labels, n_clusters).sum())
+
+    gains = em.deletion_gains(model, best_c, best, second_c, second)
+    before = rescore(best_c, best)
+    for c in np.unique(best_c[best_c >= 2]):
+        moved = best_c == c
+        after = rescore(np.where(moved, second_c, best_c), np.where(moved, second, best))
+        assert gains[c] == pytest.approx(before - after, rel=1e-9, abs=1e-6)
+    assert np.all(np.isinf(gains[:2]))
 
 
 def test_mask_starts_order_independent():
-    unmasked = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1],
-                         [1, 1, 1, 0]], dtype=bool)
-    labels = mask_starts(unmasked, 2)
-    assert labels[0] == labels[2] and len(np.unique(labels)) == 2
-    perm = np.array([4, 3, 2, 1, 0])
-    np.testing.assert_array_equal(mask_starts(unmasked[perm], 2), labels[perm])
+    a, b, c, d, e = [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0], [0, 0, 1, 0]
+    unmasked = np.array([a, c, a, b, c, d, a, e], dtype=float)
+    x = np.random.default_rng(0).normal(size=unmasked.shape)
+    labels = mask_starts(prepare_data(x, unmasked), 2)
+    # Seeds: the two most frequent sets (a, c); the others join the nearest (Hamming
+    # distance; b is as far from both and joins the more frequent).
+    assert len(np.unique(labels)) == 2
+    assert len({labels[i] for i in (0, 2, 3, 5, 6)}) == 1  # a, b, d
+    assert labels[1] == labels[4] == labels[7] != labels[0]  # c, e
+    perm = np.random.default_rng(1).permutation(len(x))
+    np.testing.assert_array_equal(mask_starts(prepare_data(x[perm], unmasked[perm]), 2),
+                                  labels[perm])
+    many = mask_starts(prepare_data(x, unmasked), 10)
+    assert len(np.unique(many)) == 5  # one cluster per distinct set
 
 
 def test_hooks(phy_plugin_manager):
@@ -176,42 +229,66 @@ def test_cluster_auto_end_to_end(tmp_path, phy_plugin_manager):
         np.testing.assert_array_equal(model.spike_clusters, clusters)  # deterministic
 
 
-def test_e_step_matches_dense_computation():
+def test_m_and_e_steps_match_dense_computation():
     from phy_masked_em.em import MaskedEM
-    from phy_masked_em.loop import DEFAULT_PARAMETERS
 
     features, masks, _ = _synthetic(n_clusters=3, n_per=40, seed=7)
     masks = masks * np.random.default_rng(2).uniform(0.3, 1, masks.shape)  # partial masks
     d = prepare_data(features, masks)
-    em = MaskedEM(d, dict(DEFAULT_PARAMETERS, points_for_cluster_mask=5))
+    p = dict(DEFAULT_PARAMETERS, points_for_cluster_mask=5)
+    em = MaskedEM(d, p)
     labels = np.repeat([2, 3, 4], 40)
-    model = em.m_step(labels)
-    for c in (1, 2, 3, 4):
-        cl = model[c]
-        assert (len(cl.unmasked) > 0) == (c >= 2)
-        # Dense covariance: block on the unmasked features, diagonal elsewhere.
-        cov = np.diag(cl.diag)
-        u = cl.unmasked
-        z = d.corrected[labels == c] - cl.mean if c >= 2 else None
-        if c >= 2:
-            n_c = len(z)
-            y, eta = d.corrected[labels == c], d.correction[labels == c]
-            np.testing.assert_allclose(cl.mean, (y.sum(0) + d.noise_mean) / (n_c + 1))
-            expected_diag = ((z ** 2).sum(0) + eta.sum(0) + d.noise_variance) / n_c
-            # Features the cluster masks: the noise variance (as KlustaKwik 2).
-            off = np.setdiff1d(np.arange(d.n_features), u)
-            expected_diag[off] = (n_c + 1) * d.noise_variance[off] / n_c
-            np.testing.assert_allclose(cl.diag, expected_diag)
-            block = z[:, u].T @ z[:, u] / n_c  # prior_point = 1: n_c + 1 - 1
-            block[np.diag_indices_from(block)] = cl.diag[u]
-            cov[np.ix_(u, u)] = block
-        inv = np.linalg.inv(cov)
-        diff = d.corrected - cl.mean
-        expected = (0.5 * np.einsum("if,fg,ig->i", diff, inv, diff)
-                    + 0.5 * d.correction @ np.diag(inv)
-                    + 0.5 * np.linalg.slogdet(cov)[1] - np.log(cl.weight)
-                    + 0.5 * d.n_features * np.log(2 * np.pi))
-        np.testing.assert_allclose(em.cluster_log_p(cl), expected, rtol=1e-9, atol=1e-8)
+    labels[:3] = 1  # a few spikes in the MUA cluster
+    model = em.fit(labels)
+    assert list(model.ids) == [0, 1, 2, 3, 4]
+    y, eta = d.dense()
+    mask_per_feature = np.repeat(masks, N_FPC, axis=1)
+    nv, n = d.noise_variance, len(labels)
+    denom = n + p["noise_point"] + p["mua_point"] + 3 * p["prior_point"]
+    expected = []
+    for slot, c in enumerate(model.ids):
+        sel = labels == c
+        prior = {0: p["noise_point"], 1: p["mua_point"]}.get(c, p["prior_point"])
+        weight = (sel.sum() + prior) / denom
+        assert model.weights[slot] == pytest.approx(weight)
+        if c == 0:
+            expected.append(np.full(n, -np.log(weight)))
+            continue
+        # Mean: prior pseudo-points at the noise mean, on the cluster's unmasked features.
+        unmasked = mask_per_feature[sel].sum(axis=0) >= 5
+        np.testing.assert_array_equal(model.support[slot], unmasked)
+        mean = np.where(unmasked, (y[sel].sum(0) + prior * d.noise_mean) / (sel.sum() + prior),
+                        d.noise_mean)
+        var = nv * (sel.sum() + prior) / (sel.sum() + prior - 1)
+        np.testing.assert_allclose(d.noise_mean - model.g[slot] * nv, mean, atol=1e-9)
+        # Expected negative log-likelihood, masked features drawn from the noise.
+        expected.append(-np.log(weight) + 0.5 * (np.log(2 * np.pi * var).sum()
+                                                  + (((y - mean) ** 2 + eta) / var).sum(1)))
+    expected = np.array(expected)
+    best_c, best, second_c, second = em.e_step(model)
+    order = np.argsort(expected, axis=0, kind="stable")
+    np.testing.assert_array_equal(best_c, model.ids[order[0]])
+    np.testing.assert_array_equal(second_c, model.ids[order[1]])
+    np.testing.assert_allclose(best, expected.min(0), rtol=1e-6)
+    np.testing.assert_allclose(second, np.sort(expected, axis=0)[1], rtol=1e-6)
+    own = em.own_log_p(model, labels)
+    np.testing.assert_allclose(own, expected[model.slot_of(5)[labels], np.arange(n)], rtol=1e-6)
+
+
+def test_penalty_is_the_mean_parameter_count():
+    from phy_masked_em.em import MaskedEM
+
+    features, masks, _ = _synthetic(n_clusters=3, n_per=20, seed=4)
+    masks = masks * 0.5
+    d = prepare_data(features, masks)
+    em = MaskedEM(d, dict(DEFAULT_PARAMETERS, penalty_k=0.5, penalty_k_log_n=2.0))
+    labels = np.repeat([0, 2, 5], 20)
+    pen = em.penalties(labels)
+    u = masks.sum(axis=1) * N_FPC  # the spikes' float number of unmasked features
+    per_parameter = 2 * 0.5 + 2.0 * np.log(60) / 2
+    assert pen[0] == 0 and pen[1] == 0 and pen[3] == 0  # noise, empty clusters
+    assert pen[2] == pytest.approx((u[20:40].mean() + 1) * per_parameter)
+    assert pen[5] == pytest.approx((u[40:].mean() + 1) * per_parameter)
 
 
 def _soft_masked_clusters(n_clusters=12, n_per=60, n_channels=48, width=8, seed=0):
@@ -241,4 +318,4 @@ def test_soft_masks_many_small_clusters_not_merged():
     assert len(np.unique(labels[labels >= 2])) == 12
     assert _adjusted_rand(truth, labels) >= 0.95
     em = MaskedEM(prepare_data(features, masks), dict(DEFAULT_PARAMETERS))
-    np.testing.assert_allclose(em.n_unmasked, masks.sum(axis=1) * N_FPC)
+    np.testing.assert_allclose(em.params, masks.sum(axis=1) * N_FPC + 1)

@@ -1,0 +1,135 @@
+"""Merging clusters with the same mean waveform (an extension of KlustaKwik 2).
+
+The masked EM model replaces a spike's masked features by noise. A channel
+where a unit's signal is near the detection threshold is unmasked in some of
+its spikes and masked in others: the unit then fits better as two clusters,
+one per mask pattern, and the score keeps both. Such halves have the same
+waveform wherever both are unmasked, which distinct units do not.
+
+The *similarity* of clusters ``a`` and ``b`` compares their mean uncorrected
+features ``x - noise_mean`` (over the spikes where each feature is unmasked),
+in noise standard deviations, on their *common* features (unmasked in at least
+half the spikes of each): ``2 a.b / (|a|^2 + |b|^2) = 1 - |a - b|^2 / (|a|^2 + |b|^2)``,
+1 for identical means, 0 for orthogonal ones (a 20% amplitude difference alone
+gives 0.976). It counts
+only if the common features hold at least half of each cluster's energy (two
+units on different channels that share a faint one are not alike).
+
+`merge_similar` merges, most similar first, the pairs of Gaussian clusters at
+`merge_similarity` or more; `splits` vetoes a split into two such halves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .data import MaskedData
+from .model import FIRST_GAUSSIAN
+
+logger = logging.getLogger("phy")
+
+# A feature is common to two clusters if unmasked in at least this fraction of
+# the spikes of each; the common features must hold this fraction of each
+# cluster's energy.
+_COMMON_FRACTION = 0.5
+_ENERGY_FRACTION = 0.5
+
+
+class WaveformStats:
+    """Per cluster: spikes, unmasked entries per feature, and their summed offsets."""
+
+    def __init__(self, data: MaskedData, labels: np.ndarray, n_clusters: int | None = None):
+        from .kernels import entry_sums
+
+        n_clusters = n_clusters or int(labels.max()) + 1
+        self.inv_std = 1.0 / np.sqrt(data.noise_variance)
+        self.n = np.bincount(labels, minlength=n_clusters).astype(np.float64)
+        self.count, self.sx = entry_sums(data.indptr, data.indices, data.dy, data.masks,
+                                         labels, n_clusters, data.n_features)
+
+    def strong(self, c: int) -> np.ndarray:
+        return self.count[c] >= _COMMON_FRACTION * self.n[c]
+
+    def mean(self, c: int) -> np.ndarray:
+        """Mean offset from the noise mean, in noise standard deviations."""
+        return self.sx[c] / np.maximum(self.count[c], 1) * self.inv_std
+
+    def add(self, a: int, b: int) -> None:
+        """Cluster ``b`` merged into ``a``."""
+        self.n[a] += self.n[b]
+        self.count[a] += self.count[b]
+        self.sx[a] += self.sx[b]
+        self.n[b] = 0
+        self.count[b] = 0
+        self.sx[b] = 0
+
+    def similarity(self, a: int, b: int) -> float:
+        sa, sb = self.strong(a), self.strong(b)
+        common = sa & sb
+        if not common.any():
+            return 0.0
+        ma, mb = self.mean(a), self.mean(b)
+        ea, eb = ma[common] @ ma[common], mb[common] @ mb[common]
+        if (ea < _ENERGY_FRACTION * (ma[sa] @ ma[sa]) or
+                eb < _ENERGY_FRACTION * (mb[sb] @ mb[sb]) or ea + eb <= 0):
+            return 0.0
+        return float(2 * (ma[common] @ mb[common]) / (ea + eb))
+
+
+def similarity_of_halves(data: MaskedData, halves: np.ndarray) -> float:
+    """Similarity of the two clusters 2 and 3 of `halves` (labels of `data`'s spikes)."""
+    stats = WaveformStats(data, halves, FIRST_GAUSSIAN + 2)
+    return stats.similarity(FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1)
+
+
+def _candidate_pairs(stats: WaveformStats, clusters: np.ndarray) -> set:
+    """Pairs of clusters sharing at least one strong feature."""
+    by_feature: dict[int, list[int]] = {}
+    for c in clusters:
+        for f in np.flatnonzero(stats.strong(c)):
+            by_feature.setdefault(int(f), []).append(int(c))
+    pairs = set()
+    for members in by_feature.values():
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                pairs.add((a, b) if a < b else (b, a))
+    return pairs
+
+
+def merge_similar(data: MaskedData, labels: np.ndarray, threshold: float | None
+                  ) -> tuple[np.ndarray, int]:
+    """Merge Gaussian clusters at similarity >= `threshold`, most similar first.
+
+    A merged cluster takes the smaller id. Returns the new labels and the number
+    of merges. `threshold` None (or above 1) merges nothing.
+    """
+    if threshold is None or threshold > 1 or not len(labels):
+        return labels, 0
+    stats = WaveformStats(data, labels)
+    clusters = np.flatnonzero(stats.n[FIRST_GAUSSIAN:] > 0) + FIRST_GAUSSIAN
+    sims = {pair: stats.similarity(*pair) for pair in _candidate_pairs(stats, clusters)}
+    into = np.arange(len(stats.n))
+    n_merged = 0
+    while sims:
+        # Most similar first; ties by the pair itself, so the result is deterministic.
+        (a, b), s = max(sims.items(), key=lambda item: (item[1], -item[0][0], -item[0][1]))
+        if s < threshold:
+            break
+        logger.debug("Merge clusters %d and %d (similarity %.3f).", a, b, s)
+        stats.add(a, b)
+        into[b] = a
+        n_merged += 1
+        partners = {x for pair in sims for x in pair if a in pair or b in pair} - {a, b}
+        sims = {pair: v for pair, v in sims.items() if a not in pair and b not in pair}
+        for c in partners:
+            pair = (a, c) if a < c else (c, a)
+            sims[pair] = stats.similarity(*pair)
+    if not n_merged:
+        return labels, 0
+    # Resolve chains (b into a, a into c...).
+    for c in range(len(into)):
+        while into[into[c]] != into[c]:
+            into[c] = into[into[c]]
+    return into[labels], n_merged

@@ -1,0 +1,181 @@
+"""The split step of the masked EM (KlustaKwik 2's ``try_splits``).
+
+Each Gaussian cluster is clustered on its own (its spikes only, no noise or MUA
+cluster, no deletion): once as one cluster, once as two, started from the two
+sides of the first principal axis of its corrected data (deterministic and
+independent of the spike order, where KlustaKwik 2 starts at random). If two
+clusters score better there, the split is evaluated on the whole data set: the
+score of every spike under its own cluster, plus the penalties, with and
+without the split; it is kept if that score is lower, unless the two halves
+have the same mean waveform (`merge`: a unit split by its mask patterns).
+
+Only the split cluster's spikes need evaluating: the other clusters keep their
+parameters, and their spikes' log-likelihoods only change through the weights'
+common denominator, which grows by `prior_point`. The noise and MUA clusters are
+split too (`try_splits`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from .data import subset
+from .em import FIRST_GAUSSIAN, MUA, NOISE, MaskedEM
+from .merge import WaveformStats, similarity_of_halves
+
+logger = logging.getLogger("phy")
+
+_MIN_SPLIT_SIZE = 4
+_POWER_ITERATIONS = 30
+# Iterations of the CEM on a cluster's spikes when `max_split_iterations` is None.
+_SPLIT_ITERATIONS = 100
+
+
+def principal_halves(em: MaskedEM) -> np.ndarray | None:
+    """Labels 2 and 3: the two sides of the first principal axis of the data, or None."""
+    from .kernels import sparse_cov_matvec, sparse_project
+
+    d = em.data
+    mean = np.bincount(d.indices, weights=d.dy, minlength=d.n_features) / d.n_spikes
+    v = np.full(d.n_features, 1.0 / math.sqrt(d.n_features))
+    for _ in range(_POWER_ITERATIONS):
+        w = sparse_cov_matvec(d.indptr, d.indices, d.dy, mean, v)
+        norm = np.linalg.norm(w)
+        if norm == 0:
+            return None
+        v = w / norm
+    v *= np.sign(v[np.argmax(np.abs(v))])
+    side = sparse_project(d.indptr, d.indices, d.dy, v) > mean @ v
+    if side.all() or not side.any():
+        return None
+    return np.where(side, 3, 2).astype(np.int64)
+
+
+def _fit_costs(em: MaskedEM, labels: np.ndarray):
+    """Per cluster id: summed negative log-likelihood of its spikes *without* the weight
+    term (inf if it could not be fitted), spike counts, and summed penalty parameters."""
+    model = em.fit(labels)
+    n_clusters = int(labels.max()) + 1
+    slot = model.slot_of(n_clusters)[labels]
+    log_p = em.own_log_p(model, labels) + np.log(model.weights[slot])
+    return (np.bincount(labels, weights=log_p, minlength=n_clusters),
+            np.bincount(labels, minlength=n_clusters),
+            np.bincount(labels, weights=em.params, minlength=n_clusters))
+
+
+def _score(em: MaskedEM, costs, counts, params, denom: float, prior: float) -> float:
+    """Score of the non-empty clusters ``2, 3, ...`` of `costs` (see `_fit_costs`),
+    weights ``(count + prior) / denom``, with `em`'s penalties."""
+    c = counts[FIRST_GAUSSIAN:]
+    raw = costs[FIRST_GAUSSIAN:] - c * np.log((c + prior) / denom)
+    return float(raw[c > 0].sum() + em.penalty(params[FIRST_GAUSSIAN:], c).sum())
+
+
+def split_candidate(em: MaskedEM, spikes: np.ndarray) -> np.ndarray | None:
+    """Labels 2 or 3 of `spikes` splitting them in two clusters that score better
+    than one on these spikes alone (KlustaKwik 2's ``K2``), or None."""
+    sub = MaskedEM(subset(em.data, spikes), em.p, use_noise=False, use_mua=False)
+    labels = principal_halves(sub)
+    if labels is None:
+        return None
+    max_iterations = em.p.get("max_split_iterations") or _SPLIT_ITERATIONS
+    for _ in range(int(max_iterations)):
+        new, _, _, _ = sub.e_step(sub.fit(labels))
+        if np.any(new < FIRST_GAUSSIAN) or len(np.unique(new)) < 2:
+            return None
+        changed = np.count_nonzero(new != labels)
+        labels = new
+        if changed == 0:
+            break
+    prior = float(em.p["prior_point"])
+    n = len(spikes)
+    split = _score(sub, *_fit_costs(sub, labels), n + 2 * prior, prior)
+    unsplit = np.full(n, FIRST_GAUSSIAN, dtype=np.int64)
+    if split >= _score(sub, *_fit_costs(sub, unsplit), n + prior, prior):
+        return None
+    return labels
+
+
+def _noise_split(em: MaskedEM, halves, costs, counts, params, denom: float, prior: float):
+    """Carving a Gaussian cluster out of the noise cluster's spikes: the score change (but
+    the other spikes' weights) and the labels of the spikes, one half staying noise."""
+    n_noise, p0 = len(halves), float(em.p["noise_point"])
+    before = -n_noise * math.log((n_noise + p0) / denom)
+    options = []
+    for keep, new in ((FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1), (FIRST_GAUSSIAN + 1, FIRST_GAUSSIAN)):
+        n_keep, n_new = counts[keep], counts[new]
+        after = (-n_keep * math.log((n_keep + p0) / (denom + prior)) + costs[new]
+                 - n_new * math.log((n_new + prior) / (denom + prior))
+                 + em.penalty([params[new]], [n_new])[0])
+        options.append((after - before, np.where(halves == keep, NOISE, -1)))
+    return min(options, key=lambda option: option[0])
+
+
+def try_splits(em: MaskedEM, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Try to split every cluster; keep the splits that lower the total score.
+
+    The noise and MUA clusters are tried too: spikes of a unit that fitted no
+    cluster (a starting cluster mixing several units fits them badly) may have
+    gone there. A unit carved out of the noise cluster becomes a Gaussian
+    cluster, the rest stays noise; the MUA cluster keeps the half with the
+    smaller mean waveform.
+    """
+    p = em.p
+    n = em.data.n_spikes
+    prior = float(p["prior_point"])
+    labels = labels.copy()
+    gaussian = np.unique(labels[labels >= FIRST_GAUSSIAN])
+    n_alive = len(gaussian)
+    special = [NOISE] * em.use_noise + [MUA] * em.use_mua
+    denom = n + prior * n_alive
+    denom += p["noise_point"] if em.use_noise else 0
+    denom += p["mua_point"] if em.use_mua else 0
+    next_id = max(int(labels.max()) + 1, FIRST_GAUSSIAN)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(next_id + 1))
+    n_split = 0
+    for c in np.concatenate([special, gaussian]).astype(np.int64):
+        if n_alive >= p["max_possible_clusters"]:
+            break
+        spikes = order[bounds[c]:bounds[c + 1]]
+        if len(spikes) < _MIN_SPLIT_SIZE:
+            continue
+        halves = split_candidate(em, spikes)
+        if halves is None:
+            continue
+        sub = MaskedEM(subset(em.data, spikes), p, use_noise=False, use_mua=False)
+        costs, counts, params = _fit_costs(sub, halves)
+        # The change of the whole data set's score (see the module docstring), with the
+        # penalties of the whole data set (`em`'s log(n_spikes)).
+        if c == NOISE:
+            delta, new = _noise_split(em, halves, costs, counts, params, denom, prior)
+        else:
+            unsplit = np.full(len(spikes), FIRST_GAUSSIAN, dtype=np.int64)
+            delta = (_score(em, costs, counts, params, denom + prior, prior)
+                     - _score(em, *_fit_costs(sub, unsplit), denom, prior))
+            if c == MUA:
+                # (Its spikes were fitted with `prior_point`: a negligible difference.)
+                stats = WaveformStats(sub.data, halves, FIRST_GAUSSIAN + 2)
+                energy = [stats.mean(h) @ stats.mean(h)
+                          for h in (FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1)]
+                new = np.where(halves == np.argmin(energy) + FIRST_GAUSSIAN, MUA, -1)
+            else:
+                new = np.where(halves == FIRST_GAUSSIAN, c, -1)
+        delta += (n - len(spikes)) * math.log((denom + prior) / denom)
+        if delta >= 0:
+            continue
+        if c != NOISE:
+            similarity = similarity_of_halves(sub.data, halves)
+            if similarity >= (p.get("merge_similarity") or np.inf):
+                logger.debug("Split of cluster %d vetoed: halves alike (%.3f).", c, similarity)
+                continue
+        logger.debug("Split cluster %d (%d spikes): score %+.1f.", c, len(spikes), delta)
+        labels[spikes] = np.where(new < 0, next_id, new)
+        next_id += 1
+        n_alive += 1
+        denom += prior
+        n_split += 1
+    return labels, n_split
