@@ -17,11 +17,10 @@ detection runner does), ``fresh out`` allocates the output on every call
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
+from _common import machine
 from scipy import signal
 
 from phy_detect.filtering import Filter
@@ -46,20 +45,9 @@ def main() -> None:
     parser.add_argument("--order", type=int, default=3)
     args = parser.parse_args()
 
-    import numba
     import scipy
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    print(
-        f"# {cpu}, {os.cpu_count()} logical CPUs, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}, numba {numba.__version__}, "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
+    print(f"{machine()}, scipy {scipy.__version__}")
     print(
         f"# 1 s of 30 kHz float32 data, order-{args.order} Butterworth 500 Hz - 14.25 kHz, "
         "forward-backward"

@@ -325,7 +325,6 @@ class KwikCreator:
                 raise
 
     def _write_features_masks(self, group, n_spikes, features, masks, n_channels, n_features):
-        fm_path = f"/channel_groups/{group:d}/features_masks"
         pairs = zip(_chunks(features), _chunks(masks), strict=False)
         first = next(pairs, None)
         if first is None:
@@ -337,33 +336,23 @@ class KwikCreator:
             shape = np.shape(fet0)
             n_features = int(shape[2]) if len(shape) == 3 else int(shape[1]) // n_channels
         n_columns = n_channels * n_features
-        with open_h5(self.kwx_path, "a") as f:
-            if f.exists(fm_path):
-                raise KwikError(f"{self.kwx_path}: {fm_path} already exists.")
-            dset = f.write(fm_path, shape=(n_spikes, n_columns, 2), dtype=np.float32)
-            offset = 0
-            try:
-                for fet, m in _prepend(first, pairs):
-                    fet = np.asarray(fet[...], dtype=np.float32).reshape(len(fet), -1)
-                    m = np.asarray(m[...], dtype=np.float32)
-                    n = fet.shape[0]
-                    if fet.shape != (n, n_columns) or m.shape != (n, n_channels):
-                        raise KwikError(
-                            f"add_spikes: a chunk has features {fet.shape} and masks {m.shape}, "
-                            f"expected ({n}, {n_columns}) and ({n}, {n_channels}).")
-                    if offset + n > n_spikes:
-                        raise KwikError(f"add_spikes: more feature rows than the {n_spikes} "
-                                        "spikes.")
-                    block = np.empty((n, n_columns, 2), dtype=np.float32)
-                    block[..., 0] = fet
-                    block[..., 1] = np.repeat(m, n_features, axis=1)
-                    dset[offset:offset + n] = block
-                    offset += n
-                if offset != n_spikes:
-                    raise KwikError(f"add_spikes: {offset} feature rows for {n_spikes} spikes.")
-            except BaseException:
-                f.delete(fm_path)
-                raise
+
+        def interleaved():
+            # Each chunk in the .kwx layout: features, then each channel's mask per feature.
+            for fet, m in _prepend(first, pairs):
+                fet = np.asarray(fet[...], dtype=np.float32).reshape(len(fet), -1)
+                m = np.asarray(m[...], dtype=np.float32)
+                n = fet.shape[0]
+                if fet.shape != (n, n_columns) or m.shape != (n, n_channels):
+                    raise KwikError(
+                        f"add_spikes: a chunk has features {fet.shape} and masks {m.shape}, "
+                        f"expected ({n}, {n_columns}) and ({n}, {n_channels}).")
+                block = np.empty((n, n_columns, 2), dtype=np.float32)
+                block[..., 0] = fet
+                block[..., 1] = np.repeat(m, n_features, axis=1)
+                yield block
+
+        self._write_interleaved(group, n_spikes, interleaved(), n_channels, n_features)
 
     # Clusterings ------------------------------------------------------------
 
