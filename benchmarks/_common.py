@@ -157,3 +157,24 @@ class TreeMemory:
     @property
     def max_anon_kb(self) -> int:
         return max(self.anon.values(), default=0)
+
+
+# -- Command line -------------------------------------------------------------------
+
+
+def add_recording_arguments(parser, channels: str = "32,384,1024") -> None:
+    """``--channels``, ``--duration`` and ``--data-dir``, as every benchmark takes them."""
+    parser.add_argument("--channels", default=channels,
+                        help="comma-separated channel counts among " + ",".join(map(str, PROBES)))
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording")
+    parser.add_argument("--data-dir", default="/tmp/phy-bench",
+                        help="cache of the synthetic recordings (shared by the benchmarks)")
+
+
+def channel_counts(parser, args) -> list[int]:
+    """The ``--channels`` as ints; an unknown count is a usage error."""
+    channels = [int(c) for c in args.channels.split(",") if c.strip()]
+    unknown = [c for c in channels if c not in PROBES]
+    if unknown:
+        parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
+    return channels

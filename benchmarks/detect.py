@@ -63,7 +63,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import PROBES, SEED, TreeMemory, machine, recording
+from _common import (
+    PROBES,
+    SEED,
+    TreeMemory,
+    add_recording_arguments,
+    channel_counts,
+    machine,
+    recording,
+)
 
 SNR_MIN = 5.0
 
@@ -260,11 +268,7 @@ def row(probe: str, duration: float, r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--channels", default="32,384,1024",
-                        help="comma-separated channel counts among " + ",".join(map(str, PROBES)))
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording")
-    parser.add_argument("--data-dir", default="/tmp/phy-bench",
-                        help="cache of the synthetic recordings (and the Kwik outputs)")
+    add_recording_arguments(parser)
     parser.add_argument("--memory-check", action="store_true",
                         help="1024 channels at 20 s and 200 s: ratio of peak memories")
     parser.add_argument("--stages", action="store_true",
@@ -286,10 +290,7 @@ def main() -> None:
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     out_root = data_dir / "kwik"
-    channels = [int(c) for c in args.channels.split(",") if c.strip()]
-    unknown = [c for c in channels if c not in PROBES]
-    if unknown:
-        parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
+    channels = channel_counts(parser, args)
     print(machine(), flush=True)
 
     # Warm-up: compile the numba kernels into their cache (untimed).

@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import PROBES, machine, recording
+from _common import PROBES, add_recording_arguments, channel_counts, machine, recording
 
 
 def _counts(result) -> dict:
@@ -148,11 +148,7 @@ def row(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--channels", default="32,384,1024",
-                        help="comma-separated channel counts among " + ",".join(map(str, PROBES)))
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording")
-    parser.add_argument("--data-dir", default="/tmp/phy-bench",
-                        help="cache of the synthetic recordings (shared with detect.py)")
+    add_recording_arguments(parser)
     parser.add_argument("--cache-dir", default=None,
                         help="where the detected Kwik files are kept (default: "
                         "DATA_DIR/masked-em-kwik)")
@@ -165,10 +161,7 @@ def main() -> None:
 
     data_dir = Path(args.data_dir)
     cache_root = Path(args.cache_dir) if args.cache_dir else data_dir / "masked-em-kwik"
-    channels = [int(c) for c in args.channels.split(",") if c.strip()]
-    unknown = [c for c in channels if c not in PROBES]
-    if unknown:
-        parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
+    channels = channel_counts(parser, args)
     print(machine(), flush=True)
     print("# masked_em(kwx_views(model), kwik_parameters(model)): default parameters, "
           f"{args.duration:g} s recordings", flush=True)

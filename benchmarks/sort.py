@@ -42,7 +42,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import PROBES, SEED, TreeMemory, machine, recording
+from _common import (
+    PROBES,
+    SEED,
+    TreeMemory,
+    add_recording_arguments,
+    channel_counts,
+    machine,
+    recording,
+)
 
 FALSE_UNIT_ACCURACY = 0.5
 
@@ -130,11 +138,7 @@ def row(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--channels", default="32,384",
-                        help="comma-separated channel counts among " + ",".join(map(str, PROBES)))
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording")
-    parser.add_argument("--data-dir", default="/tmp/phy-bench",
-                        help="cache of the synthetic recordings (shared with detect.py)")
+    add_recording_arguments(parser, "32,384")
     parser.add_argument("--out-dir", default=None,
                         help="where the Kwik files are written (default: DATA_DIR/sort)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -147,10 +151,7 @@ def main() -> None:
 
     data_dir = Path(args.data_dir)
     out_root = Path(args.out_dir) if args.out_dir else data_dir / "sort"
-    channels = [int(c) for c in args.channels.split(",") if c.strip()]
-    unknown = [c for c in channels if c not in PROBES]
-    if unknown:
-        parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
+    channels = channel_counts(parser, args)
     print(machine(), flush=True)
 
     # Warm-up: the numba kernels of detection and clustering compiled into their cache.
