@@ -27,7 +27,10 @@ def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
     within reach. With `true_channels` (one channel per true spike, a column
     of the masks) and `detected_masks` (a ``(n_detected, n_channels)``
     array), only the detections whose mask is positive on the true spike's
-    channel are candidates.
+    channel are candidates, and among equally close pairs, those where the
+    detection's mask on the true spike's channel is larger come first: when
+    two true spikes share a sample (the ground truth is in whole samples), a
+    detection goes to the one it saw better, not to the one listed first.
     """
     detected = np.asarray(detected, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
@@ -41,6 +44,7 @@ def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
     counts = hi - lo
     pair_true = np.repeat(np.arange(len(true)), counts)
     pair_det = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    seen = np.zeros(len(pair_true))  # the mask on the true spike's channel, negated
     if true_channels is not None:
         true_channels = np.asarray(true_channels, dtype=np.int64)
         if true_channels.shape != true.shape:
@@ -49,11 +53,12 @@ def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
         if np.shape(detected_masks)[0] != len(detected):
             raise ValueError(f"match_spikes: {len(detected)} detected spikes but masks of "
                              f"shape {np.shape(detected_masks)}.")
-        covered = np.asarray(detected_masks)[order[pair_det], true_channels[pair_true]] > 0
-        pair_true, pair_det = pair_true[covered], pair_det[covered]
+        mask = np.asarray(detected_masks)[order[pair_det], true_channels[pair_true]]
+        covered = mask > 0
+        pair_true, pair_det, seen = pair_true[covered], pair_det[covered], -mask[covered]
     distance = np.abs(sorted_detected[pair_det] - true[pair_true])
     # lexsort: the last key is the primary one.
-    by_distance = np.lexsort((pair_det, true[pair_true], distance))
+    by_distance = np.lexsort((pair_det, true[pair_true], seen, distance))
     taken = np.zeros(len(detected), dtype=bool)
     matches = np.full(len(true), -1, dtype=np.int64)
     for k in by_distance:

@@ -14,10 +14,25 @@ a *watershed by flooding*: the points are visited from the highest value
 down; a point with no higher neighbour starts a basin (its peak), a point with
 higher neighbours joins the basin of the highest one (steepest ascent). When
 a point touches two basins, it is their saddle: the basin with the lower
-peak is merged into the other unless its peak is strong and rises at least
-`prominence` above the saddle (persistence-based merging, as in ToMATo). What
-is left are the component's prominent strong peaks; each basin becomes a
-component, i.e. a spike with its own mask and centroid time.
+peak is merged into the other unless its peak is *distinct*: strong, and
+rising at least `prominence` above the saddle (persistence-based merging, as
+in ToMATo), or, for a *tall* peak (at least `tall_peak` above the weak
+threshold), at least `tall_prominence`. What is left are the component's
+distinct strong peaks; each basin becomes a component, i.e. a spike with its
+own mask and centroid time.
+
+Why tall peaks need less: a second local maximum of *one* spike is a noise
+ripple on its footprint, and noise rarely makes one that both rises well
+above the strong threshold and stands apart from the main peak, while a
+second spike a few noise units high does (the two units' footprints add up
+between them, so their saddle is high). On dense1024 (20 s), a peak at least
+1.3 (5.25 noise std) high that rises 0.2 (0.5 std) above its saddle is
+another spike about as often as not, where a lower peak with the same rise is
+mostly noise. The tall rule (1.3, 0.3) finds 29 more spikes of the units with
+SNR >= 5 (pooled recall 0.9757 -> 0.9784, with the extractor's peak
+centroid) for 70 more detections that match no true spike (798 -> 868,
++9%); at 384 channels 1 more spike for 13 more false ones, at 32 channels
+nothing changes.
 
 Neighbours are those of the flood fill (same or adjacent channel, at most
 `join_size` samples apart), so a basin is always connected and the split
@@ -42,6 +57,15 @@ def _find(parent, i):
         parent[i] = parent[parent[i]]
         i = parent[i]
     return i
+
+
+@njit(cache=True, inline="always")
+def _distinct(peak, saddle, prominence, tall_peak, tall_prominence):
+    """Whether a strong peak stays a spike of its own at its saddle with a higher peak."""
+    if peak <= 1.0:
+        return False
+    rise = peak - saddle
+    return rise >= prominence or (peak >= tall_peak and rise >= tall_prominence)
 
 
 @njit(cache=True)
@@ -73,8 +97,8 @@ def _n_strong_maxima(points, a, b, data_t, weak, scale, indptr, indices, join):
 
 
 @njit(cache=True)
-def _flood(points, a, b, data_t, weak, scale, prominence, indptr, indices, join, loc,
-           label):
+def _flood(points, a, b, data_t, weak, scale, prominence, tall_peak, tall_prominence, indptr,
+           indices, join, loc, label):
     """Watershed of ``points[a:b]``: ``label[p - a]`` = local index of p's basin peak.
 
     `loc` is an all -1 scratch array of n_channels (restored on return).
@@ -154,7 +178,7 @@ def _flood(points, a, b, data_t, weak, scale, prominence, indptr, indices, join,
                 if r1 == r2:
                     continue
                 low, high = (r1, r2) if values[r1] < values[r2] else (r2, r1)
-                if values[low] <= 1.0 or values[low] - v < prominence:
+                if not _distinct(values[low], v, prominence, tall_peak, tall_prominence):
                     parent[low] = high
                     if values[low] > 1.0:
                         n_strong_basins -= 1
@@ -177,7 +201,8 @@ def _flood(points, a, b, data_t, weak, scale, prominence, indptr, indices, join,
 
 
 @njit(cache=True)
-def _split_kernel(points, offsets, data_t, weak, scale, prominence, indptr, indices, join):
+def _split_kernel(points, offsets, data_t, weak, scale, prominence, tall_peak, tall_prominence,
+                  indptr, indices, join):
     n = points.shape[0]
     n_comp = offsets.shape[0] - 1
     loc = np.full(data_t.shape[1], -1, dtype=np.int64)
@@ -189,8 +214,8 @@ def _split_kernel(points, offsets, data_t, weak, scale, prominence, indptr, indi
         if _n_strong_maxima(points, a, b, data_t, weak, scale, indptr, indices, join) < 2:
             label[a:b] = 0
             continue
-        n_parts[i] = _flood(points, a, b, data_t, weak, scale, prominence, indptr, indices,
-                            join, loc, label[a:b])
+        n_parts[i] = _flood(points, a, b, data_t, weak, scale, prominence, tall_peak,
+                            tall_prominence, indptr, indices, join, loc, label[a:b])
     total = 0
     for i in range(n_comp):
         total += n_parts[i]
@@ -233,8 +258,9 @@ def _split_kernel(points, offsets, data_t, weak, scale, prominence, indptr, indi
 
 def split_components(points: np.ndarray, offsets: np.ndarray, data_t: np.ndarray,
                      weak: np.ndarray, strong: np.ndarray, prominence: float,
-                     indptr: np.ndarray, indices: np.ndarray,
-                     join_size: int) -> tuple[np.ndarray, np.ndarray]:
+                     indptr: np.ndarray, indices: np.ndarray, join_size: int,
+                     tall_peak: float | None = None,
+                     tall_prominence: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Split each component at its prominent strong peaks.
 
     Parameters
@@ -253,6 +279,10 @@ def split_components(points: np.ndarray, offsets: np.ndarray, data_t: np.ndarray
         The symmetric channel adjacency (CSR, no self-loops).
     join_size : int
         The flood fill's time tolerance.
+    tall_peak, tall_prominence : float or None, float
+        A *tall* peak, at least `tall_peak` above the weak threshold (in the
+        same units), stays a spike of its own when it rises only
+        `tall_prominence` above its saddle. ``None``: no such rule.
 
     Returns
     -------
@@ -266,4 +296,5 @@ def split_components(points: np.ndarray, offsets: np.ndarray, data_t: np.ndarray
                          np.ascontiguousarray(offsets, dtype=np.int64),
                          np.ascontiguousarray(data_t),
                          np.ascontiguousarray(weak, dtype=np.float64), scale,
-                         float(prominence), indptr, indices, int(join_size))
+                         float(prominence), np.inf if tall_peak is None else float(tall_peak),
+                         float(tall_prominence), indptr, indices, int(join_size))

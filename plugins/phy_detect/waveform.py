@@ -7,8 +7,23 @@ and the transformed traces `data_t` (e.g. ``-data`` for negative spikes):
 - normalised value of a point: ``n = clip((data_t - w) / (s - w), 0, 1)``;
 - mask of a channel: the normalised *peak* of `data_t` over the component's
   points on that channel, 0 on channels not in the component;
-- spike time: the centroid of the component's sample indices weighted by
-  ``n ** weight_power`` (a float sample, relative to the chunk);
+- spike time: a weighted centroid of the component's sample indices (a float
+  sample, relative to the chunk). SpikeDetekt's (``centroid_fraction=None``)
+  weighs every point by ``n ** weight_power``. The default weighs only the
+  component's *peak*: with ``x`` the unclipped normalised value, ``top`` its
+  largest over the component and ``floor = centroid_fraction * top``, the
+  points above the floor, by ``(x - floor) ** weight_power`` (graded from 0
+  at the floor, so the time moves smoothly with the data and keeps its
+  sub-sample precision). Why: on a dense probe a component also holds weak
+  points far from the spike (noise crossings chain up at 2 std; the
+  footprint of a weaker overlapping spike), and with every point weighing up
+  to 1 they pull the centroid off the trough. On the 1024-channel benchmark
+  (dense1024, 20 s) the peak centroid (0.5) brings the median time error
+  against the true trough from 0.95 to 0.18 samples (median absolute
+  deviation 0.53 -> 0.25; errors over 2 samples from that median: 5.9% of
+  the matched spikes -> 1.2%), and finds 48 more true spikes of the units
+  with SNR >= 5 within 0.4 ms (pooled recall 0.9714 -> 0.9757: a component
+  holding two spikes is credited to the one it is timed on);
 - waveform: the window ``[s0 - before - 1, s0 + after + 2)`` of `data`, with
   ``s0 = floor(spike time)`` (3 extra samples: 1 before, 2 after), resampled
   at ``s0 - before + k + frac`` (``k = 0..before+after-1``,
@@ -41,6 +56,11 @@ from phy_core.descriptors import Stage
 from phy_core.errors import PhyError
 
 __all__ = ["WaveformExtractor", "ExtractionError", "Extracted", "STAGES"]
+
+
+#: Default `centroid_fraction`: the spike time is the centroid of the component's
+#: points above half its peak (see the module docstring).
+DEFAULT_CENTROID_FRACTION = 0.5
 
 
 class ExtractionError(PhyError, ValueError):
@@ -89,18 +109,29 @@ def _align_kernel(window, frac, n_out, out):
 
 
 @njit(cache=True)
-def _times_kernel(points, offsets, data_t, weak, strong, power, times):
-    """Weighted-centroid spike time of every component."""
+def _times_kernel(points, offsets, data_t, weak, strong, power, fraction, times):
+    """Weighted-centroid spike time of every component (`fraction` < 0: SpikeDetekt's)."""
     for i in range(offsets.shape[0] - 1):
         a = offsets[i]
         b = offsets[i + 1]
+        top = -np.inf
+        if fraction >= 0:
+            for p in range(a, b):
+                s = points[p, 0]
+                c = points[p, 1]
+                top = max(top, (data_t[s, c] - weak[c]) / (strong[c] - weak[c]))
         num = 0.0
         den = 0.0
         for p in range(a, b):
             s = points[p, 0]
             c = points[p, 1]
             x = (data_t[s, c] - weak[c]) / (strong[c] - weak[c])
-            wgt = min(max(x, 0.0), 1.0) ** power
+            if fraction < 0:  # SpikeDetekt
+                wgt = min(max(x, 0.0), 1.0) ** power
+            elif x > fraction * top:
+                wgt = (x - fraction * top) ** power
+            else:
+                continue  # below the floor (even with weight_power 0)
             num += wgt * s
             den += wgt
         if den > 0:
@@ -176,6 +207,12 @@ class WaveformExtractor:
         Samples kept before and after the aligned spike time.
     weight_power : float
         Exponent of the normalised values in the spike-time centroid.
+    centroid_fraction : float or None
+        In ``[0, 1)``: the spike time is the centroid of the component's
+        points above this fraction of its peak normalised value, weighted
+        by their height above it ** `weight_power`. ``None``: SpikeDetekt's
+        centroid of every point weighted by the clipped normalised value **
+        `weight_power`. See the module docstring.
     thresholds : dict
         ``{'weak': ..., 'strong': ...}``, scalars or ``(n_channels,)`` arrays
         (in the units of `data_t`), with strong > weak. Can be set later with
@@ -192,6 +229,7 @@ class WaveformExtractor:
         weight_power: float = 2,
         thresholds: Mapping | None = None,
         channels_per_group: Mapping[int, Sequence[int]] | None = None,
+        centroid_fraction: float | None = DEFAULT_CENTROID_FRACTION,
     ) -> None:
         for name, v in (("extract_before", extract_before), ("extract_after", extract_after)):
             if isinstance(v, bool) or int(v) != v or v < 0:
@@ -202,6 +240,11 @@ class WaveformExtractor:
         self._extract_before = int(extract_before)
         self._extract_after = int(extract_after)
         self._weight_power = float(weight_power if weight_power is not None else 1.0)
+        if centroid_fraction is not None and (isinstance(centroid_fraction, bool) or not isinstance(
+                centroid_fraction, (int, float, np.number)) or not 0 <= centroid_fraction < 1):
+            raise ExtractionError(f"WaveformExtractor: centroid_fraction must be a number in "
+                                  f"[0, 1) or None, got {centroid_fraction!r}.")
+        self._centroid_fraction = centroid_fraction
         self._thresholds: dict = {}
         self.set_thresholds(**(thresholds or {}))
         self._channels_per_group = channels_per_group
@@ -267,9 +310,16 @@ class WaveformExtractor:
                         0.0).astype(np.float32)
 
     def spike_sample_aligned(self, wave: np.ndarray, comp: Bunch) -> float:
-        """Centroid of the component's samples weighted by normalised value ** power."""
+        """Weighted centroid of the component's samples (see `centroid_fraction`)."""
         on = np.isfinite(wave)
-        w = np.where(on, self._normalize(np.where(on, wave, 0.0)), 0.0) ** self._weight_power
+        if self._centroid_fraction is None:
+            w = np.where(on, self._normalize(np.where(on, wave, 0.0)), 0.0)
+        else:
+            weak, strong = self._threshold_arrays(wave.shape[1])
+            x = np.where(on, (np.where(on, wave, 0.0) - weak) / (strong - weak), -np.inf)
+            w = np.maximum(x - self._centroid_fraction * x.max(), 0.0)
+            on &= w > 0  # the points above the floor (even with weight_power 0)
+        w = w ** self._weight_power
         w[~on] = 0.0
         u = np.arange(comp.s_min, comp.s_max, dtype=np.float64)[:, None]
         if w.sum() <= 0:
@@ -364,7 +414,8 @@ class WaveformExtractor:
         weak, strong = self._threshold_arrays(n_c)
         times = np.zeros(len(offsets) - 1, dtype=np.float64)
         data_t = np.ascontiguousarray(data_t, dtype=np.float32)
-        _times_kernel(points, offsets, data_t, weak, strong, self._weight_power, times)
+        fraction = -1.0 if self._centroid_fraction is None else float(self._centroid_fraction)
+        _times_kernel(points, offsets, data_t, weak, strong, self._weight_power, fraction, times)
         # Only allocate for the components that can be extracted: at 1000+
         # channels the dense waveforms are the bulk of the memory traffic.
         s0 = np.floor(times)
@@ -406,7 +457,8 @@ STAGES = [
         "alignment of each component (SpikeDetekt).",
         factory=_make_extractor,
         parameters={"extract_before": 10, "extract_after": 10, "weight_power": 2,
-                    "thresholds": None, "channels_per_group": None},
+                    "thresholds": None, "channels_per_group": None,
+                    "centroid_fraction": DEFAULT_CENTROID_FRACTION},
         requires=("detector",),
     )
 ]

@@ -67,9 +67,17 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     # strong - weak threshold) above its saddle with a higher peak; None: one spike per
     # component, as SpikeDetekt (see phy_detect.splitting).
     split_prominence=1.0,
+    # phy: a peak at least split_tall_peak above the weak threshold (same units; None: no
+    # such rule) splits off when it rises split_tall_prominence above its saddle.
+    split_tall_peak=1.3,
+    split_tall_prominence=0.3,
     extract_s_before=10,
     extract_s_after=10,
     weight_power=2,
+    # phy: the spike time is the centroid of the component's points above this fraction
+    # of its peak (weighted by their height above it ** weight_power); None: SpikeDetekt's
+    # centroid of every point (see phy_detect.waveform).
+    centroid_fraction=0.5,
     n_features_per_channel=3,
     pca_n_waveforms_max=10000,
     # phy: choose a stage plugin per kind by name, e.g. dict(filter='butterworth').
@@ -118,7 +126,8 @@ _INTEGER_KEYS = {
     "max_possible_clusters", "max_quick_step_candidates", "max_split_iterations", "num_cpus",
 }
 # Keys of numeric default that also accept None.
-_OPTIONAL_NUMBER_KEYS = {"split_prominence", "merge_similarity"}
+_OPTIONAL_NUMBER_KEYS = {"split_prominence", "split_tall_peak", "centroid_fraction",
+                         "merge_similarity"}
 _DETECT_SPIKES = ("negative", "positive", "both")
 _FILTER_PRECISIONS = ("float32", "float64")
 TRACES_KEYS = ("raw_data_files", "voltage_gain", "sample_rate", "n_channels", "dtype", "offset")

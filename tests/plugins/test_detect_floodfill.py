@@ -189,23 +189,28 @@ def _split_problems(draw):
     adjacency = {c: [int(d) for d in np.flatnonzero(rng.random(n_c) < 0.5)] for c in range(n_c)}
     join_size = draw(st.integers(0, 2))
     prominence = draw(st.sampled_from([0.0, 0.3, 1.0, 2.0, np.inf]))
-    return data_t, weak, strong, adjacency, join_size, prominence
+    tall_peak = draw(st.sampled_from([None, 1.0, 1.3, 2.0, 4.0]))
+    tall_prominence = draw(st.sampled_from([0.0, 0.1, 0.3, 1.0]))
+    return data_t, weak, strong, adjacency, join_size, prominence, tall_peak, tall_prominence
 
 
 @settings(max_examples=150, deadline=None)
 @given(_split_problems())
 def test_split_matches_prominence_reference(problem):
     """Each part of a split component has one peak: the component's top, or a strong local
-    maximum rising at least `prominence` above its key col; the parts partition the
-    component, are connected, and every other point is in the part of its highest
-    neighbour (steepest ascent)."""
-    data_t, weak, strong, adjacency, join_size, prominence = problem
+    maximum rising at least `prominence` above its key col (a tall one, at least
+    `tall_peak` high: `tall_prominence`); the parts partition the component, are
+    connected, and every other point is in the part of its highest neighbour (steepest
+    ascent)."""
+    data_t, weak, strong, adjacency, join_size, prominence, tall_peak, tall_prominence = \
+        problem
     n_c = data_t.shape[1]
     thresholds = {"weak": weak, "strong": strong}
     weak_x, strong_x = data_t > weak, data_t > strong
     classic = FloodFillDetector(adjacency, join_size, split_prominence=None)(weak_x, strong_x)
     split = FloodFillDetector(adjacency, join_size, thresholds=thresholds,
-                              split_prominence=prominence)(weak_x, strong_x, data_t)
+                              split_prominence=prominence, split_tall_peak=tall_peak,
+                              split_tall_prominence=tall_prominence)(weak_x, strong_x, data_t)
     part_of = {tuple(p): i for i, part in enumerate(split) for p in part.tolist()}
     assert len(part_of) == sum(len(c) for c in classic)  # a partition of the same points
     firsts = [tuple(part[0]) for part in split]  # parts in scan order of their first point
@@ -221,8 +226,10 @@ def test_split_matches_prominence_reference(problem):
         expected_peaks = {top}
         for b in range(len(comp)):
             is_max = not np.any(values[close[b]] > values[b])
-            if b != top and is_max and values[b] > 1 and \
-                    values[b] - _key_col(values, close, b) >= prominence:
+            rise = values[b] - _key_col(values, close, b) if is_max else -np.inf
+            tall = tall_peak is not None and values[b] >= tall_peak
+            if b != top and is_max and values[b] > 1 and (
+                    rise >= prominence or (tall and rise >= tall_prominence)):
                 expected_peaks.add(b)
         parts = np.unique(labels)
         assert len(parts) == len(expected_peaks)
@@ -268,8 +275,8 @@ def test_split_separates_overlapping_spikes():
     times = ext.extract_all(det.detect_flat(weak, strong, data_t), -data_t, data_t).spike_samples
     np.testing.assert_allclose(np.sort(times), [30.0, 33.0], atol=0.3)
     # A shallow dip between the peaks (a prominence above it) keeps one spike.
-    assert len(FloodFillDetector(adjacency, 1, thresholds=thresholds,
-                                 split_prominence=50.0)(weak, strong, data_t)) == 1
+    assert len(FloodFillDetector(adjacency, 1, thresholds=thresholds, split_prominence=50.0,
+                                 split_tall_peak=None)(weak, strong, data_t)) == 1
     # A peak under the strong threshold is never a spike of its own, however deep the dip
     # that separates it (here (3.5 - 1) / 3 = 0.84 above weak, 0.3 above its saddle).
     data_t, _ = _two_spikes(bump=3.5)
@@ -290,6 +297,12 @@ def test_split_needs_data_t_and_valid_parameters():
     assert not FloodFillDetector(adjacency, 1).splits
     with pytest.raises(DetectionError, match="split_prominence"):
         FloodFillDetector(adjacency, 1, split_prominence=-1.0)
+    with pytest.raises(DetectionError, match="split_tall_peak must be a number >= 0 or None"):
+        FloodFillDetector(adjacency, 1, split_tall_peak="high")
+    with pytest.raises(DetectionError, match="split_tall_prominence must be a number >= 0,"):
+        FloodFillDetector(adjacency, 1, split_tall_prominence=None)
+    with pytest.raises(DetectionError, match="split_tall_prominence"):
+        FloodFillDetector(adjacency, 1, split_tall_prominence=-0.1)
     with pytest.raises(DetectionError, match="thresholds"):
         FloodFillDetector(adjacency, 1, thresholds={"weak": 1.0})
     bad = FloodFillDetector(adjacency, 1, thresholds={"weak": 4.0, "strong": 1.0})

@@ -39,7 +39,12 @@ def test_masks_hand_made():
     np.testing.assert_allclose(res.masks[0], mask, atol=1e-6)
 
 
-def test_centroid_matches_numpy():
+@pytest.mark.parametrize("power", [2.0, 0.0])
+@pytest.mark.parametrize("fraction", [None, 0.0, 0.5, 0.7, 0.99])
+def test_centroid_matches_numpy(fraction, power):
+    """SpikeDetekt's centroid (None: every point weighted by the clipped normalised value
+    ** power), or the peak centroid: the points above `fraction` of the component's top
+    normalised value x (unclipped), weighted by their height above it ** power."""
     rng = np.random.default_rng(1)
     n_s, n_c = 200, 6
     data_t = rng.uniform(0, 8, (n_s, n_c)).astype(np.float32)
@@ -49,12 +54,17 @@ def test_centroid_matches_numpy():
     ]
     weak = np.array([1.0, 2.0, 1.5, 2.0, 1.0, 3.0])
     strong = weak + np.array([4.0, 3.0, 5.0, 2.0, 6.0, 2.5])
-    power = 2.0
-    ext = WaveformExtractor(8, 12, weight_power=power, thresholds={"weak": weak, "strong": strong})
+    ext = WaveformExtractor(8, 12, weight_power=power, thresholds={"weak": weak, "strong": strong},
+                            centroid_fraction=fraction)
     res = ext.extract_all(comps, -data_t, data_t)
     for i, comp in enumerate(comps):
         s, c = comp[:, 0], comp[:, 1]
-        w = np.clip((data_t[s, c] - weak[c]) / (strong[c] - weak[c]), 0, 1) ** power
+        x = (data_t[s, c] - weak[c]) / (strong[c] - weak[c])
+        if fraction is None:
+            w = np.clip(x, 0, 1) ** power
+        else:
+            above = x - fraction * x.max()
+            w = np.where(above > 0, np.abs(above) ** power, 0.0)
         expected = (w * s).sum() / w.sum()
         assert abs(res.spike_samples[i] - expected) < 1e-9
         _, s_aligned, _ = ext(comp, -data_t, data_t)
@@ -86,6 +96,30 @@ def test_alignment_recovers_subsample_offset(t0):
     expected = _gauss_spike(before + after, n_c, before + (t0 - times[0]), channels=channels)
     assert np.abs(w0 - expected).max() < 0.03 * 10
     assert np.argmin(w0[:, 0]) == before
+
+
+def test_peak_centroid_stays_on_the_trough_of_a_merged_component():
+    """A tall spike (trough at 100.3) and, in the same component, the weak points of a
+    weaker spike 6 samples later on far channels (chained to it at the weak threshold):
+    SpikeDetekt's centroid, where every point weighs up to 1, moves towards the weak one;
+    the peak centroid (points above half the peak) stays on the tall spike's trough."""
+    n_s, n_c, t0 = 200, 8, 100.3
+    data = _gauss_spike(n_s, n_c, t0, amp=20.0, channels={0: 1.0, 1: 0.7, 2: 0.3})
+    data += _gauss_spike(n_s, n_c, t0 + 6, amp=4.5, channels={c: 1.0 for c in range(2, 8)})
+    data_t = -data
+    det = FloodFillDetector({c: [c + 1] for c in range(n_c - 1)}, join_size=1)
+    comps = det(data_t > WEAK, data_t > STRONG)
+    assert len(comps) == 1 and len(np.unique(comps[0][:, 1])) == n_c
+    thresholds = {"weak": WEAK, "strong": STRONG}
+    spikedetekt = WaveformExtractor(10, 10, thresholds=thresholds, centroid_fraction=None)
+    peak = WaveformExtractor(10, 10, thresholds=thresholds)
+    assert spikedetekt.extract_all(comps, data, data_t).spike_samples[0] > t0 + 1.0
+    assert abs(peak.extract_all(comps, data, data_t).spike_samples[0] - t0) < 0.05
+    # The same spike alone: the peak centroid is as precise as SpikeDetekt's.
+    alone = _gauss_spike(n_s, n_c, t0, amp=20.0, channels={0: 1.0, 1: 0.7, 2: 0.3})
+    comps = det(-alone > WEAK, -alone > STRONG)
+    for ext in (spikedetekt, peak):
+        assert abs(ext.extract_all(comps, alone, -alone).spike_samples[0] - t0) < 0.05
 
 
 def test_align_close_to_scipy_cubic_spline():
@@ -164,6 +198,9 @@ def test_extractor_errors():
         ext.extract_all(comp, data, data[:10])
     with pytest.raises(ExtractionError, match="extract_before"):
         WaveformExtractor(extract_before=-1)
+    for bad in (1.0, -0.1, "half", True):
+        with pytest.raises(ExtractionError, match=r"centroid_fraction must be a number in \["):
+            WaveformExtractor(centroid_fraction=bad)
 
 
 def test_extractor_stage_and_groups():
