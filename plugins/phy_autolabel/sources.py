@@ -1,0 +1,257 @@
+"""What a sorting provides to the quality metrics, read out of core from any phy model.
+
+`SortingSource` wraps a model that fulfils the `DataModel` protocol (a
+`KwikModel`, a `TemplateModel`, ...) and gives the metrics what they need,
+reading only the rows and columns asked:
+
+- spike times and clusters, the spikes of each cluster;
+- one pass over the masks (in blocks of spikes) gives each cluster's mean
+  masks and mean features, and for each channel the spikes whose mask is
+  non-zero there (to find the spikes near a cluster);
+- features of chosen spikes on chosen channels (from the ``.kwx`` memory map
+  directly when there is one, touching only those columns);
+- per-spike template amplitudes when the sorting has them (template
+  directories), band-passed waveforms of chosen spikes on chosen channels,
+  and the noise of each channel, from the raw traces when there are any.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from phy_core.arrays import ChannelSubset, SpikeWindows
+
+logger = logging.getLogger("phy")
+
+#: Spikes read at once in the pass over the masks and features.
+BLOCK_SPIKES = 4096
+#: Band-pass of waveforms and noise: the detection band.
+FILTER_LOW_HZ = 500.0
+FILTER_HIGH_FACTOR = 0.475
+FILTER_ORDER = 3
+#: Noise estimate: this many excerpts of this length spread over the recording.
+NOISE_EXCERPTS = 10
+NOISE_EXCERPT_S = 0.2
+
+
+def _bandpass(sample_rate: float):
+    from scipy.signal import butter
+
+    high = min(FILTER_HIGH_FACTOR * sample_rate, 0.49 * sample_rate)
+    sos = butter(FILTER_ORDER, [FILTER_LOW_HZ, high], btype="bandpass", fs=sample_rate,
+                 output="sos")
+    margin = int(np.ceil(2 * sample_rate / FILTER_LOW_HZ))
+    return sos, margin
+
+
+def _columns(traces, channels: np.ndarray):
+    """``(array, columns)`` to read `channels` of `traces` from, copying only those columns.
+
+    A `ChannelSubset` of an in-memory or memory-mapped array copies whole rows
+    before keeping its channels (1024 of them for the 4 we need): read the
+    array beneath it directly instead.
+    """
+    if isinstance(traces, ChannelSubset) and isinstance(traces.array, np.ndarray):
+        return traces.array, traces.channels[channels]
+    return traces, channels
+
+
+def _add_by_row(sums: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``sums[rows[i]] += values[i]`` for every i (a sort and a segmented sum)."""
+    order = np.argsort(rows, kind="stable")
+    unique, starts = np.unique(rows[order], return_index=True)
+    if len(unique):
+        sums[unique] += np.add.reduceat(values[order], starts, axis=0)
+
+
+class SortingSource:
+    """Read what the quality metrics need from a phy model.
+
+    Parameters
+    ----------
+    model : DataModel
+        Needs ``spike_samples``, ``spike_clusters``, ``sample_rate``,
+        ``n_channels``, ``masks``; uses ``features`` /
+        ``n_features_per_channel``, ``features_masks`` (a Kwik memory map),
+        ``amplitudes`` and ``templates``, ``traces`` and ``duration`` when
+        present.
+    waveform_ms : (float, float)
+        Milliseconds before and after the spike time in waveform windows.
+    """
+
+    def __init__(self, model, waveform_ms: tuple[float, float] = (1.0, 1.5)) -> None:
+        self.model = model
+        self.sample_rate = float(model.sample_rate)
+        self.spike_samples = np.asarray(model.spike_samples, dtype=np.int64)
+        self.spike_clusters = np.asarray(model.spike_clusters, dtype=np.int64)
+        self.n_spikes = len(self.spike_samples)
+        self.n_channels = int(model.n_channels)
+        self.n_features_per_channel = int(getattr(model, "n_features_per_channel", 0) or 0)
+        duration = getattr(model, "duration", None)
+        if not duration:
+            duration = (self.spike_samples[-1] + 1) / self.sample_rate if self.n_spikes else 0.0
+        self.duration_s = float(duration)
+        order = np.argsort(self.spike_clusters, kind="stable")
+        ids, starts = np.unique(self.spike_clusters[order], return_index=True)
+        self.cluster_ids = ids
+        self.spikes_per_cluster = dict(zip(ids.tolist(), np.split(order, starts[1:])))
+        self._index = {int(c): i for i, c in enumerate(ids)}
+        self.n_before = int(round(waveform_ms[0] * self.sample_rate / 1000))
+        self.n_after = int(round(waveform_ms[1] * self.sample_rate / 1000))
+        self.traces = getattr(model, "traces", None)
+        self._scan_masks()
+        self._noise = None
+        self._basis = None
+
+    # -- the pass over masks and features ---------------------------------------------
+
+    def _scan_masks(self) -> None:
+        """Mean masks and features per cluster; the spikes unmasked on each channel."""
+        n_clusters, nc, nfpc = len(self.cluster_ids), self.n_channels, self.n_features_per_channel
+        mask_sums = np.zeros((n_clusters, nc))
+        feature_sums = np.zeros((n_clusters, nc * nfpc))
+        rows, cols = [], []
+        cluster_rows = np.searchsorted(self.cluster_ids, self.spike_clusters)
+        for start in range(0, self.n_spikes, BLOCK_SPIKES):
+            stop = min(start + BLOCK_SPIKES, self.n_spikes)
+            masks = np.asarray(self.model.masks[start:stop], dtype=np.float64)
+            k = cluster_rows[start:stop]
+            _add_by_row(mask_sums, k, masks)
+            if nfpc:
+                features = np.asarray(self.model.features[start:stop], dtype=np.float64)
+                _add_by_row(feature_sums, k, features)
+            spike, channel = np.nonzero(masks > 0)
+            rows.append(spike + start)
+            cols.append(channel)
+        counts = np.bincount(cluster_rows, minlength=n_clusters).astype(np.float64)
+        counts = np.maximum(counts, 1.0)[:, None]
+        self.mean_masks = mask_sums / counts
+        self.mean_features = feature_sums / counts
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        order = np.argsort(cols, kind="stable")
+        self._channel_spikes = np.split(rows[order], np.searchsorted(cols[order],
+                                                                     np.arange(1, nc)))
+
+    def channel_strength(self, cluster_id: int) -> np.ndarray:
+        """How strongly a cluster is seen on each channel, ``(n_channels,)``.
+
+        The norm of its mean features on the channel times its mean mask there
+        (phy's masked amplitude); without features, its templates' peak on the
+        channel (weighted by the spikes' template use) times the mean mask;
+        else the mean mask.
+        """
+        i = self._index[int(cluster_id)]
+        masks = self.mean_masks[i]
+        nfpc = self.n_features_per_channel
+        if nfpc:
+            norm = np.linalg.norm(self.mean_features[i].reshape(-1, nfpc), axis=1)
+            return norm * masks
+        templates = getattr(self.model, "templates", None)
+        spike_templates = getattr(self.model, "spike_templates", None)
+        if templates is not None and spike_templates is not None:
+            used = np.bincount(np.asarray(spike_templates)[self.spikes_per_cluster[cluster_id]],
+                               minlength=len(templates))
+            peaks = np.zeros(self.n_channels)
+            for t in np.nonzero(used)[0]:
+                peaks += used[t] * np.abs(np.asarray(templates[t], dtype=np.float64)).max(axis=0)
+            return peaks / used.sum() * np.maximum(masks, 1e-3)
+        return masks
+
+    def principal_channels(self, cluster_id: int, n: int) -> np.ndarray:
+        """The `n` channels where a cluster is strongest, strongest first."""
+        strength = self.channel_strength(cluster_id)
+        return np.argsort(-strength, kind="stable")[:n]
+
+    def spikes_near(self, channels) -> np.ndarray:
+        """Sorted ids of the spikes whose mask is non-zero on any of `channels`."""
+        parts = [self._channel_spikes[int(c)] for c in channels]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    # -- per-spike data -----------------------------------------------------------------
+
+    def features(self, spike_ids, channels) -> np.ndarray:
+        """Features of `spike_ids` on `channels`, channel-major.
+
+        Shape ``(n, len(channels) * n_features_per_channel)``.
+        """
+        nfpc = self.n_features_per_channel
+        spike_ids = np.asarray(spike_ids, dtype=np.int64)
+        columns = (np.asarray(channels)[:, None] * nfpc + np.arange(nfpc)).ravel()
+        fm = getattr(self.model, "features_masks", None)
+        if isinstance(fm, np.ndarray) and fm.ndim == 3:
+            # A memory map of the .kwx: gather only these columns (a few pages per spike).
+            return np.asarray(fm[spike_ids[:, None], columns[None, :], 0], dtype=np.float64)
+        out = np.empty((len(spike_ids), len(columns)))
+        for start in range(0, len(spike_ids), BLOCK_SPIKES):
+            block = np.asarray(self.model.features[spike_ids[start:start + BLOCK_SPIKES]])
+            out[start:start + len(block)] = block[:, columns]
+        return out
+
+    def template_amplitudes(self, spike_ids) -> np.ndarray | None:
+        """The sorter's per-spike amplitudes (template scaling), or None if it has none."""
+        amplitudes = getattr(self.model, "amplitudes", None)
+        if amplitudes is None:
+            return None
+        values = np.asarray(amplitudes[np.asarray(spike_ids, dtype=np.int64)], dtype=np.float64)
+        # A template directory without amplitudes.npy reads as ones: no information.
+        return None if np.all(values == 1.0) else values
+
+    @property
+    def has_traces(self) -> bool:
+        return self.traces is not None
+
+    def waveforms(self, spike_ids, channels) -> np.ndarray:
+        """Band-passed windows ``(n, n_before + n_after, len(channels))`` (float64)."""
+        from scipy.signal import sosfiltfilt
+
+        sos, margin = _bandpass(self.sample_rate)
+        traces, columns = _columns(self.traces, np.asarray(channels, dtype=np.int64))
+        windows = SpikeWindows(traces, self.spike_samples, self.n_before, self.n_after,
+                               channels=columns,
+                               filter=lambda x: sosfiltfilt(sos, x, axis=-2), margin=margin)
+        return np.asarray(windows[np.asarray(spike_ids, dtype=np.int64)], dtype=np.float64)
+
+    def waveform_basis(self, n_pcs: int, n_spikes: int = 2000) -> np.ndarray:
+        """Principal components of the band-passed waveforms, ``(n_samples, n_pcs)``.
+
+        Computed once, on up to `n_spikes` spikes taken at regular intervals,
+        each on the principal channel of its cluster.
+        """
+        if self._basis is None or self._basis.shape[1] < n_pcs:
+            ids = np.unique(np.linspace(0, self.n_spikes - 1, min(n_spikes, self.n_spikes))
+                            .astype(np.int64))
+            peak = {int(c): int(self.principal_channels(c, 1)[0]) for c in self.cluster_ids}
+            channels = np.array([peak[int(c)] for c in self.spike_clusters[ids]])
+            rows = []
+            for channel in np.unique(channels):
+                rows.append(self.waveforms(ids[channels == channel], [channel])[:, :, 0])
+            x = np.concatenate(rows)
+            # Eigenvectors of the small (n_samples, n_samples) covariance, largest first.
+            _, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+            self._basis = vectors[:, ::-1][:, :n_pcs].copy()
+        return self._basis[:, :n_pcs]
+
+    def noise_std(self) -> np.ndarray | None:
+        """Noise std of each channel of the band-passed traces (None without traces)."""
+        if self.traces is None:
+            return None
+        if self._noise is None:
+            from scipy.signal import sosfiltfilt
+
+            from .metrics import noise_std
+
+            sos, margin = _bandpass(self.sample_rate)
+            n_samples = int(self.traces.shape[0])
+            length = min(int(NOISE_EXCERPT_S * self.sample_rate), n_samples)
+            starts = np.unique(np.linspace(0, max(n_samples - length, 0), NOISE_EXCERPTS)
+                               .astype(np.int64))
+            estimates = []
+            for start in starts:
+                lo, hi = max(int(start) - margin, 0), min(int(start) + length + margin, n_samples)
+                chunk = sosfiltfilt(sos, np.asarray(self.traces[lo:hi], dtype=np.float64), axis=0)
+                estimates.append(noise_std(chunk[start - lo:start - lo + length]))
+            self._noise = np.median(estimates, axis=0)
+        return self._noise
