@@ -18,7 +18,9 @@ is that run's. Printed columns:
   interpreter start-up and imports of the parent).
 - ``x RT``: recording seconds per wall-clock second.
 - ``fixed s``: the part of ``wall s`` that does not grow with the recording
-  (`detect`'s ``timings``: setup, thresholds and PCA excerpt passes).
+  (`detect`'s ``timings``: setup, thresholds and PCA excerpt passes), then
+  ``(setup thr pca)``: those three. Setup ends before the workers are ready:
+  the rest of their start-up falls in the thresholds' pass.
 - ``pass x RT``: recording seconds per second of the pass over the recording
   (``timings['chunks']``), the throughput a long recording tends to.
 - ``kwx s``: copying the features into the ``.kwx`` after the pass.
@@ -122,6 +124,7 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
                   rss_worker=rss_worker, anon_worker=tree.max_anon_kb / 1024,
                   n_workers=n_workers, channels=n_channels, cpu=cpu,
                   fixed=timings["setup"] + timings["thresholds"] + timings["pca"],
+                  setup=timings["setup"], thresholds=timings["thresholds"], pca=timings["pca"],
                   chunks=timings["chunks"], kwik_s=timings["kwik"],
                   kwx_mb=Path(kwik).with_suffix(".kwx").stat().st_size / 2**20)
     if evaluate:
@@ -193,7 +196,11 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
         runner.detect(prm, output_dir=out_dir, executor=capture, overwrite=True)
     except _Captured:
         pass
-    setup, _ = capture.jobs[0]
+    from dataclasses import replace
+
+    # The main pass's setup (its first jobs may only compute features of spikes found by
+    # the PCA excerpts: time the whole detection here).
+    setup = replace(capture.jobs[0][0], task="detect")
     chunk = capture.jobs[len(capture.jobs) // 2][1]  # a chunk with two neighbours
     traces = worker._traces(setup.prm_path)
     times: dict[str, list[float]] = {}
@@ -245,7 +252,8 @@ def run_stages(prm: Path, out_dir: Path, repeat: int) -> dict:
 # -- Tables ----------------------------------------------------------------------------
 
 HEADER = (f"{'probe':<13} {'channels':>8} {'duration s':>10} {'spikes':>7} {'wall s':>7} "
-          f"{'x RT':>6} {'fixed s':>7} {'pass x RT':>9} {'kwx s':>5} {'CPU s':>6} "
+          f"{'x RT':>6} {'fixed s':>7} {'(setup':>6} {'thr':>5} {'pca)':>5} {'pass x RT':>9} "
+          f"{'kwx s':>5} {'CPU s':>6} "
           f"{'RSS parent MB':>13} {'RSS worker MB':>13} {'(anon)':>6} "
           f"{'units snr>=5':>12} "
           f"{'recall mean':>11} {'recall min':>10} {'pooled':>6} {'false':>6} "
@@ -258,6 +266,7 @@ def row(probe: str, duration: float, r: dict) -> str:
 
     return (f"{probe:<13} {r['channels']:>8} {duration:>10g} {r['spikes']:>7} "
             f"{r['wall']:>7.2f} {duration / r['wall']:>6.1f} {r['fixed']:>7.2f} "
+            f"{r['setup']:>6.2f} {r['thresholds']:>5.2f} {r['pca']:>5.2f} "
             f"{duration / r['chunks']:>9.1f} {r['kwik_s']:>5.2f} {r['cpu']:>6.1f} "
             f"{r['rss_parent']:>13.0f} "
             f"{r['rss_worker']:>13.0f} {r['anon_worker']:>6.0f} {r.get('n_good', '-'):>12} "

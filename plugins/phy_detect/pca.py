@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from phy_core.descriptors import Stage
 from phy_core.errors import PhyError
@@ -136,6 +136,28 @@ def _moments_pairs(values, channels, n_channels):
     return count, s1, s2
 
 
+@njit(cache=True, parallel=True)
+def _moments_pairs_parallel(values, order, starts, n_channels):
+    """`_moments_pairs`, channels in parallel: channel c's pairs are ``order[starts[c]:
+    starts[c + 1]]`` (in their original order: the same sums, bit for bit)."""
+    n_s = values.shape[1]
+    count = np.zeros(n_channels)
+    s1 = np.zeros((n_channels, n_s))
+    s2 = np.zeros((n_channels, n_s, n_s))
+    for c in prange(n_channels):
+        x = np.empty(n_s)
+        for j in range(starts[c], starts[c + 1]):
+            k = order[j]
+            for a in range(n_s):
+                x[a] = values[k, a]
+            count[c] += 1
+            for a in range(n_s):
+                s1[c, a] += x[a]
+                for b in range(a + 1):
+                    s2[c, a, b] += x[a] * x[b]
+    return count, s1, s2
+
+
 @dataclass
 class PCAStatistics:
     """What `compute_pcs` needs from a batch of spikes: additive (``a + b``).
@@ -180,6 +202,10 @@ def compute_statistics(waveforms: np.ndarray,
     return PCAStatistics(int(n_spikes), count, s1, s2)
 
 
+#: From this many pairs on, `statistics_from_pairs` sums the channels in parallel.
+_PARALLEL_MIN_PAIRS = 100_000
+
+
 def statistics_from_pairs(values: np.ndarray, channels: np.ndarray, n_channels: int,
                           n_spikes: int) -> PCAStatistics:
     """The `PCAStatistics` of spikes given by their unmasked (spike, channel) pairs only.
@@ -196,7 +222,13 @@ def statistics_from_pairs(values: np.ndarray, channels: np.ndarray, n_channels: 
                        f"{values.shape} and {channels.shape}.")
     if len(channels) and (channels.min() < 0 or channels.max() >= n_channels):
         raise PCAError(f"PCA: pair channels must be in 0..{n_channels - 1}.")
-    count, s1, s2 = _moments_pairs(values, channels, int(n_channels))
+    if len(channels) < _PARALLEL_MIN_PAIRS:
+        count, s1, s2 = _moments_pairs(values, channels, int(n_channels))
+    else:
+        # Many pairs (the runner's fit: ~1M at 1024 channels): channels on all cores.
+        order = np.argsort(channels, kind="stable")
+        starts = np.searchsorted(channels[order], np.arange(int(n_channels) + 1))
+        count, s1, s2 = _moments_pairs_parallel(values, order, starts, int(n_channels))
     return PCAStatistics(int(n_spikes), count, s1, s2)
 
 

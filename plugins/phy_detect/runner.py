@@ -4,8 +4,9 @@ For each channel group of the probe:
 
 1. *Thresholds* from filtered excerpts spread through the recording: the
    workers filter the excerpts (those of `compute_threshold_from_traces`,
-   shortened to its memory bound) and send back ``|filtered|``; the parent
-   takes the medians in place. Same values, same thresholds.
+   shortened to its memory bound) and send back what the exact medians of
+   ``|filtered|`` need (two rounds: each excerpt's middle values, then its
+   values inside the merged bracket). Same values, same thresholds.
 2. *PCA*: spikes detected in excerpts spread through the recording give the
    waveforms the principal components are fitted on. The workers send only
    the waveforms of the unmasked (spike, channel) pairs, which is all the
@@ -19,6 +20,8 @@ For each channel group of the probe:
    size); their features and masks are written, in the ``.kwx`` layout, straight
    into the ``.kwx`` as results arrive (`phy_kwik.kwx_rows`: no copy at the
    end), so memory does not grow with the recording.
+   A chunk that was also a PCA excerpt (a recording that the excerpts tile)
+   keeps the spikes and masks found then: its job only computes the features.
    Workers read a chunk once, as float32 (columns selected on the raw data
    only when the group is not all the file's columns in order), filter it in
    place, and drop the memory-mapped file pages they read (`release_pages`),
@@ -53,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from phy_core.atomic import fsync_directory, fsync_file
+from phy_core.bunch import Bunch
 from phy_core.errors import PhyError
 from phy_core.progress import ProgressReporter
 
@@ -281,6 +285,8 @@ def _file_starts(traces) -> np.ndarray:
 
 #: `compute_threshold_from_traces`'s default bound on the values kept for the median.
 THRESHOLD_MAX_VALUES = 2**26
+#: Jobs of the threshold excerpts (each round), a few excerpts each.
+THRESHOLD_JOBS = 16
 
 
 def _threshold_excerpts(n_samples: int, n_excerpts: int, size: int, n_channels: int,
@@ -297,79 +303,126 @@ def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
                        rate: float) -> np.ndarray:
     """Thresholds as `compute_threshold_from_traces`, the excerpts filtered in the workers.
 
-    Each job returns its excerpt's ``|filtered|`` values (channel-major); the
-    parent packs them into one ``(n_channels, n_values)`` float32 array (at
-    most `THRESHOLD_MAX_VALUES` values, as in `compute_threshold_from_traces`)
-    and takes the medians in place: the same values, hence the same medians.
+    The same excerpts and the same medians of ``|filtered|`` (bit for bit),
+    without sending every value to this process (at 1024 channels, 256 MB
+    pickled, then a median over 2**26 values here): each excerpt first
+    reports its lower and upper middle values (`threshold.median_bracket`),
+    then, filtered again, only how many of its values fall below the merged
+    bracket and those inside it (`threshold.values_in_bracket`); the exact
+    medians follow (`threshold.medians_from_parts`).
     """
-    from .threshold import _MAD_TO_STD, _std_factors
+    from .threshold import _MAD_TO_STD, _std_factors, medians_from_parts, merge_brackets
 
     ranges = _threshold_excerpts(n_samples, int(sd["n_excerpts"]),
                                  int(round(float(sd["excerpt_size_seconds"]) * rate)),
                                  len(setup.channels), setup.filter)
-    jobs = [(setup, Chunk(i, a, b, a, b)) for i, (a, b) in enumerate(ranges)]
-    values = np.empty((len(setup.channels), sum(b - a for a, b in ranges)), dtype=np.float32)
-    pos = 0
-    for part in executor.imap(run_job, jobs):
-        values[:, pos:pos + part.shape[1]] = part
-        pos += part.shape[1]
+    single = bool(sd["use_single_threshold"])
+    chunks = [Chunk(i, a, b, a, b) for i, (a, b) in enumerate(ranges)]
+    # A few excerpts per job (small jobs: fewer round trips), each job's in a list.
+    batches = [chunks[i::THRESHOLD_JOBS] for i in range(min(THRESHOLD_JOBS, len(chunks)))]
+    setup = replace(setup, task="threshold", single_threshold=single)
+    bracket = merge_brackets(part for results in executor.imap(
+        run_job, [(setup, *batch) for batch in batches]) for part in results)
+    setup = replace(setup, task="threshold_values", threshold_bracket=bracket)
+    parts = (part for results in executor.imap(run_job, [(setup, *batch) for batch in batches])
+             for part in results)
+    n_values = sum(b - a for a, b in ranges) * (len(setup.channels) if single else 1)
+    median = medians_from_parts(n_values, parts)
     factors = _std_factors((float(sd["threshold_weak_std_factor"]),
                             float(sd["threshold_strong_std_factor"])))
-    if bool(sd["use_single_threshold"]):
-        median = np.median(values, overwrite_input=True)
-        return factors * (np.float64(median) / _MAD_TO_STD)
-    median = _row_medians(values)
+    if single:
+        return factors * (np.float64(median[0]) / _MAD_TO_STD)
     std = np.asarray(median, dtype=np.float64) / _MAD_TO_STD
     return factors[:, None] * std[None, :]
 
 
-def _row_medians(values: np.ndarray) -> np.ndarray:
-    """``np.median(values, axis=1)``, rows in blocks on all cores (partitions in place).
-
-    The workers wait for the thresholds meanwhile, so the cores are free;
-    numpy's partition releases the GIL.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    n_threads = max(1, min(os.cpu_count() or 1, len(values)))
-    bounds = np.linspace(0, len(values), n_threads + 1).astype(int)
-    blocks = [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    with ThreadPoolExecutor(n_threads) as pool:
-        medians = list(pool.map(lambda v: np.median(v, axis=1, overwrite_input=True), blocks))
-    return np.concatenate(medians) if medians else np.zeros(0, dtype=values.dtype)
-
-
 def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pca: int,
-             n_channels: int) -> int:
-    """Fit the features stage on the spikes of the excerpts; the number of spikes found.
+             n_channels: int, chunks: list[Chunk]) -> tuple[int, dict]:
+    """Fit the features stage on the spikes of the excerpts.
 
     As before: the excerpts' spikes in order until `n_pca` are found, then
     `pca.subsample` of them. The workers send only the waveforms of the
     unmasked (spike, channel) pairs (a spike is seen on a few channels), so
     the parent never holds ``(n, n_samples, n_channels)`` waveforms; a stage
     without `fit_statistics` gets the full waveforms (the former path).
+
+    Returns the number of spikes found and, with the built-in extractor, the
+    detections of the excerpts that are also chunks of the main pass
+    (`chunks`), ``{(keep_start, keep_stop, load_start, load_stop): result}``
+    (pair waveforms dropped), for the main pass to reuse: those the fit used
+    and those still in flight when it had its spikes (their jobs run anyway).
     """
     from .executors import single_blas_thread
+    from .worker import _is_builtin_extractor
 
     by_pairs = hasattr(pca, "fit_statistics") and hasattr(pca, "subsample")
     # A copy: jobs may still be pickled (or, on threads, running) after the break.
     setup = replace(setup, task="pca" if by_pairs else "detect")
-    parts, n_fit = [], 0
-    results = executor.imap(run_job, [(setup, c) for c in excerpt_chunks])
+    parts, n_fit, enough = [], 0, False
+
+    def jobs():  # submitted lazily: none after the fit has its spikes
+        for chunk in excerpt_chunks:
+            if enough:
+                return
+            yield setup, chunk
+
+    results = executor.imap(run_job, jobs())
     for result in results:
         parts.append(result)
         n_fit += len(result.spike_samples)
         if n_fit >= n_pca:
+            enough = True
             break
-    if hasattr(results, "close"):
+    main_keys = {_chunk_key(c) for c in chunks}
+    reusable = by_pairs and _is_builtin_extractor(setup.extractor)
+    in_flight = excerpt_chunks[len(parts):]
+    if not (reusable and in_flight and _chunk_key(in_flight[0]) in main_keys) \
+            and hasattr(results, "close"):
         results.close()  # now: cancels the excerpt jobs not started yet
-    if n_fit == 0:
-        return 0
-    limit = contextlib.nullcontext() if getattr(executor, "runs_jobs_in_threads", False) \
-        else single_blas_thread()
-    with limit:
-        _fit(pca, parts, n_fit, n_channels, by_pairs)
-    return n_fit
+    if n_fit > 0:
+        # The jobs still in flight run meanwhile.
+        limit = contextlib.nullcontext() \
+            if getattr(executor, "runs_jobs_in_threads", False) else single_blas_thread()
+        with limit:
+            _fit(pca, parts, n_fit, n_channels, by_pairs)
+    parts += list(results)  # those in flight, if not cancelled
+    if n_fit == 0 or not reusable:
+        return n_fit, {}
+    detections = {}
+    for chunk, part in zip(excerpt_chunks, parts, strict=False):
+        if _chunk_key(chunk) in main_keys:
+            del part["pair_waveforms"]
+            detections[_chunk_key(chunk)] = part
+    return n_fit, detections
+
+
+def _chunk_key(chunk: Chunk) -> tuple[int, int, int, int]:
+    return chunk.keep_start, chunk.keep_stop, chunk.load_start, chunk.load_stop
+
+
+def _main_pass(executor, setup: GroupSetup, chunks: list[Chunk], detections: dict,
+               n_channels: int):
+    """The chunks' results (`detect_chunk`'s), in order.
+
+    A chunk that is also a PCA excerpt (same keep and load ranges: a
+    recording no longer than the excerpts tile) keeps the spikes and masks
+    found then; its job only computes their features (`features_at_times`):
+    no thresholds, flood fill or masks twice.
+    """
+    features_setup = replace(setup, task="features")
+    jobs, reused = [], []
+    for chunk in chunks:
+        part = detections.get(_chunk_key(chunk))
+        reused.append(part)
+        jobs.append((setup, chunk) if part is None
+                    else (features_setup, chunk, part.spike_times))
+    for part, result in zip(reused, executor.imap(run_job, jobs), strict=True):
+        if part is None:
+            yield result
+            continue
+        masks = np.zeros((len(part.spike_samples), n_channels), dtype=np.float32)
+        masks[part.pair_spikes, part.pair_channels] = part.pair_masks
+        yield Bunch(spike_samples=part.spike_samples, masks=masks, features=result.features)
 
 
 def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
@@ -413,11 +466,14 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
                      probe_adjacency_list=_adjacency_in_columns(probe, channels), join_size=int(
                          sd["connected_component_join_size"]),
                      thresholds={"weak": weak, "strong": strong},
-                     split_prominence=sd["split_prominence"])
+                     split_prominence=sd["split_prominence"],
+                     split_tall_peak=sd["split_tall_peak"],
+                     split_tall_prominence=float(sd["split_tall_prominence"]))
     extractor = _make(stages["extractor"], extract_before=int(sd["extract_s_before"]),
                       extract_after=int(sd["extract_s_after"]),
                       weight_power=float(sd["weight_power"]),
-                      thresholds={"weak": weak, "strong": strong})
+                      thresholds={"weak": weak, "strong": strong},
+                      centroid_fraction=sd["centroid_fraction"])
     setup = GroupSetup(str(prm.path), channels, filter_, thresholder, detector, extractor, None)
 
     # PCA on the spikes of excerpts spread through the recording.
@@ -431,7 +487,8 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
                       for i, (start, stop) in enumerate(excerpts(n_samples, int(sd["n_excerpts"]),
                                                                  size))]
     n_channels = len(channels)
-    n_fit = _fit_pca(pca, executor, setup, excerpt_chunks, n_pca, n_channels)
+    n_fit, detections = _fit_pca(pca, executor, setup, excerpt_chunks, n_pca, n_channels,
+                                 chunks)
     if n_fit == 0:
         logger.warning("Channel group %d: no spike found in the excerpts.", group)
     setup.pcs = pca
@@ -443,9 +500,8 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     samples = []
     n_pcs = int(sd["n_features_per_channel"])
     writer = creator.kwx_row_writer(n_features)
-    jobs = [(setup, chunk) for chunk in chunks]
     try:
-        for result in executor.imap(run_job, jobs):
+        for result in _main_pass(executor, setup, chunks, detections, n_channels):
             n = len(result.spike_samples)
             samples.append(result.spike_samples)
             if n:

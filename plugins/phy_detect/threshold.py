@@ -27,6 +27,10 @@ __all__ = [
     "compute_threshold",
     "compute_threshold_from_traces",
     "excerpts",
+    "median_bracket",
+    "medians_from_parts",
+    "merge_brackets",
+    "values_in_bracket",
     "STAGES",
 ]
 
@@ -192,6 +196,162 @@ def compute_threshold_from_traces(
             chunk = filter(chunk if channels is None else chunk[:, channels])
         parts.append(chunk)
     return compute_threshold(np.concatenate(parts, axis=0), single_threshold, std_factor)
+
+
+# -- Exact medians of values held by several workers ----------------------------------
+#
+# The runner's workers each filter a few excerpts (the "parts"); the medians of |filtered|
+# over all of them are found without gathering every value in one place. A value's *bin*
+# is the top bits of the float32 |x| (exponent and a few mantissa bits: bins of 1/16 or
+# 1/128 of an octave), which orders like |x|. Each part reports, per row (channel, or one
+# row of all values for a single threshold), the bins of its lower and upper middle
+# values. At least half of every part, hence of their union, is at most its upper middle
+# and at least half is at least its lower middle; so the union's middle values lie
+# between the smallest lower bin and the largest upper bin. A second look at each part
+# returns only how many of its values fall below that bracket and the values inside it
+# (a few percent of them), from which the exact middle values follow.
+
+_FLOAT32_MANTISSA_BITS = 23
+#: Bins below 2**-20 and above 2**30 are merged with their neighbours (still ordered).
+_MIN_EXPONENT, _MAX_EXPONENT = -20, 30
+
+
+def _bins(single: bool) -> tuple[int, int, int]:
+    """``(shift, first_key, n_bins)``: 1/128 octave for one row of all values, 1/16 per
+    channel (whose counts are a ``(n_bins, n_channels)`` array)."""
+    mantissa_bits = 7 if single else 4
+    first = (127 + _MIN_EXPONENT) << mantissa_bits
+    n_bins = ((_MAX_EXPONENT - _MIN_EXPONENT) << mantissa_bits) + 1
+    return _FLOAT32_MANTISSA_BITS - mantissa_bits, first, n_bins
+
+
+@njit(cache=True)
+def _middle_bins_kernel(bits, single, shift, first, n_bins, out):
+    """out[0/1, row] = the bins of the lower/upper middle |x| of each row (bits: float32)."""
+    n, nc = bits.shape
+    n_rows = 1 if single else nc
+    counts = np.zeros((n_bins, n_rows), np.int64)
+    for t in range(n):
+        for c in range(nc):
+            k = np.int64((bits[t, c] & 0x7FFFFFFF) >> shift) - first
+            k = min(max(k, 0), n_bins - 1)
+            counts[k, 0 if single else c] += 1
+    n_values = n * nc if single else n
+    lo, hi = (n_values - 1) // 2, n_values // 2
+    for r in range(n_rows):
+        seen = 0
+        out[0, r] = -1
+        for k in range(n_bins):
+            seen += counts[k, r]
+            if out[0, r] < 0 and seen > lo:
+                out[0, r] = k
+            if seen > hi:
+                out[1, r] = k
+                break
+
+
+@njit(cache=True)
+def _bracket_kernel(bits, single, shift, first, n_bins, low, high, below, values, rows):
+    """Per row: the count of bins < low (in `below`); |x| and row of those in low..high."""
+    n, nc = bits.shape
+    m = 0
+    for t in range(n):
+        for c in range(nc):
+            b = bits[t, c] & 0x7FFFFFFF
+            k = np.int64(b >> shift) - first
+            k = min(max(k, 0), n_bins - 1)
+            r = 0 if single else c
+            if k < low[r]:
+                below[r] += 1
+            elif k <= high[r]:
+                values[m] = b
+                rows[m] = r
+                m += 1
+    return m
+
+
+def _float32_bits(filtered: np.ndarray) -> np.ndarray:
+    filtered = np.ascontiguousarray(filtered, dtype=np.float32)
+    if filtered.ndim != 2 or filtered.size == 0:
+        raise ThresholdError(f"Threshold excerpts must be non-empty (n_samples, n_channels) "
+                             f"arrays, got shape {filtered.shape}.")
+    return filtered.view(np.uint32)
+
+
+def median_bracket(filtered: np.ndarray, single: bool) -> np.ndarray:
+    """The bins ``(2, rows)`` of the lower and upper middle |x| of a part's rows.
+
+    `filtered` is ``(n_samples, n_channels)``; rows are its channels, or one
+    row of all its values when `single`.
+    """
+    bits = _float32_bits(filtered)
+    out = np.zeros((2, 1 if single else bits.shape[1]), dtype=np.int64)
+    _middle_bins_kernel(bits, bool(single), *_bins(single), out)
+    return out
+
+
+def merge_brackets(brackets) -> np.ndarray:
+    """The bracket ``(2, rows)`` of the union of parts, from each part's `median_bracket`."""
+    brackets = np.asarray(list(brackets))
+    return np.stack([brackets[:, 0].min(axis=0), brackets[:, 1].max(axis=0)])
+
+
+def values_in_bracket(filtered: np.ndarray, single: bool, bracket: np.ndarray):
+    """What a part says about its |x| relative to a bracket of bins ``(2, rows)``.
+
+    Returns ``(below, values, rows)``: per row, how many values fall in bins
+    below the bracket (int64); the |x| (float32) within it and their rows
+    (int32), in the part's order.
+    """
+    bits = _float32_bits(filtered)
+    bracket = np.asarray(bracket, dtype=np.int64)
+    below = np.zeros(bracket.shape[1], dtype=np.int64)
+    values = np.empty(bits.size, dtype=np.uint32)
+    rows = np.empty(bits.size, dtype=np.int32)
+    m = _bracket_kernel(bits, bool(single), *_bins(single), bracket[0], bracket[1], below,
+                        values, rows)
+    return below, values[:m].view(np.float32).copy(), rows[:m].copy()
+
+
+@njit(cache=True)
+def _group_by_row(values, rows, starts):
+    """`values` reordered row by row (a counting sort: `starts` from the row counts)."""
+    out = np.empty_like(values)
+    position = starts[:-1].copy()
+    for i in range(len(values)):
+        r = rows[i]
+        out[position[r]] = values[i]
+        position[r] += 1
+    return out
+
+
+def medians_from_parts(n_values: int, parts) -> np.ndarray:
+    """Per-row medians of the union of parts, equal to ``np.median`` of their |x|.
+
+    `n_values` is the number of values per row in all parts together;
+    `parts` are the `values_in_bracket` of each part for the bracket that
+    `merge_brackets` gave. For an even count, the mean of the two middle
+    values is taken in float32, as `np.median` does.
+    """
+    parts = list(parts)
+    below = sum(p[0] for p in parts)
+    values = np.concatenate([p[1] for p in parts])
+    rows = np.concatenate([p[2] for p in parts])
+    starts = np.zeros(len(below) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(below)), out=starts[1:])
+    if len(below) > 1:
+        values = _group_by_row(values, rows, starts)
+    lo, hi = (n_values - 1) // 2, n_values // 2  # the middle order statistics
+    medians = np.empty(len(below), dtype=np.float32)
+    for r in range(len(below)):
+        segment = values[starts[r]:starts[r + 1]]
+        k = np.array([lo, hi]) - below[r]
+        if k[0] < 0 or k[1] >= len(segment):
+            raise ThresholdError("medians_from_parts: the bracket does not hold the median "
+                                 "(parts inconsistent with their brackets).")
+        middle = np.partition(segment, k)[k]
+        medians[r] = np.mean(middle, dtype=np.float32) if lo != hi else middle[0]
+    return medians
 
 
 class Thresholder:

@@ -26,7 +26,10 @@ class GroupSetup:
 
     `task` says what a job returns: ``'detect'`` (features once `pcs` is set,
     else full waveforms), ``'pca'`` (the unmasked (spike, channel) pairs' waveforms
-    for the PCA fit) or ``'threshold'`` (the |filtered| excerpt for the MAD).
+    for the PCA fit), ``'features'`` (`features_at_times`: the features of spikes
+    found by a ``'pca'`` job), ``'threshold'`` (the `median_bracket` of an excerpt's
+    |filtered| values) or ``'threshold_values'`` (its `values_in_bracket` for
+    `threshold_bracket`). `single_threshold`: one median over all channels.
     """
 
     prm_path: str
@@ -37,12 +40,16 @@ class GroupSetup:
     extractor: Any
     pcs: Any  # the fitted features stage, or None while fitting
     task: str = "detect"
+    single_threshold: bool = True
+    threshold_bracket: np.ndarray | None = None  # (2, rows), for 'threshold_values'
 
 
 #: Tuning arguments a stage factory receives only if its signature names them (or takes
 #: ``**kwargs``), so that a lab's stage written before they existed keeps working.
 OPTIONAL_STAGE_ARGUMENTS = {"filter": ("precision",),
-                            "detector": ("thresholds", "split_prominence")}
+                            "detector": ("thresholds", "split_prominence", "split_tall_peak",
+                                         "split_tall_prominence"),
+                            "extractor": ("centroid_fraction",)}
 
 
 def make_stage(factory, kind: str, arguments: dict):
@@ -153,11 +160,10 @@ class _GroupTraces:
 
 
 def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
-    """``|filtered|`` of one threshold excerpt, ``(n_channels, n_samples)`` float32.
+    """One threshold excerpt, filtered: ``(n_samples, n_channels)`` float32.
 
     The same values as `compute_threshold_from_traces` filters (the filter's
-    `filter_chunk`, with its margins), channel-major so the parent can pack
-    them for per-channel medians without another transpose.
+    `filter_chunk`, with its margins).
     """
     traces = _traces(setup.prm_path)
     f = setup.filter
@@ -167,7 +173,7 @@ def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
     else:
         data = f(read_float32(traces, chunk.keep_start, chunk.keep_stop, setup.channels))
     release_pages(traces)
-    return np.abs(np.asarray(data, dtype=np.float32).T)
+    return np.ascontiguousarray(data, dtype=np.float32)
 
 
 def _rows(keep: np.ndarray, order: np.ndarray):
@@ -208,19 +214,77 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
     if setup.task == "pca":
         spikes, channels = np.nonzero(masks > 0)
         all_rows = np.arange(len(samples))[rows]
-        out.pair_spikes = spikes.astype(np.int64)
-        out.pair_channels = channels.astype(np.int64)
+        out.pair_spikes = spikes.astype(np.int32)  # half the bytes of int64 to send
+        out.pair_channels = channels.astype(np.int32)
+        # With the spikes' times in the chunk, the main pass can reuse this detection
+        # (`features_at_times`): the masks are nonzero exactly on the pairs.
+        out.pair_masks = masks[spikes, channels].astype(np.float32)
+        out.spike_times = np.asarray(extracted.spike_samples[rows], dtype=np.float64)
         out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
                                         dtype=np.float32)
         return out
     out.masks = np.array(masks, dtype=np.float32)
-    waveforms = extracted.waveforms[rows]
     if setup.pcs is None:
-        out.waveforms = np.array(waveforms)
+        out.waveforms = np.array(extracted.waveforms[rows])
     else:
-        features = setup.pcs.transform(waveforms)  # (n, C, n_pcs)
+        features = _transform_rows(setup.pcs, extracted.waveforms, rows)  # (n, C, n_pcs)
         out.features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(masks), -1)
     return out
+
+
+def _transform_rows(pcs, waveforms: np.ndarray, rows):
+    """``pcs.transform(waveforms[rows])``, for the built-in PCA without copying waveforms.
+
+    The kept spikes' rows are nearly contiguous, but not in time order, so
+    ``waveforms[rows]`` copied ~90 MB per 1024-channel chunk (~128 kB a
+    spike). The built-in PCA projects each spike on its own, so the block of
+    rows that holds them is projected (a view) and the features are picked:
+    the same values, a tenth of the bytes moved.
+    """
+    from .pca import PCA
+
+    if isinstance(rows, slice) or type(pcs) is not PCA or len(rows) == 0:
+        return pcs.transform(waveforms[rows])
+    first, stop = int(rows.min()), int(rows.max()) + 1
+    if stop - first > 2 * len(rows):  # far apart: copying the few is cheaper
+        return pcs.transform(waveforms[rows])
+    return pcs.transform(waveforms[first:stop])[rows - first]
+
+
+def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray) -> Bunch:
+    """The features of spikes already detected in a chunk, at their times in the chunk.
+
+    For a chunk whose spikes the PCA excerpt pass found (`spike_times`, as
+    `detect_chunk` returned them with ``task='pca'``): read and filter the
+    chunk as `detect_chunk` does, then extract the waveforms at those times
+    with the built-in extractor's kernel and project them: the same features,
+    without thresholds, flood fill and masks again. Returns ``features``
+    ``(n, C * n_pcs)`` float32.
+    """
+    from .waveform import _masks_waveforms_kernel
+
+    traces = _traces(setup.prm_path)
+    shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
+    data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
+                        out=_chunk_buffer(shape))
+    release_pages(traces)
+    data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    extractor = setup.extractor
+    n, n_channels = len(spike_times), data.shape[1]
+    waveforms = _waveform_buffer((max(n, 1), extractor.n_samples_waveforms, n_channels))[:n]
+    # One point per spike: the kernel's masks (discarded) need one; the waveform comes
+    # from the time alone, aligned exactly as in `WaveformExtractor.extract_all`.
+    times = np.ascontiguousarray(spike_times, dtype=np.float64)
+    points = np.zeros((n, 2), dtype=np.int64)
+    points[:, 0] = np.floor(times)
+    weak, strong = extractor._threshold_arrays(n_channels)
+    _masks_waveforms_kernel(points, np.arange(n + 1, dtype=np.int64),
+                            np.arange(n, dtype=np.int64), times, data, data, weak, strong,
+                            extractor._extract_before, extractor._extract_after,
+                            np.zeros((n, n_channels), dtype=np.float32), waveforms)
+    features = setup.pcs.transform(waveforms)  # (n, C, n_pcs)
+    return Bunch(features=np.ascontiguousarray(features, dtype=np.float32).reshape(n, -1))
 
 
 def _crossing_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -283,10 +347,31 @@ def _accepts_out(filter_) -> bool:
     return isinstance(filter_, Filter)
 
 
-def run_job(job: tuple[GroupSetup, Chunk]):
-    setup, chunk = job
+def threshold_job(setup: GroupSetup, chunk: Chunk):
+    """An excerpt's part in the exact medians of |filtered| (see `threshold.median_bracket`).
+
+    Rows are the channels, or one row of all the values for a single
+    threshold. Small results: two values per row, then the few values inside
+    the bracket; the excerpt is filtered again for the second look (cheaper
+    than sending every value, and the same values).
+    """
+    from .threshold import median_bracket, values_in_bracket
+
+    filtered = threshold_excerpt(setup, chunk)
     if setup.task == "threshold":
-        return threshold_excerpt(setup, chunk)
+        return median_bracket(filtered, setup.single_threshold)
+    return values_in_bracket(filtered, setup.single_threshold, setup.threshold_bracket)
+
+
+def run_job(job: tuple):
+    """Run one job: ``(setup, chunk)``; ``(setup, chunk, spike_times)`` for the
+    ``'features'`` task (`features_at_times`); ``(setup, *excerpts)`` for the
+    threshold tasks (a list of `threshold_job` results)."""
+    setup, chunk, *extra = job
+    if setup.task in ("threshold", "threshold_values"):
+        return [threshold_job(setup, c) for c in (chunk, *extra)]
+    if setup.task == "features":
+        return features_at_times(setup, chunk, *extra)
     return detect_chunk(setup, chunk)
 
 
@@ -350,6 +435,10 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
     filter_ = made["filter"]
     if hasattr(filter_, "filter_chunk"):  # the threshold excerpts' path
         filter_.filter_chunk(_GroupTraces(raw, columns), 1000, 3000)
+    from .threshold import median_bracket, values_in_bracket
+
+    for single in (True, False):  # the kernels of the exact medians
+        values_in_bracket(raw[:100], single, median_bracket(raw[:100], single))
     setup = GroupSetup("", columns, filter_, made.get("threshold"), made.get("detector"),
                        made.get("extractor"), None)
     if setup.thresholder is not None and setup.detector is not None \

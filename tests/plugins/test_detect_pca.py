@@ -155,8 +155,13 @@ def test_fit_statistics_equals_fit(p):
         PCA(3, pca_n_waveforms_max=200, seed=4).fit(waveforms, masks))
 
 
-def test_statistics_from_pairs_equal_the_sparse_moments():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_statistics_from_pairs_equal_the_sparse_moments(parallel, monkeypatch):
+    from phy_detect import pca as pca_module
     from phy_detect.pca import compute_statistics, statistics_from_pairs
+
+    # The parallel kernel (channels on all cores) must give the same sums, bit for bit.
+    monkeypatch.setattr(pca_module, "_PARALLEL_MIN_PAIRS", 0 if parallel else 10**9)
 
     waveforms, _ = _synthetic(n_spikes=300, n_channels=20, seed=9)
     masks = _sparse_masks(300, 20, p=0.1, seed=10)

@@ -332,3 +332,71 @@ def test_optional_stage_arguments_reach_only_the_factories_that_take_them():
     # Required arguments are always passed: a factory missing one fails loudly.
     with pytest.raises(TypeError):
         make_stage(lambda rate: None, "filter", arguments)
+
+
+def test_main_pass_reuses_the_pca_excerpts_detections(reference, recording, tmp_path,
+                                                      monkeypatch):
+    # 4 s recorded, 1 s excerpts and chunks: every chunk was a PCA excerpt, so the main
+    # pass only computes features there. Same spikes, masks and features as detecting
+    # every chunk again (`reference` reused too: compare with a run that cannot).
+    from phy_detect import runner, worker
+
+    reused = []
+    features_at_times = worker.features_at_times
+    monkeypatch.setattr(worker, "features_at_times",
+                        lambda setup, chunk, times: reused.append(chunk.index)
+                        or features_at_times(setup, chunk, times))
+    model = KwikModel(_run(recording, tmp_path / "a", chunk_size_s=1.0))
+    assert reused == [0, 1, 2, 3]
+    fit_pca = runner._fit_pca
+    monkeypatch.setattr(runner, "_fit_pca", lambda *args: (fit_pca(*args)[0], {}))
+    again = KwikModel(_run(recording, tmp_path / "b", chunk_size_s=1.0))
+    assert reused == [0, 1, 2, 3]
+    for m in (model, reference):
+        np.testing.assert_array_equal(m.spike_samples_fractional, again.spike_samples_fractional)
+        np.testing.assert_array_equal(np.asarray(m.masks[:]), np.asarray(again.masks[:]))
+        np.testing.assert_array_equal(np.asarray(m.features[:]), np.asarray(again.features[:]))
+
+
+def test_excerpts_in_flight_when_the_fit_has_its_spikes_are_reused(recording, tmp_path,
+                                                                   monkeypatch):
+    # 60 spikes suffice for the fit: the first excerpts have them. In this process
+    # (serial) no other excerpt ran; with worker processes, the excerpts already in
+    # flight finish and the main pass reuses them. The fit, hence every feature, is the
+    # same.
+    from phy_detect import runner
+
+    prm = (recording / "rec.prm").read_text().replace("'rec.", f"'{recording}/rec.")
+    (tmp_path / "rec.prm").write_text(prm.replace("pca_n_waveforms_max=10000",
+                                                  "pca_n_waveforms_max=60"))
+    reused = []
+    fit_pca = runner._fit_pca
+    monkeypatch.setattr(runner, "_fit_pca",
+                        lambda *args: reused.append((out := fit_pca(*args))[1]) or out)
+    serial = KwikModel(_run(tmp_path, tmp_path / "s", chunk_size_s=1.0))
+    executor = make_executor("processes", n_workers=2)
+    try:
+        processes = KwikModel(_run(tmp_path, tmp_path / "p", executor=executor,
+                                   chunk_size_s=1.0))
+    finally:
+        executor.close()
+    assert len(reused[0]) < 4 and len(reused[1]) == 4
+    np.testing.assert_array_equal(serial.spike_samples_fractional,
+                                  processes.spike_samples_fractional)
+    np.testing.assert_array_equal(np.asarray(serial.masks[:]), np.asarray(processes.masks[:]))
+    np.testing.assert_array_equal(np.asarray(serial.features[:]),
+                                  np.asarray(processes.features[:]))
+
+
+def test_transform_rows_equals_the_transform_of_the_rows():
+    from phy_detect.pca import PCA
+    from phy_detect.worker import _transform_rows
+
+    rng = np.random.default_rng(2)
+    waveforms = rng.standard_normal((40, 12, 5)).astype(np.float32)
+    pca = PCA(3)
+    pca.fit(waveforms)
+    for rows in (np.array([3, 2, 4, 5, 7, 6]), np.array([0, 39]), slice(4, 9),
+                 np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(_transform_rows(pca, waveforms, rows),
+                                      pca.transform(waveforms[rows]))

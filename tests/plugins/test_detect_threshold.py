@@ -233,3 +233,61 @@ def test_transform_detect_equals_the_separate_steps(mode, n_samples, n_channels,
     # Other dtypes take the separate steps (same values).
     got = thresholder.transform_detect(data.astype(np.float64))
     np.testing.assert_array_equal(got[2], thresholder.detect(data_t.astype(np.float64), "strong"))
+
+
+def _parts_medians(parts, single):
+    """The exact medians of |parts| through their brackets, as the runner's workers do."""
+    from phy_detect.threshold import (
+        median_bracket,
+        medians_from_parts,
+        merge_brackets,
+        values_in_bracket,
+    )
+
+    bracket = merge_brackets([median_bracket(p, single) for p in parts])
+    n_values = sum(p.size if single else len(p) for p in parts)
+    return medians_from_parts(n_values, [values_in_bracket(p, single, bracket) for p in parts])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.integers(1, 5),
+       st.sampled_from(["normal", "ties", "zeros", "extremes", "drift"]), st.booleans(),
+       st.integers(0, 2**16))
+def test_medians_from_parts_equal_np_median(sizes, n_channels, kind, single, seed):
+    # Parts of any size (even and odd totals), ties, dead channels, values beyond the
+    # binned range (below 2**-20, above 2**30), and parts with very different levels.
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, n in enumerate(sizes):
+        x = rng.normal(0, 30, (n, n_channels))
+        if kind == "ties":
+            x = np.round(x / 20) * 20
+        elif kind == "zeros":
+            x[:, 0] = 0
+        elif kind == "extremes":
+            x *= rng.choice([1e-9, 1.0, 1e12], size=x.shape)
+        elif kind == "drift":
+            x *= 10.0 ** i
+        parts.append(x.astype(np.float32))
+    got = _parts_medians(parts, single)
+    union = np.abs(np.concatenate(parts))
+    expected = np.median(union) if single else np.median(union, axis=0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.atleast_1d(expected))
+
+
+def test_medians_from_parts_on_many_values():
+    # Many values: the brackets hold a few percent of them, the medians stay exact.
+    from phy_detect.threshold import median_bracket, merge_brackets, values_in_bracket
+
+    rng = np.random.default_rng(5)
+    parts = [(rng.standard_normal((1001, 16)) * rng.uniform(10, 12, 16)).astype(np.float32)
+             for _ in range(20)]
+    for single in (True, False):
+        got = _parts_medians(parts, single)
+        union = np.abs(np.concatenate(parts))
+        np.testing.assert_array_equal(
+            got, np.atleast_1d(np.median(union) if single else np.median(union, axis=0)))
+        bracket = merge_brackets([median_bracket(p, single) for p in parts])
+        inside = sum(len(values_in_bracket(p, single, bracket)[1]) for p in parts)
+        assert inside < 0.25 * union.size
