@@ -1,9 +1,11 @@
-"""Benchmark the whole sort: ``.dat`` in, detection then masked EM clustering, ``.kwik`` out.
+"""Benchmark the whole sort: ``.dat`` in, detection, masked EM clustering (``.kwik`` out), then
+template matching with refinement (a template directory out).
 
 Usage::
 
-    python benchmarks/sort.py [--channels 32,384] [--duration 20]
+    python benchmarks/sort.py [--channels 32,384] [--duration 20] [--seed 0]
                               [--data-dir /tmp/phy-bench] [--out-dir DIR]
+                              [--no-template-matching] [--refine-rounds 1]
 
 For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
 ``dense1024``), the cached synthetic recording of ``--data-dir`` (written
@@ -12,21 +14,26 @@ once, as by ``benchmarks/detect.py``) is sorted with
 detection, the masked EM in the parent process) in a fresh interpreter, so
 that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
 
-- ``detect s``, ``cluster s``, ``total s``: wall-clock times of the two
-  phases and of the whole call (reading the PRM, worker start-up and Kwik
-  writes included; not the interpreter start-up and imports).
-- ``x RT``: recording seconds per wall-clock second of the whole sort.
+- ``detect s``, ``cluster s``, ``tmatch s``, ``total s``: wall-clock times of
+  the phases and of the whole call (reading the PRM, worker start-up and
+  Kwik writes included; not the interpreter start-up and imports).
+- ``x RT``: recording seconds per wall-clock second of the whole sort;
+  ``CPU s``: CPU seconds of the sort, its worker processes included (on a
+  shared machine the wall-clock times vary with the load, CPU times less).
 - ``RSS MB parent/worker``: peak RSS of the sorting process (which runs the
   clustering) and of the largest detection worker (``VmHWM``, sampled; see
   ``benchmarks/detect.py``).
 - ``snr>=5``, ``snr>=3``: true units with that SNR sorted at accuracy >= 0.8
   (`phy_evaluate.metrics.evaluate`: spikes matched within 0.4 ms, Hungarian
-  assignment of units to clusters), as ``k/n``.
+  assignment of units to clusters), as ``k/n``; ``EM`` for the masked EM
+  clustering (the Kwik file), ``TM`` for the final sorting (the template
+  matching's directory: `phy_spikesort.pipeline.template_dir`).
 - ``false good``: clusters labelled good that match no true unit (best
   accuracy < 0.5), over the clusters labelled good (the masked EM labels
   none: ``0/0`` until something ranks clusters as good).
-- ``false clusters``: the same over all the clusters the masked EM proposes
-  as units (not its noise and MUA clusters 0 and 1).
+- ``false clusters``: the same over all the clusters the final sorting
+  proposes as units (the masked EM's: not its noise and MUA clusters 0 and
+  1; the template matching's: all its templates).
 
 A warm-up sort of a short recording runs first (untimed) so that the numba
 kernels are compiled into their on-disk cache.
@@ -53,6 +60,19 @@ from _common import (
 )
 
 FALSE_UNIT_ACCURACY = 0.5
+
+
+def seeded_recording(data_dir: Path, probe: str, duration: float, seed: int) -> Path:
+    """`_common.recording`, or for another seed its own cached recording."""
+    if seed == SEED:
+        return recording(data_dir, probe, duration)
+    folder = data_dir / f"{probe}-{duration:g}s-seed{seed}"
+    if not (folder / "rec.groundtruth.npz").exists():
+        from phy_synthetic.recording import synthesize_recording
+
+        print(f"# writing {folder} ...", file=sys.stderr, flush=True)
+        synthesize_recording(folder, "rec", probe, float(duration), seed=seed, overwrite=True)
+    return folder / "rec.prm"
 
 
 def evaluate_kwik(kwik: Path, gt_path: Path) -> dict:
@@ -85,19 +105,44 @@ def evaluate_kwik(kwik: Path, gt_path: Path) -> dict:
                 n_unit_clusters=int(units.sum()), n_false_clusters=int(false.sum()))
 
 
-def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
+def evaluate_template_dir(path: Path, gt_path: Path) -> dict:
+    """Accuracy of a template directory's sorting against the ground truth."""
+    import numpy as np
+
+    from phy_evaluate.metrics import FALSE_UNIT_THRESHOLD, evaluate
+    from phy_template.model import TemplateModel
+
+    model = TemplateModel(path)
+    gt = np.load(gt_path)
+    result = evaluate(gt["spike_samples"], gt["spike_clusters"], model.spike_samples,
+                      model.spike_clusters, float(gt["sample_rate"]), unit_snr=gt["unit_snr"])
+    s = result.summary
+    return dict(tm_accurate_5=s.n_accurate_snr_5, tm_accurate_3=s.n_accurate_snr_3,
+                tm_clusters=int(len(result.clusters)),
+                tm_false=int((result.cluster_best_accuracy < FALSE_UNIT_THRESHOLD).sum()))
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None) -> dict:
     from phy_core.progress import ProgressReporter
     from phy_spikesort.pipeline import sort_recording
 
+    matching = False if refine_rounds is None else dict(refine_rounds=refine_rounds)
+    cpu0 = _cpu_seconds()
     with TreeMemory() as tree:
         detect_reporter = ProgressReporter()
         # The workers' final high-water marks, read before they exit.
         detect_reporter.connect(tree.sample, event="complete")
         result = sort_recording(prm, output_dir=out_dir, overwrite=True,
-                                detect_reporter=detect_reporter)
+                                detect_reporter=detect_reporter, template_matching=matching)
     out = dict(channels=0, spikes=result.n_spikes, clusters=result.n_clusters,
                duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
-               total=result.total_s,
+               tmatch=result.tmatch_s, total=result.total_s, cpu=_cpu_seconds() - cpu0,
                rss_parent=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                rss_worker=tree.max_kb / 1024)
     from phy_kwik.model import KwikModel
@@ -105,13 +150,18 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
     with KwikModel(result.kwik_path) as model:
         out["channels"] = int(model.n_channels)
     if evaluate:
-        out.update(evaluate_kwik(result.kwik_path, Path(prm).with_name("rec.groundtruth.npz")))
+        gt_path = Path(prm).with_name("rec.groundtruth.npz")
+        out.update(evaluate_kwik(result.kwik_path, gt_path))
+        for path in result.template_dirs.values():  # one channel group on the built-in probes
+            out.update(evaluate_template_dir(path, gt_path))
     return out
 
 
-def run(prm: Path, out_dir: Path, evaluate: bool = True) -> dict:
+def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | None = 1) -> dict:
+    rounds = [] if refine_rounds is None else ["--child-refine-rounds", str(refine_rounds)]
     proc = subprocess.run([sys.executable, __file__, "--child", str(prm), str(out_dir)]
-                          + ([] if evaluate else ["--no-eval"]), capture_output=True, text=True)
+                          + ([] if evaluate else ["--no-eval"]) + rounds, capture_output=True,
+                          text=True)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
         raise RuntimeError(f"the sort failed on {prm} (exit code {proc.returncode})")
@@ -119,21 +169,24 @@ def run(prm: Path, out_dir: Path, evaluate: bool = True) -> dict:
 
 
 HEADER = (f"{'channels':>8} {'duration s':>10} {'spikes':>7} {'clusters':>8} {'detect s':>8} "
-          f"{'cluster s':>9} {'total s':>7} {'x RT':>5} {'RSS MB parent/worker':>20} "
-          f"{'snr>=5':>7} {'snr>=3':>7} {'false good':>10} {'false clusters':>14}")
+          f"{'cluster s':>9} {'tmatch s':>8} {'total s':>7} {'x RT':>5} {'CPU s':>6} "
+          f"{'RSS MB parent/worker':>20} {'EM snr>=5':>9} {'EM snr>=3':>9} {'TM snr>=5':>9} "
+          f"{'TM snr>=3':>9} {'false good':>10} {'false clusters':>14}")
 
 
 def row(r: dict) -> str:
     def ratio(k, n):
-        return f"{r[k]}/{r[n]}" if n in r else "-"
+        return f"{r[k]}/{r[n]}" if k in r and n in r else "-"
 
     rss = f"{r['rss_parent']:.0f}/{r['rss_worker']:.0f}"
+    false = ratio("tm_false", "tm_clusters") if "tm_false" in r else \
+        ratio("n_false_clusters", "n_unit_clusters")
     return (f"{r['channels']:>8} {r['duration']:>10g} {r['spikes']:>7} {r['clusters']:>8} "
-            f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r['total']:>7.1f} "
-            f"{r['duration'] / r['total']:>5.2f} {rss:>20} "
-            f"{ratio('n_accurate_5', 'n_units_5'):>7} {ratio('n_accurate_3', 'n_units_3'):>7} "
-            f"{ratio('n_false_good', 'n_good'):>10} "
-            f"{ratio('n_false_clusters', 'n_unit_clusters'):>14}")
+            f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r['tmatch']:>8.1f} {r['total']:>7.1f} "
+            f"{r['duration'] / r['total']:>5.2f} {r['cpu']:>6.1f} {rss:>20} "
+            f"{ratio('n_accurate_5', 'n_units_5'):>9} {ratio('n_accurate_3', 'n_units_3'):>9} "
+            f"{ratio('tm_accurate_5', 'n_units_5'):>9} {ratio('tm_accurate_3', 'n_units_3'):>9} "
+            f"{ratio('n_false_good', 'n_good'):>10} {false:>14}")
 
 
 def main() -> None:
@@ -141,30 +194,43 @@ def main() -> None:
     add_recording_arguments(parser, "32,384")
     parser.add_argument("--out-dir", default=None,
                         help="where the Kwik files are written (default: DATA_DIR/sort)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"seed of the synthetic recordings (default {SEED})")
+    parser.add_argument("--no-template-matching", action="store_true",
+                        help="detection and masked EM only")
+    parser.add_argument("--refine-rounds", type=int, default=1,
+                        help="template refinement rounds before the final matching (default 1)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-refine-rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(child_run(*args.child, evaluate=not args.no_eval)))
+        print(json.dumps(child_run(*args.child, evaluate=not args.no_eval,
+                                   refine_rounds=args.child_refine_rounds)))
         return
+    refine_rounds = None if args.no_template_matching else args.refine_rounds
 
     data_dir = Path(args.data_dir)
     out_root = Path(args.out_dir) if args.out_dir else data_dir / "sort"
     channels = channel_counts(parser, args)
     print(machine(), flush=True)
 
-    # Warm-up: the numba kernels of detection and clustering compiled into their cache.
+    # Warm-up: the numba kernels of every stage compiled into their cache.
     t0 = time.perf_counter()
-    run(recording(data_dir, "linear32", 2.0), out_root / "warmup", evaluate=False)
+    run(recording(data_dir, "linear32", 2.0), out_root / "warmup", evaluate=False,
+        refine_rounds=refine_rounds)
+    matching = "no template matching" if refine_rounds is None else \
+        f"template matching with {refine_rounds} refinement round(s) on local worker processes"
     print(f"# warm-up {time.perf_counter() - t0:.1f} s; sort_recording(prm, overwrite=True): "
-          f"detection on local worker processes, masked EM in the parent; default PRM "
-          f"parameters, seed {SEED}", flush=True)
+          f"detection on local worker processes, masked EM in the parent, {matching}; default "
+          f"PRM parameters, seed {args.seed}", flush=True)
     print(HEADER, flush=True)
     for c in channels:
         probe = PROBES[c]
-        prm = recording(data_dir, probe, args.duration)
-        print(row(run(prm, out_root / f"{probe}-{args.duration:g}s")), flush=True)
+        prm = seeded_recording(data_dir, probe, args.duration, args.seed)
+        print(row(run(prm, out_root / f"{probe}-{args.duration:g}s-seed{args.seed}",
+                      refine_rounds=refine_rounds)), flush=True)
 
 
 if __name__ == "__main__":

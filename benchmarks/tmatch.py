@@ -14,6 +14,9 @@ with its ``rec.groundtruth.npz``, as written by ``benchmarks/detect.py``), three
 - ``b+``: the same with templates of the noise and MUA clusters too
   (``--include-noise --include-mua``: the masked EM sometimes puts a clean unit
   there);
+- ``r``: ``b+`` with one round of template refinement (``refine_rounds=1``:
+  split, new templates from the residual, merge, drop; `phy_tmatch.refine`),
+  then the final matching: what ``phy spikesort --template-matching`` does;
 - ``c``: template matching from the ground-truth clusters (the templates are the
   true units' mean waveforms: an upper bound of what the matching can do, the
   clustering being perfect).
@@ -91,15 +94,16 @@ def child(step: str, prm: str, kwik: str, out: str) -> dict:
         from phy_masked_em.command import cluster_kwik
 
         cluster_kwik(kwik)
-    elif step in ("tmatch", "tmatch-all", "gt"):
+    elif step in ("tmatch", "tmatch-all", "tmatch-refine", "gt"):
         from phy_tmatch.runner import match_spikes, template_match
 
         executor = make_executor("processes")
         try:
             if step.startswith("tmatch"):
-                every = step == "tmatch-all"
+                every = step != "tmatch"
                 template_match(prm, kwik, out, executor=executor, overwrite=True,
-                               include_noise=every, include_mua=every)
+                               include_noise=every, include_mua=every,
+                               refine_rounds=int(step == "tmatch-refine"))
             else:
                 gt = np.load(Path(prm).with_suffix(".groundtruth.npz"))
                 match_spikes(prm, gt["spike_samples"], gt["spike_clusters"], out,
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = run_child("cluster", prm, kwik, work / "a")
         tmatch = run_child("tmatch", prm, kwik, work / "b")
         tmatch_all = run_child("tmatch-all", prm, kwik, work / "b+")
+        refined = run_child("tmatch-refine", prm, kwik, work / "r")
         gt = run_child("gt", prm, kwik, work / "c")
         a_wall, a_cpu = detect["wall"] + cluster["wall"], detect["cpu"] + cluster["cpu"]
         rows = [
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
              a_cpu + tmatch["cpu"]),
             ("b+ with noise/MUA too", work / "b+", tmatch_all["wall"],
              a_wall + tmatch_all["wall"], a_cpu + tmatch_all["cpu"]),
+            ("r b+ refined (1 round)", work / "r", refined["wall"], a_wall + refined["wall"],
+             a_cpu + refined["cpu"]),
             ("c GT templates + match", work / "c", gt["wall"], gt["wall"], gt["cpu"]),
         ]
         for label, sorting, step, total, cpu in rows:
@@ -212,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e['all']:>7} {e['mean']:>8.3f} {e['clusters']:>8}", flush=True)
         print(f"{'':<24} (detect {detect['wall']:.1f} s wall / {detect['cpu']:.1f} s CPU, "
               f"masked EM {cluster['wall']:.1f} / {cluster['cpu']:.1f}, template matching "
-              f"{tmatch['wall']:.1f} / {tmatch['cpu']:.1f})")
+              f"{tmatch['wall']:.1f} / {tmatch['cpu']:.1f}, with refinement "
+              f"{refined['wall']:.1f} / {refined['cpu']:.1f})")
     return 0
 
 

@@ -131,7 +131,9 @@ _OPTIONAL_NUMBER_KEYS = {"split_prominence", "split_tall_peak", "centroid_fracti
 _DETECT_SPIKES = ("negative", "positive", "both")
 _FILTER_PRECISIONS = ("float32", "float64")
 TRACES_KEYS = ("raw_data_files", "voltage_gain", "sample_rate", "n_channels", "dtype", "offset")
-TOP_LEVEL_KEYS = ("experiment_name", "prb_file", "traces", "spikedetekt", "klustakwik2")
+# ``template_matching`` is read by phy_spikesort (its optional stage).
+TOP_LEVEL_KEYS = ("experiment_name", "prb_file", "traces", "spikedetekt", "klustakwik2",
+                  "template_matching")
 TRACES_DEFAULTS: dict[str, Any] = dict(voltage_gain=10., dtype="int16", offset=0)
 
 

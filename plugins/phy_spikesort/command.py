@@ -23,6 +23,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "needs `pip install phy[dask]`")
     parser.add_argument("--chunk-size", type=float, default=None, metavar="SECONDS",
                         help="detection chunk duration (default: the PRM's chunk_size_seconds)")
+    parser.add_argument("--template-matching", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="after the clustering, refine its clusters into templates and match "
+                        "them (phy template-match); default: as the PRM's template_matching "
+                        "dict says (off without one)")
 
 
 def summary_lines(result) -> list[str]:
@@ -34,9 +39,13 @@ def summary_lines(result) -> list[str]:
         lines += [f"  channel group {g}: {n} spikes, {k} clusters"
                   for g, (n, k) in sorted(result.groups.items())]
     detection = "resumed, not redone" if result.resumed else f"{result.detect_s:.1f} s"
-    lines.append(f"Detection {detection}, clustering {result.cluster_s:.1f} s, total "
+    matching = f"template matching {result.tmatch_s:.1f} s, " if result.get(
+        "template_dirs") else ""
+    lines.append(f"Detection {detection}, clustering {result.cluster_s:.1f} s, {matching}total "
                  f"{result.total_s:.1f} s ({speed:.2f}x real time).")
     lines.append(f"Wrote {result.kwik_path} and {result.kwik_path.with_suffix('.kwx').name}.")
+    lines += [f"Wrote the template directory {path}." for _, path in
+              sorted(result.get("template_dirs", {}).items())]
     return lines
 
 
@@ -49,13 +58,17 @@ def _run(args: argparse.Namespace, services: Services) -> int:
     detect_reporter.set_progress_message("Detecting spikes ({progress:.0f}%)")
     detect_reporter.set_complete_message("Detection done.")
     cluster_reporter = ProgressReporter()
-    with show_progress(detect_reporter), show_progress(cluster_reporter):
+    tmatch_reporter = ProgressReporter()
+    with show_progress(detect_reporter), show_progress(cluster_reporter), \
+            show_progress(tmatch_reporter):
         result = sort_recording(args.prm, output_dir=args.output_dir, overwrite=args.overwrite,
                                 plugin_manager=services.plugin_manager,
                                 channel_group=args.channel_group, chunk_size_s=args.chunk_size,
                                 n_workers=args.n_workers, scheduler=args.scheduler,
                                 detect_reporter=detect_reporter,
-                                cluster_reporter=cluster_reporter)
+                                cluster_reporter=cluster_reporter,
+                                template_matching=args.template_matching,
+                                tmatch_reporter=tmatch_reporter)
     print("\n".join(summary_lines(result)))
     return 0
 
@@ -63,7 +76,7 @@ def _run(args: argparse.Namespace, services: Services) -> int:
 spikesort_command = Command(
     name="spikesort",
     help="detect and cluster the spikes of a recording (phy detect, then phy cluster-auto on "
-    "every channel group); resumes an interrupted sort",
+    "every channel group, then optionally phy template-match); resumes an interrupted sort",
     run=_run,
     add_arguments=_add_arguments,
 )

@@ -1,4 +1,5 @@
-"""The whole sort: spike detection, then masked EM clustering of every channel group.
+"""The whole sort: spike detection, masked EM clustering of every channel group, then
+optionally template matching.
 
 `sort_recording` runs `phy_detect.runner.detect` on a PRM file (which writes
 ``<experiment_name>.kwik``/``.kwx`` only once complete), then
@@ -7,14 +8,24 @@
 group (the detection's single-cluster clustering is kept as
 ``main_previous``).
 
+Template matching (optional)
+    With ``template_matching = dict(...)`` in the PRM (or the
+    `template_matching` argument, ``--template-matching``), each channel
+    group's clusters then seed `phy_tmatch.runner.template_match` (noise and
+    MUA clusters included, one refinement round by default:
+    `TEMPLATE_MATCHING_DEFAULTS`), which writes the template directory
+    ``<experiment_name>.templates.<group>`` beside the Kwik file.
+
 Resuming
     Right after detection, ``<experiment_name>.spikesort.json`` is written
     beside the Kwik file (atomically): what identifies the detection (the
     PRM's ``spikedetekt`` and ``traces`` sections, the probe file) and the
-    channel groups clustered so far; it is deleted when every group is
-    clustered. If the Kwik file exists and is complete, a run without
+    channel groups clustered (and template-matched) so far; it is deleted
+    when every group has been through every stage. If the Kwik file exists
+    and is complete, a run without
     ``overwrite`` then *resumes* instead of failing: the detection is not
-    redone, the groups already clustered are skipped, and each remaining
+    redone, the groups already clustered (matched) are not clustered (matched)
+    again, and each remaining
     group resumes from its ``cluster-auto`` checkpoint when there is one
     (see `phy_masked_em.command`). A Kwik file left by ``phy detect`` and an
     interrupted ``phy cluster-auto`` (a checkpoint, no state file) resumes
@@ -65,10 +76,12 @@ def detection_identity(prm) -> dict:
     return json.loads(json.dumps(identity, sort_keys=True, default=_plain))
 
 
-def _write_state(path: Path, identity: dict, clustered: list[int]) -> None:
+def _write_state(path: Path, identity: dict, clustered: list[int],
+                 matched: list[int] | None = None) -> None:
     from phy_core.atomic import atomic_write
 
-    atomic_write(path, json.dumps(dict(detection=identity, clustered=sorted(clustered)),
+    atomic_write(path, json.dumps(dict(detection=identity, clustered=sorted(clustered),
+                                       matched=sorted(matched or [])),
                                   indent=1, sort_keys=True) + "\n")
 
 
@@ -78,14 +91,17 @@ def _read_state(path: Path) -> dict | None:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
         clustered = [int(g) for g in state["clustered"]]
-        return dict(detection=state["detection"], clustered=clustered)
+        matched = [int(g) for g in state.get("matched", [])]
+        return dict(detection=state["detection"], clustered=clustered, matched=matched)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("%s: unreadable sort state (%s); ignoring it.", path, exc)
         return None
 
 
-def _resume_plan(kwik_path: Path, identity: dict) -> list[int] | None:
-    """Channel groups still to cluster if an interrupted sort can resume; None if not.
+def _resume_plan(kwik_path: Path, identity: dict,
+                 matching: bool = False) -> list[int] | None:
+    """Channel groups still to cluster (or, with `matching`, to match) if an interrupted
+    sort can resume; None if not.
 
     Raises `SpikeSortError` when the existing files cannot be resumed.
     """
@@ -102,7 +118,9 @@ def _resume_plan(kwik_path: Path, identity: dict) -> list[int] | None:
                 f"{kwik_path} is an interrupted sort with other detection parameters (or "
                 f"another recording or probe) than now (see {state_path(kwik_path).name}): use "
                 "--overwrite to sort again.")
-        return [g for g in _channel_groups(kwik_path) if g not in state["clustered"]]
+        done = set(state["clustered"]) & (set(state["matched"]) if matching else
+                                          set(state["clustered"]))
+        return [g for g in _channel_groups(kwik_path) if g not in done]
     groups = checkpointed_groups(kwik_path)
     return groups or None
 
@@ -157,12 +175,70 @@ def _detect(prm, out_dir: Path, executor, n_workers: int | None, scheduler: str 
             executor.close()
 
 
+#: The template-matching stage's defaults (`phy_tmatch.runner.template_match` options):
+#: every cluster is a seed, the refinement cleans the noise and MUA ones.
+TEMPLATE_MATCHING_DEFAULTS = dict(include_noise=True, include_mua=True, refine_rounds=1)
+
+
+def template_dir(kwik_path: str | os.PathLike, group: int) -> Path:
+    """The template directory of a channel group's template matching, beside the Kwik file."""
+    kwik_path = Path(kwik_path)
+    return kwik_path.with_name(f"{kwik_path.stem}.templates.{group}")
+
+
+def template_matching_options(prm_path: str | os.PathLike,
+                              template_matching: bool | dict | None = None) -> dict | None:
+    """The options of the template-matching stage, or None when it does not run.
+
+    The PRM may hold ``template_matching = dict(enabled=True, refine_rounds=1, ...)``
+    (`phy_tmatch.runner.template_match` options, plus ``enabled``, True by
+    default when the dict is there). `template_matching` overrides it: False
+    or True (with the PRM's options), or a dict of options.
+    """
+    from phy_core.literals import read_literal_file
+
+    section = read_literal_file(prm_path, allowed_calls=("dict",)).get("template_matching")
+    if section is not None and not isinstance(section, dict):
+        raise SpikeSortError(f"{prm_path}: template_matching must be a dict(...) of options, "
+                             f"got {section!r}.")
+    options = dict(section or {})
+    enabled = bool(options.pop("enabled", section is not None))
+    if isinstance(template_matching, dict):
+        options.update(template_matching)
+        enabled = True
+    elif template_matching is not None:
+        enabled = bool(template_matching)
+    return dict(TEMPLATE_MATCHING_DEFAULTS, **options) if enabled else None
+
+
+def _template_match(prm, kwik_path: Path, group: int, options: dict, n_workers, scheduler,
+                    reporter) -> Path:
+    from phy_detect.executors import make_executor
+    from phy_tmatch.runner import template_match
+
+    if reporter is not None:
+        reporter.reset()
+        reporter.set_progress_message(f"Template matching, channel group {group} "
+                                      "({progress:.0f}%)")
+        reporter.set_complete_message(f"Template matching of channel group {group} done.")
+    executor = make_executor("processes", n_workers=n_workers, scheduler=scheduler)
+    try:
+        # overwrite: a directory left here is an interrupted run of this stage.
+        return template_match(prm.path, kwik_path, template_dir(kwik_path, group),
+                              channel_group=group, executor=executor, overwrite=True,
+                              reporter=reporter, **options)
+    finally:
+        executor.close()
+
+
 def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
                    overwrite: bool = False, executor=None, plugin_manager=None,
                    channel_group: int | None = None, chunk_size_s: float | None = None,
                    n_workers: int | None = None, scheduler: str | None = None,
                    detect_reporter=None, cluster_reporter=None,
-                   checkpoint_every_s: float | None = None) -> Bunch:
+                   checkpoint_every_s: float | None = None,
+                   template_matching: bool | dict | None = None,
+                   tmatch_reporter=None) -> Bunch:
     """Detect and cluster the spikes of a recording; see the module docstring.
 
     Parameters
@@ -191,6 +267,13 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         channel group, and its messages are set here.
     checkpoint_every_s : float or None
         Minimum time between clustering checkpoints (default: cluster-auto's).
+    template_matching : bool, dict or None
+        The optional template-matching stage (`template_matching_options`):
+        None follows the PRM's ``template_matching`` dict, False skips it,
+        True runs it with the PRM's (or the default) options, a dict runs it
+        with these options.
+    tmatch_reporter : ProgressReporter or None
+        The progress of the template matching, reset for each channel group.
 
     Returns
     -------
@@ -198,8 +281,9 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         ``kwik_path``, ``duration_s`` (of the recording), ``n_spikes`` and
         ``n_clusters`` (all clustered groups, noise and MUA clusters
         included), ``groups`` (``{group: (n_spikes, n_clusters)}``),
-        ``detect_s``, ``cluster_s``, ``total_s`` (this run's wall-clock
-        times; ``detect_s`` is 0 when resuming), ``resumed`` (bool).
+        ``detect_s``, ``cluster_s``, ``tmatch_s``, ``total_s`` (this run's
+        wall-clock times; ``detect_s`` is 0 when resuming), ``resumed``
+        (bool), ``template_dirs`` (``{group: Path}`` with template matching).
     """
     from phy_masked_em.command import (
         CHECKPOINT_EVERY_S,
@@ -215,9 +299,10 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
     kwik_path = (out_dir / f"{prm.experiment_name}.kwik").absolute()
     identity = detection_identity(prm)
     _check_channel_group(prm, channel_group)
+    tmatch_options = template_matching_options(prm.path, template_matching)
     todo = None
     if kwik_path.exists() and not overwrite:
-        todo = _resume_plan(kwik_path, identity)
+        todo = _resume_plan(kwik_path, identity, matching=tmatch_options is not None)
         if todo is None:
             raise SpikeSortError(f"{kwik_path} already exists and has no interrupted sort to "
                                  "resume: use --overwrite to replace it.")
@@ -237,27 +322,42 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         _write_state(state_path(kwik_path), identity, [])
     state = _read_state(state_path(kwik_path))
     clustered = list(state["clustered"]) if state else []
+    matched = list(state["matched"]) if state else []
     if channel_group is not None:
         todo = [g for g in todo if g == channel_group]
-    t1 = time.perf_counter()
+    cluster_s = tmatch_s = 0.0
+    template_dirs = {}
     for group in todo:
-        if cluster_reporter is not None:
-            cluster_reporter.reset()
-            make_reporter(group, cluster_reporter)
-        cluster_kwik(kwik_path, group, reporter=cluster_reporter, parameters=dict(prm.klustakwik2),
-                     checkpoint_every_s=(CHECKPOINT_EVERY_S if checkpoint_every_s is None
-                                         else checkpoint_every_s))
-        if state is not None:
+        t1 = time.perf_counter()
+        if group not in clustered:
+            if cluster_reporter is not None:
+                cluster_reporter.reset()
+                make_reporter(group, cluster_reporter)
+            cluster_kwik(kwik_path, group, reporter=cluster_reporter,
+                         parameters=dict(prm.klustakwik2),
+                         checkpoint_every_s=(CHECKPOINT_EVERY_S if checkpoint_every_s is None
+                                             else checkpoint_every_s))
             clustered.append(group)
-            _write_state(state_path(kwik_path), identity, clustered)
-    cluster_s = time.perf_counter() - t1
+            if state is not None:
+                _write_state(state_path(kwik_path), identity, clustered, matched)
+        t2 = time.perf_counter()
+        cluster_s += t2 - t1
+        if tmatch_options is not None and group not in matched:
+            template_dirs[group] = _template_match(prm, kwik_path, group, tmatch_options,
+                                                   n_workers, scheduler, tmatch_reporter)
+            matched.append(group)
+            if state is not None:
+                _write_state(state_path(kwik_path), identity, clustered, matched)
+        tmatch_s += time.perf_counter() - t2
     all_groups = _channel_groups(kwik_path)
-    if state is not None and set(all_groups) <= set(clustered):
+    finished = set(clustered) & (set(matched) if tmatch_options is not None else set(clustered))
+    if state is not None and set(all_groups) <= finished:
         state_path(kwik_path).unlink(missing_ok=True)
     groups = {g: _group_counts(kwik_path, g) for g in all_groups
               if channel_group is None or g == channel_group}
     return Bunch(kwik_path=kwik_path, duration_s=_recording_duration(prm),
                  n_spikes=sum(n for n, _ in groups.values()),
                  n_clusters=sum(k for _, k in groups.values()), groups=groups,
-                 detect_s=detect_s, cluster_s=cluster_s, total_s=time.perf_counter() - t0,
-                 resumed=resumed)
+                 detect_s=detect_s, cluster_s=cluster_s, tmatch_s=tmatch_s,
+                 total_s=time.perf_counter() - t0, resumed=resumed,
+                 template_dirs=template_dirs)

@@ -3,11 +3,14 @@
 A stage after automatic clustering: one template per cluster (its mean filtered
 waveform, sparse and low rank), then a greedy matching pursuit over the whole
 recording that resolves overlapping spikes and finds spikes below the detection
-threshold. ``phy template-match params.prm FILE.kwik --output-dir DIR`` writes a
-template directory (Kilosort / phy 2 layout).
+threshold; optionally (``refine_rounds``) a refinement of the templates between
+matching passes: splits, new templates from the residual, merges (`refine`,
+`residual`). ``phy template-match params.prm FILE.kwik --output-dir DIR`` writes
+a template directory (Kilosort / phy 2 layout).
 
 Hooks only here: the work is in the submodules (`templates`, `kernels`,
-`matching`, `worker`, `runner`, `output`), imported when it runs.
+`matching`, `residual`, `refine`, `worker`, `runner`, `output`), imported when
+it runs.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also make templates of the clusters of the MUA group")
     parser.add_argument("--include-noise", action="store_true",
                         help="also make templates of the clusters of the noise group")
+    parser.add_argument("--refine-rounds", type=int, default=None,
+                        help="rounds of template refinement (split, new templates from the "
+                        "residual, merge) before the final matching (default 0)")
     parser.add_argument("--z-threshold", type=float, default=None,
                         help="eligibility: projection / its noise spread (default 5)")
     parser.add_argument("--chunk-size", type=float, default=None, metavar="SECONDS",
@@ -42,6 +45,8 @@ def _run(args: argparse.Namespace, services: Services) -> int:
         options["z_threshold"] = args.z_threshold
     if args.chunk_size is not None:
         options["chunk_size_s"] = args.chunk_size
+    if args.refine_rounds is not None:
+        options["refine_rounds"] = args.refine_rounds
     reporter = ProgressReporter()
     reporter.set_progress_message("template matching ({progress:.0f}%)")
     reporter.set_complete_message("Template matching done.")

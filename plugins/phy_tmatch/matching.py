@@ -62,17 +62,24 @@ def amplitude_bounds(norm2: np.ndarray, sigma: np.ndarray,
             (parameters.amplitude_max + spread).astype(np.float32))
 
 
-def projections(filtered: np.ndarray, templates) -> np.ndarray:
+def channel_major(filtered: np.ndarray) -> np.ndarray:
+    """The chunk ``(n, C)`` as ``(C, n)`` float32 (each channel's samples contiguous)."""
+    xt = np.empty(filtered.shape[::-1], dtype=np.float32)
+    transpose(np.ascontiguousarray(filtered, dtype=np.float32), xt)
+    return xt
+
+
+def projections(filtered: np.ndarray, templates, xt: np.ndarray | None = None) -> np.ndarray:
     """``B[k, s]``: projection of the chunk on template ``k`` starting at row ``s``.
 
     ``(K, n - n_t + 1)`` float32 (no column when the chunk is shorter than a template).
+    `xt`: the chunk already channel-major (`channel_major`), if at hand.
     """
     n_t = templates.n_samples
     m = max(filtered.shape[0] - n_t + 1, 0)
     out = np.empty((templates.n_templates, m), dtype=np.float32)
     if m:
-        xt = np.empty(filtered.shape[::-1], dtype=np.float32)
-        transpose(np.ascontiguousarray(filtered, dtype=np.float32), xt)
+        xt = channel_major(filtered) if xt is None else xt
         project(xt, templates.pptr, templates.pidx, templates.pspatial, templates.temporal, out)
     return out
 
@@ -91,14 +98,17 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
     Bunch
         ``spike_samples`` (int64, absolute), ``spike_templates`` (int64),
         ``amplitudes`` (float32), sorted by sample then template; ``n_rounds``;
-        ``capped`` (bool: the round cap stopped the pursuit).
+        ``capped`` (bool: the round cap stopped the pursuit); ``events``: with
+        ``setup.collect``, what `phy_tmatch.residual.collect_events` collects
+        for the refinement, else None.
     """
     from .worker import cached
 
     t = setup.templates
     p = setup.parameters
     cc = cached(setup.token, lambda: template_cross_correlations(t))
-    b = projections(filtered, t)
+    xt = channel_major(filtered) if setup.collect is not None else None
+    b = projections(filtered, t, xt)
     sigma = np.asarray(setup.sigma, dtype=np.float32)
     alo, ahi = amplitude_bounds(t.norm2, sigma, p)
     spikes, amplitudes, n_rounds = pursue(
@@ -106,10 +116,18 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
         np.float32(p.amplitude_max), alo, ahi, int(p.refractory), t.nbr_ptr, t.nbr_idx, cc,
         int(p.max_rounds))
     starts, kinds = spikes[:, 0], spikes[:, 1]
+    events = None
+    if setup.collect is not None:
+        from .residual import collect_events, local_templates
+
+        c = setup.collect
+        local = cached(setup.token, lambda: local_templates(t, c.local, c.template_home),
+                       "local")
+        events = collect_events(c, t, chunk, xt, starts, kinds, amplitudes, local)
     samples = chunk.load_start + starts + t.trough[kinds]
     keep = (samples >= chunk.keep_start) & (samples < chunk.keep_stop)
     samples, kinds, amplitudes = samples[keep], kinds[keep], amplitudes[keep]
     order = np.lexsort((kinds, samples))
     return Bunch(spike_samples=samples[order], spike_templates=kinds[order],
                  amplitudes=amplitudes[order], n_rounds=int(n_rounds),
-                 capped=bool(n_rounds > p.max_rounds))
+                 capped=bool(n_rounds > p.max_rounds), events=events)

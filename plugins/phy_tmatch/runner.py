@@ -16,6 +16,15 @@ executors of `phy_detect.executors`), none holding more than a few chunks:
    eligibility threshold.
 3. *Matching* (`phy_tmatch.matching`): the whole recording in overlapping
    chunks; the spikes of all chunks are concatenated in order.
+
+With ``refine_rounds`` > 0, passes 2 and 3 repeat: every pass but the last
+also collects, in the workers, snippets of a sample of each template's matched
+spikes and of the residual's events (`phy_tmatch.residual`); the parent refines
+the templates from them (`phy_tmatch.refine`: splits, new templates, merges,
+drops), and the next pass matches the refined set. A refinement that changes
+nothing ends the rounds early. The noise levels and covariance of pass 1 serve
+every round. Templates that match fewer than the refinement's ``min_spikes``
+spikes in the last pass are left out of the result.
 """
 
 from __future__ import annotations
@@ -71,6 +80,16 @@ DEFAULTS = dict(
     whiten=True,
     whitening_radius_um=100.0,
     n_noise_chunks=5,
+    # Template refinement (`phy_tmatch.refine`): matching passes followed by splits,
+    # new templates from the residual, merges; then the final pass.
+    refine_rounds=0,
+    residual_threshold=5.0,
+    snippet_channels=16,
+    pool_channels=16,
+    pool_width_um=25.0,
+    max_snippets_per_template=300,
+    max_residual_per_channel=300,
+    refine={},
 )
 
 
@@ -95,11 +114,25 @@ def _options(options: dict) -> Bunch:
         (int(o.n_noise_excerpts) >= 1 and o.noise_excerpt_s > 0,
          "n_noise_excerpts must be >= 1 and noise_excerpt_s > 0"),
         (int(o.n_noise_chunks) >= 1, "n_noise_chunks must be >= 1"),
+        (int(o.refine_rounds) >= 0, "refine_rounds must be >= 0"),
+        (o.residual_threshold > 0, "residual_threshold must be > 0"),
+        (int(o.snippet_channels) >= 1 and int(o.pool_channels) >= 1,
+         "snippet_channels and pool_channels must be >= 1"),
+        (int(o.max_snippets_per_template) >= 1 and int(o.max_residual_per_channel) >= 1,
+         "max_snippets_per_template and max_residual_per_channel must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise TemplateMatchingError(f"Template matching: {message}.")
     o.amplitude_range = (amin, amax)
+    from .refine import RefineParameters
+
+    try:
+        o.refine_parameters = RefineParameters(**dict(o.refine or {}))
+    except TypeError as exc:
+        raise TemplateMatchingError(f"Template matching: refine: {exc}; known: "
+                                    f"{', '.join(RefineParameters.__dataclass_fields__)}.") \
+            from None
     return o
 
 
@@ -246,6 +279,67 @@ def _excerpt_chunks(n_samples: int, n_excerpts: int, size: int, margin: int) -> 
                   min(n_samples, int(s) + size + margin)) for i, s in enumerate(starts)]
 
 
+def _make_templates(means, n_spikes, cluster_ids, noise_std, covariance, channel_positions,
+                    o: Bunch):
+    """Sparse low-rank templates, with their projection templates when `covariance` is known."""
+    templates = build_templates(means, n_spikes, cluster_ids, noise_std,
+                                channel_fraction=float(o.channel_fraction),
+                                significance=float(o.significance),
+                                max_channels=int(o.max_channels), rank=int(o.rank))
+    if covariance is None:
+        return templates
+    from .whitening import projection_templates
+
+    return projection_templates(templates, covariance, channel_positions,
+                                radius_um=float(o.whitening_radius_um))
+
+
+def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token, executor,
+                      reporter, n_samples, rate, o: Bunch) -> np.ndarray:
+    """The spread of each template's projection on noise, from excerpts (float32)."""
+    setup = Setup(prm_path, channels, filter_, "noise", before=before, n_t=n_t,
+                  templates=templates, token=token)
+    excerpts = _excerpt_chunks(n_samples, int(o.n_noise_excerpts),
+                               int(round(o.noise_excerpt_s * rate)), filter_.margin_samples)
+    medians_b = []
+    for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
+        if part.n_samples:
+            medians_b.append(part.median_abs)
+        reporter.increment()
+    if not medians_b:
+        raise TemplateMatchingError(f"The recording ({n_samples} samples) is shorter than a "
+                                    f"template ({n_t} samples).")
+    sigma = (np.median(np.stack(medians_b), axis=0) / 0.6744897501960817).astype(np.float32)
+    return np.maximum(sigma, 1e-12)
+
+
+def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_samples,
+                     chunk_size) -> Bunch:
+    """What the workers collect for the refinement (`phy_tmatch.residual.collect_events`)."""
+    from .residual import local_channels, pooling_weights
+
+    local = local_channels(positions, int(o.snippet_channels))
+    n_pool = min(int(o.pool_channels), local.shape[1])
+    n_chunks = max(1, int(np.ceil(n_samples / max(chunk_size, 1))))
+    return Bunch(
+        local=local, pool_channels=np.ascontiguousarray(local[:, :n_pool]),
+        pool_weights=pooling_weights(positions, local, n_pool, float(o.pool_width_um),
+                                     noise_std, covariance),
+        sigma_channels=np.asarray(noise_std, dtype=np.float32), before=before,
+        residual_threshold=float(o.residual_threshold),
+        max_per_template=max(1, int(np.ceil(int(o.max_snippets_per_template) / n_chunks))),
+        max_residual_per_channel=max(1, int(np.ceil(int(o.max_residual_per_channel)
+                                                    / n_chunks))),
+        max_residual=100_000, template_home=None)
+
+
+def _drop_small(result: Bunch, templates, min_spikes: int) -> Bunch:
+    """The spikes of the templates that matched at least `min_spikes` spikes."""
+    counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
+    keep = counts[result.spike_templates] >= min_spikes
+    return Bunch({key: value[keep] for key, value in result.items()})
+
+
 def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_positions,
          executor, reporter, o: Bunch) -> tuple[Bunch, Any, dict]:
     from phy_detect.chunks import plan_chunks
@@ -301,7 +395,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     match_chunks = plan_chunks(n_samples, chunk_size, match_margin)
     n_excerpts = len(_excerpt_chunks(n_samples, int(o.n_noise_excerpts),
                                      int(round(o.noise_excerpt_s * rate)), 0))
-    reporter.value_max = len(jobs) + n_excerpts + len(match_chunks)
+    reporter.value_max = len(jobs) + (int(o.refine_rounds) + 1) * (n_excerpts
+                                                                   + len(match_chunks))
     sums = np.zeros((len(cluster_ids), n_t, len(channels)))
     n_used = np.zeros(len(cluster_ids), dtype=np.int64)
     medians = []
@@ -317,63 +412,85 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         raise TemplateMatchingError("No spike of the chosen clusters lies inside the recording.")
     noise_std = noise_std_from_medians(medians)
     means = sums / np.maximum(n_used, 1)[:, None, None]
-    templates = build_templates(means, n_used, cluster_ids, noise_std,
-                                channel_fraction=float(o.channel_fraction),
-                                significance=float(o.significance),
-                                max_channels=int(o.max_channels), rank=int(o.rank))
+    covariance = None
     if o.whiten:
         if n_rows < 10 * len(channels):
             logger.warning("Template matching: only %d quiet samples to estimate the noise "
                            "covariance of %d channels; not whitening.", n_rows, len(channels))
         else:
-            from .whitening import projection_templates
-
-            templates = projection_templates(templates, xtx / n_rows, channel_positions,
-                                             radius_um=float(o.whitening_radius_um))
+            covariance = xtx / n_rows
+    templates = _make_templates(means, n_used, cluster_ids, noise_std, covariance,
+                                channel_positions, o)
     t_templates = time.perf_counter()
 
-    # 2. The spread of each template's projection on noise, from excerpts.
-    token = uuid.uuid4().hex
-    setup = Setup(prm_path, channels, filter_, "noise", before=before, n_t=n_t,
-                  templates=templates, token=token)
-    excerpts = _excerpt_chunks(n_samples, int(o.n_noise_excerpts),
-                               int(round(o.noise_excerpt_s * rate)), filter_.margin_samples)
-    medians_b = []
-    for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
-        if part.n_samples:
-            medians_b.append(part.median_abs)
-        reporter.increment()
-    if not medians_b:
-        raise TemplateMatchingError(f"The recording ({n_samples} samples) is shorter than a "
-                                    f"template ({n_t} samples).")
-    sigma = (np.median(np.stack(medians_b), axis=0) / 0.6744897501960817).astype(np.float32)
-    sigma = np.maximum(sigma, 1e-12)
-    t_noise = time.perf_counter()
+    # 2-3. Matching passes: each but the last collects events, from which the templates
+    # are refined (`phy_tmatch.refine`); the last one's spikes are the result.
+    n_rounds = int(o.refine_rounds)
+    collect = _collect_options(o, channel_positions, noise_std, covariance, n_t, before,
+                               n_samples, chunk_size) if n_rounds else None
+    refinements, t_noise, t_matching = [], 0.0, 0.0
+    next_id = int(max(np.max(spike_clusters, initial=0), np.max(cluster_ids, initial=0))) + 1
+    for round_ in range(n_rounds + 1):
+        last = round_ == n_rounds
+        t_round = time.perf_counter()
+        token = uuid.uuid4().hex
+        sigma = _projection_noise(prm_path, channels, filter_, before, n_t, templates, token,
+                                  executor, reporter, n_samples, rate, o)
+        t_noise += time.perf_counter() - t_round
+        t_round = time.perf_counter()
+        if collect is not None and not last:
+            from .residual import home_channels
 
-    # 3. The matching pursuit, chunk by chunk.
-    setup = Setup(prm_path, channels, filter_, "match", before=before, n_t=n_t,
-                  templates=templates, parameters=parameters, sigma=sigma, token=token)
-    parts, rounds, capped = [], [], 0
-    for part in executor.imap(run_job, [(setup, c, None) for c in match_chunks]):
-        parts.append(part)
-        rounds.append(part.n_rounds)
-        capped += part.capped
-        reporter.increment()
-    if capped:
-        logger.warning("Template matching: the pursuit reached max_rounds=%d in %d of %d "
-                       "chunks; some spikes may be missed (raise max_rounds).",
-                       parameters.max_rounds, capped, len(match_chunks))
-    result = Bunch(
-        spike_samples=np.concatenate([p.spike_samples for p in parts]),
-        spike_templates=np.concatenate([p.spike_templates for p in parts]),
-        amplitudes=np.concatenate([p.amplitudes for p in parts]))
+            collect.template_home = home_channels(templates)
+        setup = Setup(prm_path, channels, filter_, "match", before=before, n_t=n_t,
+                      templates=templates, parameters=parameters, sigma=sigma, token=token,
+                      collect=None if last else collect)
+        parts, rounds, capped = [], [], 0
+        for part in executor.imap(run_job, [(setup, c, None) for c in match_chunks]):
+            parts.append(part)
+            rounds.append(part.n_rounds)
+            capped += part.capped
+            reporter.increment()
+        if capped:
+            logger.warning("Template matching: the pursuit reached max_rounds=%d in %d of %d "
+                           "chunks; some spikes may be missed (raise max_rounds).",
+                           parameters.max_rounds, capped, len(match_chunks))
+        result = Bunch(
+            spike_samples=np.concatenate([p.spike_samples for p in parts]),
+            spike_templates=np.concatenate([p.spike_templates for p in parts]),
+            amplitudes=np.concatenate([p.amplitudes for p in parts]))
+        if not last:
+            from .refine import refine
+
+            events = Bunch({key: np.concatenate([p.events[key] for p in parts])
+                            for key in ("samples", "labels", "homes", "snippets")})
+            counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
+            refined = refine(templates, events, counts, noise_std, collect.local,
+                             channel_positions, n_samples, rate, next_id,
+                             o.refine_parameters, covariance=covariance)
+            next_id = int(max(next_id, np.max(refined.cluster_ids, initial=0) + 1))
+            refinements.append({key: int(refined[key]) for key in
+                                ("n_split", "n_new", "n_merged", "n_dropped")}
+                               | dict(n_templates=len(refined.cluster_ids)))
+            if refined.changed and len(refined.cluster_ids):
+                templates = _make_templates(refined.means, refined.n_spikes,
+                                            refined.cluster_ids, noise_std, covariance,
+                                            channel_positions, o)
+            t_matching += time.perf_counter() - t_round
+            if not refined.changed:
+                reporter.value = reporter.value + n_excerpts + len(match_chunks)  # skipped
+                n_rounds = round_ + 1
+                break
+        else:
+            t_matching += time.perf_counter() - t_round
+    if len(result.spike_samples) and n_rounds > 0 and int(o.refine_parameters.min_spikes) > 1:
+        result = _drop_small(result, templates, int(o.refine_parameters.min_spikes))
     t_end = time.perf_counter()
     duration = n_samples / rate
     logger.info("Template matching: %d spikes from %d templates in %.1f s of recording in "
                 "%.1f s (%.1fx real time; templates %.1f s, noise %.1f s, matching %.1f s).",
                 len(result.spike_samples), templates.n_templates, duration, t_end - t0,
-                duration / max(t_end - t0, 1e-9), t_templates - t0, t_noise - t_templates,
-                t_end - t_noise)
+                duration / max(t_end - t0, 1e-9), t_templates - t0, t_noise, t_matching)
     info = dict(
         options={k: (list(v) if isinstance(v, tuple) else v) for k, v in o.items()},
         parameters=asdict(parameters), n_t=n_t, template_before=before,
@@ -381,8 +498,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         template_trough=templates.trough, template_n_channels=np.diff(templates.ptr),
         template_explained=np.round(templates.explained, 4), projection_sigma=sigma,
         n_spikes=int(len(result.spike_samples)), max_rounds_used=int(max(rounds or [0])),
-        chunks_capped=int(capped), elapsed_s=round(t_end - t0, 3),
+        chunks_capped=int(capped), refinements=refinements, elapsed_s=round(t_end - t0, 3),
         elapsed_templates_s=round(t_templates - t0, 3),
-        elapsed_noise_s=round(t_noise - t_templates, 3),
-        elapsed_matching_s=round(t_end - t_noise, 3))
+        elapsed_noise_s=round(t_noise, 3), elapsed_matching_s=round(t_matching, 3))
     return result, templates, info

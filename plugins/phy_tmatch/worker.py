@@ -10,7 +10,8 @@ filters it in place (`phy_detect`'s reader and filter), then:
   channel and the noise covariance sums (`phy_tmatch.whitening`);
 - ``'noise'``: the median ``|B|`` of the projections on every template (the
   spread of a template's projection on noise);
-- ``'match'``: the matching pursuit (`phy_tmatch.matching.match_chunk`).
+- ``'match'``: the matching pursuit (`phy_tmatch.matching.match_chunk`) and,
+  with ``Setup.collect``, the events of the refinement (`phy_tmatch.residual`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Setup:
     parameters: Any = None  # a matching.MatchParameters
     sigma: Any = None  # (K,) noise of the projections
     token: str = ""  # identifies the templates, for the per-worker cache
+    collect: Any = None  # a Bunch: collect events for the refinement (`phy_tmatch.residual`)
 
 
 def traces(prm_path: str):
@@ -52,12 +54,13 @@ def traces(prm_path: str):
     return _TRACES[prm_path]
 
 
-def cached(token: str, make):
-    """``make()`` once per worker and token (the templates' cross-correlations)."""
-    if token not in _CACHE:
-        _CACHE.clear()  # one run at a time: drop the previous run's arrays
-        _CACHE[token] = make()
-    return _CACHE[token]
+def cached(token: str, make, name: str = ""):
+    """``make()`` once per worker, token and name (e.g. the templates' cross-correlations)."""
+    if not any(key[0] == token for key in _CACHE):
+        _CACHE.clear()  # one template set at a time: drop the previous one's arrays
+    if (token, name) not in _CACHE:
+        _CACHE[(token, name)] = make()
+    return _CACHE[(token, name)]
 
 
 def filtered_chunk(setup: Setup, chunk) -> np.ndarray:
@@ -103,6 +106,15 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
         one = np.ones(1, dtype=np.float32)
         pursue(b, one, one, np.float32(1.0), np.float32(0.5), np.float32(1.5), one * 0.4,
                one * 1.6, 2, ptr, idx, cc, 2)
+        from .residual import pooled_residual, residual_troughs, subtract_spikes
+
+        xt = rng.standard_normal((1, 20)).astype(np.float32)
+        subtract_spikes(xt, np.zeros(1, np.int64), np.zeros(1, np.int64), one, ptr, idx,
+                        spatial, temporal)
+        pooled = np.empty_like(xt)
+        nbr = np.zeros((1, 1), dtype=np.int64)
+        pooled_residual(xt, one, nbr, spatial, pooled)
+        residual_troughs(pooled, np.float32(1.0), nbr, 2, 0, 20, 4)
 
 
 def spike_segments(setup: Setup, chunk, samples: np.ndarray) -> list | None:

@@ -1,0 +1,480 @@
+"""Template refinement: split, find, merge and drop templates from a matching pass's events.
+
+A matching pass with collection (`phy_tmatch.residual`) gives, for a sample of
+each template's matched spikes and for the residual events, snippets on the
+channels near their home channel. From them, in the parent process:
+
+- **Split** a template whose spikes are bimodal: the snippets, whitened
+  (`SnippetWhitener`) and restricted to where they stand out of the noise, are
+  reduced to their first `n_features` principal components, and a
+  two-component Gaussian mixture (full covariances) is fitted. The template is
+  split when the mixture beats one Gaussian by the BIC, both parts have at
+  least `min_spikes` spikes, their means differ by more than noise could make
+  them (``|m_a - m_b|^2 / (1/n_a + 1/n_b)``, in noise units, above
+  ``D + split_significance * sqrt(2 D)``, ``D`` the dimensions kept), and not
+  merely in amplitude (parts the merge would join again). The parts are split
+  again, up to `max_split_depth` times. A single Gaussian with data-chosen axes
+  still fits noise, which is why the mixture is tested against it rather than
+  2-means against nothing.
+- **Find** new units among the residual events: those of each home channel are
+  split the same way, and every part with at least `min_spikes` events whose
+  mean stands out of the noise (its peak over its channel's noise at least
+  `new_min_snr`) is a new template.
+- **Merge** two templates that explain the same unit: alike after alignment
+  (cosine similarity of their noise-divided waveforms at the best lag within
+  `merge_max_lag_ms` at least `merge_similarity`, amplitudes within a factor
+  `merge_amplitude_ratio`; or means that differ by less than the split test's
+  bar, for the small groups whose means are noisy; never the two parts of a
+  split of this round), unless
+  their spike trains are not refractory with each other (units have a dead
+  time, so a unit split in two has almost no pair of spikes closer than
+  `refractory_ms`).
+- **Drop** the templates that matched fewer than `min_spikes` spikes.
+
+A template that is neither split nor merged keeps its waveform; a new, split
+or merged one gets a new cluster id (ids are never reused) and the mean of its
+snippets (on its home channel's local channels) as waveform. The result is a
+set of mean waveforms from which `phy_tmatch.runner` rebuilds the templates
+and matches again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from phy_core.bunch import Bunch
+
+logger = logging.getLogger("phy")
+
+
+@dataclass(frozen=True)
+class RefineParameters:
+    """Parameters of the refinement (the ``refine`` option of `phy_tmatch.runner`).
+
+    ``min_spikes``: the fewest spikes of a unit (a part, a new template, a kept
+    template); ``n_features``: principal components the mixture sees;
+    ``max_split_depth``: splits of splits; ``split_significance``: the chi-square
+    bar, in its standard deviations; ``signal_floor``: the RMS (noise units) above
+    the noise of a kept dimension; ``max_dims``: at most this many dimensions;
+    ``new_min_snr``: a new template's peak over its channel's noise;
+    ``merge_similarity``, ``merge_amplitude_ratio``, ``merge_max_lag_ms``,
+    ``merge_radius_um`` (between the peak channels): what is alike;
+    ``refractory_ms``: the window of the refractory test. The defaults were
+    chosen on the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
+    """
+
+    min_spikes: int = 6
+    n_features: int = 3
+    max_split_depth: int = 3
+    split_significance: float = 6.0
+    signal_floor: float = 1.0
+    max_dims: int = 300
+    new_min_snr: float = 2.5
+    merge_similarity: float = 0.95
+    merge_amplitude_ratio: float = 1.3
+    merge_max_lag_ms: float = 0.4
+    merge_radius_um: float = 60.0
+    refractory_ms: float = 1.5
+
+
+# -- Splitting --------------------------------------------------------------------------------
+
+
+def _gaussian_loglik(y: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    d = y.shape[1]
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, (y - mean).T)
+    return -0.5 * (z ** 2).sum(axis=0) - np.log(np.diag(chol)).sum() - 0.5 * d * np.log(
+        2 * np.pi)
+
+
+def _fit_gaussian(y: np.ndarray, weights: np.ndarray, reg: float):
+    w = weights / max(weights.sum(), 1e-12)
+    mean = w @ y
+    yc = y - mean
+    cov = (yc * w[:, None]).T @ yc + reg * np.eye(y.shape[1])
+    return mean, cov
+
+
+def _two_gaussians(y: np.ndarray, labels: np.ndarray, reg: float,
+                   n_iter: int = 60) -> tuple[np.ndarray, float]:
+    """EM of a two-component Gaussian mixture from hard `labels`; (labels, log-likelihood)."""
+    resp = np.stack([labels == 0, labels == 1], axis=1).astype(np.float64)
+    ll = -np.inf
+    for _ in range(n_iter):
+        logp = np.empty_like(resp)
+        for j in range(2):
+            if resp[:, j].sum() < y.shape[1] + 1:
+                return labels, -np.inf
+            mean, cov = _fit_gaussian(y, resp[:, j], reg)
+            logp[:, j] = np.log(resp[:, j].mean()) + _gaussian_loglik(y, mean, cov)
+        top = logp.max(axis=1, keepdims=True)
+        total = top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))
+        new_ll = float(total.sum())
+        resp = np.exp(logp - total[:, None])
+        if new_ll - ll < 1e-6 * abs(new_ll):
+            ll = new_ll
+            break
+        ll = new_ll
+    return resp.argmax(axis=1), ll
+
+
+def _bisect(x: np.ndarray, p: RefineParameters) -> np.ndarray | None:
+    """Labels 0/1 splitting the rows of `x` (noise units) in two units, or None."""
+    if len(x) < 2 * p.min_spikes:
+        return None
+    # The dimensions where the spikes stand out of the (white, unit-variance) noise, in
+    # mean square (two units of opposite signs there would cancel in the mean): the
+    # others carry only noise, whose principal components would hide a small unit's.
+    energy = (x ** 2).mean(axis=0) - 1.0
+    n_dims = int(np.clip((energy >= p.signal_floor ** 2).sum(), min(20, x.shape[1]),
+                         p.max_dims))
+    x = x[:, np.argsort(-energy, kind="stable")[:n_dims]]
+    n, dim = x.shape
+    xc = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    y = xc @ vt[:p.n_features].T
+    reg = 1e-3 * max(float(y.var(axis=0).mean()), 1e-12)
+    mean, cov = _fit_gaussian(y, np.ones(n), reg)
+    ll1 = float(_gaussian_loglik(y, mean, cov).sum())
+    best, best_ll = None, -np.inf
+    for axis in range(min(2, y.shape[1])):
+        # 2-means started from the sign of a principal axis, then the mixture.
+        labels = (y[:, axis] > np.median(y[:, axis])).astype(np.int64)
+        for _ in range(10):
+            if labels.min() == labels.max():
+                break
+            centres = np.stack([y[labels == 0].mean(axis=0), y[labels == 1].mean(axis=0)])
+            labels = ((y[:, None, :] - centres[None]) ** 2).sum(axis=-1).argmin(axis=1)
+        if labels.min() == labels.max():
+            continue
+        labels, ll2 = _two_gaussians(y, labels, reg)
+        if ll2 > best_ll:
+            best, best_ll = labels, ll2
+    if best is None:
+        return None
+    # The mixture saw only a few principal components; the two means on every kept
+    # dimension tell the parts apart better (a few steps of 2-means, from its labels).
+    for _ in range(10):
+        if best.min() == best.max():
+            return None
+        centres = np.stack([x[best == 0].mean(axis=0), x[best == 1].mean(axis=0)])
+        labels = ((x[:, None, :] - centres[None]) ** 2).sum(axis=-1).argmin(axis=1)
+        if np.array_equal(labels, best):
+            break
+        best = labels
+    d = y.shape[1]
+    n_params = d + d * (d + 1) // 2
+    if 2.0 * (best_ll - ll1) < (n_params + 1) * np.log(n):
+        return None
+    n_a, n_b = int((best == 0).sum()), int((best == 1).sum())
+    if min(n_a, n_b) < p.min_spikes:
+        return None
+    delta = x[best == 0].mean(axis=0) - x[best == 1].mean(axis=0)
+    # In units of the parts' own spread, which the whitening leaves near 1 but not at 1
+    # (a unit's spikes also vary in amplitude and alignment).
+    spread = max(1.0, float(np.concatenate([x[best == 0] - x[best == 0].mean(axis=0),
+                                            x[best == 1] - x[best == 1].mean(axis=0)]).var(
+        axis=0).mean()))
+    stat = float((delta ** 2).sum()) / (1.0 / n_a + 1.0 / n_b) / spread
+    if stat < dim + p.split_significance * np.sqrt(2.0 * dim):
+        return None
+    # Parts of one shape whose amplitudes differ little are one unit whose amplitudes
+    # vary (not always as a Gaussian): the merge would join them again.
+    m_a, m_b = x[best == 0].mean(axis=0), x[best == 1].mean(axis=0)
+    n_a2, n_b2 = float(np.linalg.norm(m_a)), float(np.linalg.norm(m_b))
+    cos = float(m_a @ m_b) / max(n_a2 * n_b2, 1e-12)
+    if cos >= p.merge_similarity and max(n_a2, n_b2) <= p.merge_amplitude_ratio * min(n_a2,
+                                                                                      n_b2):
+        return None
+    return best
+
+
+def split_units(x: np.ndarray, p: RefineParameters, depth: int = 0) -> list[np.ndarray]:
+    """Row indices of `x` grouped into units by recursive bisection (see the module docstring)."""
+    rows = np.arange(len(x))
+    if depth >= p.max_split_depth:
+        return [rows]
+    labels = _bisect(x, p)
+    if labels is None:
+        return [rows]
+    out = []
+    for j in (0, 1):
+        part = rows[labels == j]
+        out += [part[sub] for sub in split_units(x[part], p, depth + 1)]
+    return out
+
+
+# -- Noise whitening of the snippets -----------------------------------------------------------
+
+
+def _inverse_sqrt(matrix: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    values = np.maximum(values, floor * max(values.max(), 1e-30))
+    return (vectors / np.sqrt(values)) @ vectors.T
+
+
+class SnippetWhitener:
+    """Makes the noise of snippets ``(n, n_t, L)`` white: a spatial then a temporal whitening.
+
+    The spike-band noise is correlated across channels and, band-limited, along
+    time: in raw coordinates its largest principal components are noise, and
+    hide the difference between two units. The noise covariance of a snippet
+    is modelled as separable, ``S_t (x) S_c``: ``S_c`` from the noise covariance
+    of the local channels, ``S_t`` from the spatially whitened snippets of the
+    matched spikes minus their template's mean (mostly noise).
+    """
+
+    def __init__(self, covariance: np.ndarray | None, sigma: np.ndarray, local: np.ndarray):
+        self.sigma, self.local = sigma, local
+        self.covariance = covariance
+        self._spatial: dict[int, np.ndarray] = {}
+        self.temporal = None
+
+    def spatial(self, home: int) -> np.ndarray:
+        if home not in self._spatial:
+            chans = self.local[home]
+            if self.covariance is None:
+                self._spatial[home] = np.diag(1.0 / self.sigma[chans])
+            else:
+                self._spatial[home] = _inverse_sqrt(self.covariance[np.ix_(chans, chans)])
+        return self._spatial[home]
+
+    def fit_temporal(self, snippet_groups: list[tuple[np.ndarray, int]]) -> None:
+        n_t = snippet_groups[0][0].shape[1] if snippet_groups else 1
+        acc, n = np.zeros((n_t, n_t)), 0
+        for snippets, home in snippet_groups:
+            if len(snippets) < 2:
+                continue
+            y = (snippets - snippets.mean(axis=0)) @ self.spatial(home).T  # (m, n_t, L)
+            acc += np.einsum("mtl,msl->ts", y, y)
+            n += y.shape[0] * y.shape[2]
+        self.temporal = _inverse_sqrt(acc / n) if n else np.eye(n_t)
+
+    def __call__(self, snippets: np.ndarray, home: int) -> np.ndarray:
+        y = snippets @ self.spatial(home).T
+        y = np.einsum("ts,msl->mtl", self.temporal, y)
+        return y.reshape(len(snippets), -1)
+
+
+# -- Merging ----------------------------------------------------------------------------------
+
+
+def _similarity(a: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[float, float, int]:
+    """Best cosine similarity of two ``(n_t, C)`` waveforms over lags; (cos, |a|/|b|, lag)."""
+    best, best_lag = -1.0, 0
+    n_t = a.shape[0]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 0.0, 0.0, 0
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            v = float((a[lag:] * b[:n_t - lag]).sum())
+        else:
+            v = float((a[:n_t + lag] * b[-lag:]).sum())
+        if v > best:
+            best, best_lag = v, lag
+    return best / (na * nb), na / nb, best_lag
+
+
+def _shift(b: np.ndarray, lag: int) -> np.ndarray:
+    """`b` (n_t, C) delayed by `lag` samples (zeros shifted in)."""
+    out = np.zeros_like(b)
+    if lag >= 0:
+        out[lag:] = b[:len(b) - lag]
+    else:
+        out[:lag] = b[-lag:]
+    return out
+
+
+def _indistinct(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int, home: int, whitener,
+                local: np.ndarray, p: RefineParameters) -> bool:
+    """Whether two mean waveforms differ by no more than their noise (the split test's bar)."""
+    chans = local[home]
+    wa = whitener(a[None, :, chans], home)[0]
+    wb = whitener(b[None, :, chans], home)[0]
+    signal = np.maximum(np.abs(wa), np.abs(wb))
+    n_dims = int(np.clip((signal >= p.signal_floor).sum(), min(20, len(signal)), p.max_dims))
+    dims = np.argsort(-signal, kind="stable")[:n_dims]
+    stat = float(((wa[dims] - wb[dims]) ** 2).sum()) / (1.0 / max(n_a, 1) + 1.0 / max(n_b, 1))
+    return stat < n_dims + p.split_significance * np.sqrt(2.0 * n_dims)
+
+
+def _coincidences(s1: np.ndarray, s2: np.ndarray, window: int, same: int) -> int:
+    """Pairs with ``same < |t1 - t2| <= window``."""
+    s2 = np.sort(s2)
+    count = 0
+    for a, b in ((-window, -same - 1), (same + 1, window)):
+        lo = np.searchsorted(s2, s1 + a, side="left")
+        hi = np.searchsorted(s2, s1 + b, side="right")
+        count += int((hi - lo).sum())
+    return count
+
+
+def _refractory_conflict(s1, s2, window: int, same: int, duration: int) -> bool:
+    """Whether two spike trains have too many pairs within `window` for one unit.
+
+    Pairs closer than `same` samples are one spike seen twice (a residual event
+    where a template matched a spike poorly), not two.
+    """
+    expected = len(s1) * len(s2) * 2 * (window - same) / max(duration, 1)
+    observed = _coincidences(s1, s2, window, same)
+    return observed > max(2.0, 0.3 * expected)
+
+
+# -- The refinement ---------------------------------------------------------------------------
+
+
+def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndarray,
+           local: np.ndarray, positions: np.ndarray, n_samples: int, sample_rate: float,
+           next_id: int, p: RefineParameters = RefineParameters(),
+           covariance: np.ndarray | None = None) -> Bunch:
+    """New mean waveforms from a matching pass's events (see the module docstring).
+
+    Parameters
+    ----------
+    templates : TemplateSet
+        The templates of the pass.
+    events : Bunch
+        ``samples``, ``labels`` (template or -1), ``homes``, ``snippets`` (n, n_t, L).
+    counts : (K,) int
+        Spikes each template matched in the whole pass.
+    sigma_channels : (C,) noise standard deviation per channel.
+    local : (C, L) each channel's nearest channels.
+    covariance : (C, C) or None
+        The noise covariance of the channels (None: independent channels).
+    next_id : int
+        The first unused cluster id.
+
+    Returns
+    -------
+    Bunch
+        ``means`` (K', n_t, C) float64, ``n_spikes`` (K',), ``cluster_ids`` (K',),
+        ``changed`` (bool), and the counts ``n_split``, ``n_new``, ``n_merged``,
+        ``n_dropped``.
+    """
+    n_t, n_channels = templates.n_samples, templates.n_channels
+    dense = templates.dense().astype(np.float64)
+    sigma = np.maximum(np.asarray(sigma_channels, dtype=np.float64), 1e-12)
+    labels, homes = np.asarray(events.labels), np.asarray(events.homes)
+    snippets = np.asarray(events.snippets, dtype=np.float64)
+    samples = np.asarray(events.samples)
+
+    template_homes = np.abs(dense).max(axis=1).argmax(axis=1)
+    whitener = SnippetWhitener(covariance, sigma, local)
+    whitener.fit_temporal([(snippets[labels == k], int(template_homes[k]))
+                           for k in range(templates.n_templates)])
+
+    def whitened(rows, home):
+        return whitener(snippets[rows], int(home))
+
+    def embed(rows, home):
+        out = np.zeros((n_t, n_channels))
+        out[:, local[home]] = snippets[rows].mean(axis=0)
+        return out
+
+    # Groups: [mean, n_spikes, cluster id or None (new), home, spike samples, parent
+    # template or -1, spikes averaged in the mean].
+    groups = []
+    n_split = n_dropped = n_new = 0
+    for k in range(templates.n_templates):
+        rows = np.flatnonzero(labels == k)
+        if counts[k] < p.min_spikes:
+            n_dropped += 1
+            continue
+        home = int(template_homes[k])
+        parts = split_units(whitened(rows, home), p) if len(rows) else [np.arange(0)]
+        if len(parts) == 1:
+            groups.append([dense[k], int(counts[k]), int(templates.cluster_ids[k]), home,
+                           samples[rows], -1, int(templates.n_spikes[k])])
+            continue
+        n_split += 1
+        for part in parts:
+            r = rows[part]
+            mean = embed(r, home)
+            # A part may be another unit, centred elsewhere.
+            peak = int(np.abs(mean / sigma).max(axis=0).argmax())
+            groups.append([mean, len(r), None, peak, samples[r], k, len(r)])
+    residual = np.flatnonzero(labels < 0)
+    for home in np.unique(homes[residual]):
+        rows = residual[homes[residual] == home]
+        if len(rows) < p.min_spikes:
+            continue
+        for part in split_units(whitened(rows, home), p):
+            r = rows[part]
+            if len(r) < p.min_spikes:
+                continue
+            mean = embed(r, home)
+            snr = np.abs(mean[:, home]).max() / sigma[home]
+            if snr < p.new_min_snr:
+                continue
+            n_new += 1
+            groups.append([mean, len(r), None, int(home), samples[r], -1, len(r)])
+
+    # Merges, most similar pairs first.
+    refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
+    same = int(round(0.2e-3 * sample_rate))
+    max_lag = int(round(p.merge_max_lag_ms * 1e-3 * sample_rate))
+    positions = np.asarray(positions, dtype=np.float64)
+    pairs = []
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            hi, hj = groups[i][3], groups[j][3]
+            if groups[i][5] >= 0 and groups[i][5] == groups[j][5]:
+                continue  # the parts of a split were just found distinct
+            if np.linalg.norm(positions[hi] - positions[hj]) > p.merge_radius_um:
+                continue
+            a, b = groups[i][0] / sigma, groups[j][0] / sigma
+            cos, ratio, lag = _similarity(a, b, max_lag)
+            alike = cos >= p.merge_similarity and \
+                1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio
+            if not alike and cos >= 0.5:
+                home = groups[i][3] if groups[i][1] >= groups[j][1] else groups[j][3]
+                alike = _indistinct(groups[i][0], _shift(groups[j][0], lag),
+                                    min(groups[i][1], groups[i][6]),
+                                    min(groups[j][1], groups[j][6]), home, whitener, local, p)
+            logger.debug("Refinement: groups %d (n=%d, home %d) and %d (n=%d, home %d): "
+                         "similarity %.3f, amplitude ratio %.2f, lag %d: %s.", i, groups[i][1],
+                         hi, j, groups[j][1], hj, cos, ratio, lag,
+                         "alike" if alike else "distinct")
+            if alike:
+                pairs.append((cos, i, j, lag))
+    alive = [True] * len(groups)
+    n_merged = 0
+    for _, i, j, lag in sorted(pairs, reverse=True):
+        if not (alive[i] and alive[j]):
+            continue
+        # The two may date one spike differently (by their lag).
+        if _refractory_conflict(groups[i][4], groups[j][4], max(refractory, same + abs(lag) + 1),
+                                same + abs(lag), n_samples):
+            logger.debug("Refinement: groups %d and %d are alike but not refractory.", i, j)
+            continue
+        big, small = (i, j) if groups[i][1] >= groups[j][1] else (j, i)
+        g, h = groups[big], groups[small]
+        # The smaller one aligned on the bigger one (whose spike times stay).
+        g[0] = (g[0] * g[6] + _shift(h[0], lag if big == i else -lag) * h[6]) / (g[6] + h[6])
+        g[1] += h[1]
+        g[6] += h[6]
+        g[2] = None
+        g[4] = np.concatenate([g[4], h[4]])
+        alive[small] = False
+        n_merged += 1
+    kept = [g for g, a in zip(groups, alive) if a]
+    ids = []
+    for g in kept:
+        if g[2] is None:
+            g[2] = next_id
+            next_id += 1
+        ids.append(g[2])
+    changed = bool(n_split or n_new or n_merged or n_dropped)
+    logger.info("Template refinement: %d split, %d new, %d merged, %d dropped: %d -> %d "
+                "templates.", n_split, n_new, n_merged, n_dropped, templates.n_templates,
+                len(kept))
+    return Bunch(
+        means=np.stack([g[0] for g in kept]) if kept else np.zeros((0, n_t, n_channels)),
+        n_spikes=np.array([g[1] for g in kept], dtype=np.int64),
+        cluster_ids=np.array(ids, dtype=np.int64), changed=changed, n_split=n_split,
+        n_new=n_new, n_merged=n_merged, n_dropped=n_dropped)

@@ -1,0 +1,232 @@
+"""What a matching pass leaves behind, collected in the workers for the template refinement.
+
+After the pursuit of a chunk (`phy_tmatch.matching.match_chunk`), every accepted
+spike ``a T_k`` is subtracted from the band-passed chunk: what remains is the
+*residual*. Two kinds of *events* are collected from it, each a *snippet*: the
+window of the template's length on the `L` channels nearest to the event's
+*home* channel (`local_channels`), in band-passed units.
+
+- Matched spikes: the residual plus the spike's own ``a T_k`` (the spike as
+  the recording has it, with its neighbours' spikes removed: what the
+  "peeler" sorters look at), home channel = the template's peak channel. At
+  most `max_per_template` of each template's spikes per chunk (evenly spread),
+  so the memory of a pass does not grow with the recording.
+- Residual events: spikes no template explained. A channel's residual is
+  divided by its noise and summed over its nearest channels with weights
+  (`pooled_residual`: a unit's spike spans several channels, noise
+  much less; the weights discount the noise they share: `pooling_weights`),
+  and the troughs of that statistic below ``-threshold`` times its
+  robust spread, minimal among their neighbour channels within a template's
+  half-length, are the events (`residual_troughs`); home channel = the trough's.
+
+The parent clusters them (`phy_tmatch.refine`) into new, split and merged
+templates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from phy_core.bunch import Bunch
+
+_MAD_TO_STD = 0.6744897501960817
+
+
+def local_channels(positions: np.ndarray, n_local: int) -> np.ndarray:
+    """``(C, L)`` int64: each channel's `n_local` nearest channels (itself first)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    d = np.sqrt(((positions[:, None, :] - positions[None, :, :]) ** 2).sum(axis=-1))
+    order = np.argsort(d + np.eye(len(d)) * -1.0, axis=1, kind="stable")
+    return np.ascontiguousarray(order[:, :min(n_local, len(d))], dtype=np.int64)
+
+
+def pooling_weights(positions: np.ndarray, local: np.ndarray, n_pool: int, width_um: float,
+                    sigma: np.ndarray, covariance: np.ndarray | None = None,
+                    regularization: float = 1e-3) -> np.ndarray:
+    """``(C, P)`` float32 weights of each channel's `n_pool` nearest channels' ``x / sigma``.
+
+    The detector of a spike with a Gaussian footprint ``g`` (`width_um`) centred on
+    the channel, in noise of covariance ``C`` on those channels: ``C^-1 g`` (as
+    for the projection templates, `phy_tmatch.whitening`: the background shared
+    by nearby channels is discounted; independent channels pooled with weights
+    ``g`` alone do worse than the centre channel on its own). Without a
+    covariance, ``g``. The statistic is normalized afterwards by its spread.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    nbr = local[:, :n_pool]
+    out = np.zeros(nbr.shape)
+    for c in range(len(nbr)):
+        chans = nbr[c]
+        d2 = ((positions[chans] - positions[c]) ** 2).sum(axis=-1)
+        g = np.exp(-0.5 * d2 / max(width_um, 1e-9) ** 2)
+        if covariance is None:
+            out[c] = g
+            continue
+        cov = np.asarray(covariance, dtype=np.float64)[np.ix_(chans, chans)]
+        cov = cov + regularization * max(float(np.trace(cov)) / len(chans), 1e-30) * np.eye(
+            len(chans))
+        # Weights on x are C^-1 g; on x / sigma, times sigma.
+        out[c] = np.linalg.solve(cov, g) * sigma[chans]
+    out /= np.maximum(np.abs(out).max(axis=1, keepdims=True), 1e-30)
+    return out.astype(np.float32)
+
+
+@njit(cache=True)
+def subtract_spikes(xt, starts, kinds, amplitudes, ptr, idx, spatial,
+                    temporal):  # pragma: no cover - compiled
+    """``xt[c, s + tau] -= a T_k(tau, c)`` for every spike ``(s, k, a)``, in place.
+
+    `xt` is the chunk channel-major, ``(C, n)``.
+    """
+    rank, n_t = temporal.shape[1], temporal.shape[2]
+    for i in range(len(starts)):
+        s, k, a = starts[i], kinds[i], amplitudes[i]
+        for j in range(ptr[k], ptr[k + 1]):
+            row = xt[idx[j]]
+            for r in range(rank):
+                w = a * spatial[j, r]
+                for tau in range(n_t):
+                    row[s + tau] -= w * temporal[k, r, tau]
+
+
+@njit(cache=True, fastmath=True)
+def pooled_residual(xt, inv_sigma, nbr, weights, out):  # pragma: no cover - compiled
+    """``out[c] = sum_p weights[c, p] xt[nbr[c, p]] / sigma[nbr[c, p]]`` (rows: channels).
+
+    Channel-major, so that every inner loop is a contiguous SIMD axpy.
+    """
+    n_channels, n = xt.shape
+    # A buffer of its own: LLVM vectorizes the loop only when it cannot alias `xt`.
+    acc = np.empty(n, dtype=np.float32)
+    for c in range(n_channels):
+        acc[:] = 0.0
+        for p in range(nbr.shape[1]):
+            j = nbr[c, p]
+            w = np.float32(weights[c, p] * inv_sigma[j])
+            row = xt[j]
+            for t in range(n):
+                acc[t] += w * row[t]
+        out[c, :] = acc
+
+
+@njit(cache=True)
+def residual_troughs(z, threshold, nbr, half_width, lo, hi,
+                     max_events):  # pragma: no cover - compiled
+    """Troughs ``(t, c)`` of the normalized statistic `z` ``(C, n)`` with ``lo <= t < hi``.
+
+    A trough is below ``-threshold`` and the minimum (ties: earlier sample, then
+    lower channel) over its neighbour channels and ``t +- half_width``. Sorted
+    by channel, then sample.
+    """
+    n_channels, n = z.shape
+    out = np.empty((max_events, 2), dtype=np.int64)
+    count = 0
+    for c in range(n_channels):
+        for t in range(lo, hi):
+            v = z[c, t]
+            if v >= -threshold:
+                continue
+            best = True
+            for p in range(nbr.shape[1]):
+                cc = nbr[c, p]
+                for u in range(max(0, t - half_width), min(n, t + half_width + 1)):
+                    w = z[cc, u]
+                    if w < v or (w == v and (u < t or (u == t and cc < c))):
+                        best = False
+                        break
+                if not best:
+                    break
+            if best and count < max_events:
+                out[count, 0] = t
+                out[count, 1] = c
+                count += 1
+    return out[:count]
+
+
+def _evenly(indices: np.ndarray, n_max: int) -> np.ndarray:
+    if len(indices) <= n_max:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, n_max).round().astype(np.int64)]
+
+
+def collect_events(collect: Bunch, templates, chunk, xt: np.ndarray, starts: np.ndarray,
+                   kinds: np.ndarray, amplitudes: np.ndarray, local_templates: np.ndarray) -> Bunch:
+    """The events of one chunk (see the module docstring).
+
+    `xt` is the band-passed chunk, channel-major ``(C, n)``: it becomes the residual.
+
+    `starts`, `kinds`, `amplitudes`: every spike the pursuit accepted in the
+    chunk (margins included); `local_templates` ``(K, n_t, L)``: each template
+    on its home channel's local channels.
+
+    Returns
+    -------
+    Bunch
+        ``samples`` (absolute trough samples), ``labels`` (template, or -1 for a
+        residual event), ``homes`` (home channel), ``snippets`` (n, n_t, L)
+        float32, only for events whose sample is in the chunk's keep range.
+    """
+    n_t = templates.n_samples
+    subtract_spikes(xt, starts.astype(np.int64), kinds.astype(np.int64),
+                    amplitudes.astype(np.float32), templates.ptr, templates.idx,
+                    templates.spatial, templates.temporal)
+    offset = chunk.load_start
+    keep_lo, keep_hi = chunk.keep_start - offset, chunk.keep_stop - offset
+    local = collect.local
+    before = int(collect.before)
+
+    # Matched spikes of the keep range, at most `max_per_template` per template.
+    samples = starts + templates.trough[kinds]
+    inside = np.flatnonzero((samples >= keep_lo) & (samples < keep_hi))
+    chosen = [_evenly(inside[kinds[inside] == k], int(collect.max_per_template))
+              for k in np.unique(kinds[inside])]
+    chosen = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+    m_starts, m_kinds = starts[chosen], kinds[chosen]
+    m_homes = collect.template_home[m_kinds]
+
+    # Residual events.
+    inv_sigma = (1.0 / np.maximum(collect.sigma_channels, 1e-12)).astype(np.float32)
+    pooled = np.empty_like(xt)
+    pooled_residual(xt, inv_sigma, collect.pool_channels, collect.pool_weights, pooled)
+    spread = np.median(np.abs(pooled[:, ::16]), axis=1) / _MAD_TO_STD
+    pooled /= np.maximum(spread, 1e-12)[:, None]
+    # Troughs whose window fits in the chunk.
+    n = xt.shape[1]
+    lo, hi = max(keep_lo, before), min(keep_hi, n - (n_t - before) + 1)
+    troughs = residual_troughs(pooled, np.float32(collect.residual_threshold),
+                               collect.pool_channels, n_t // 2, lo, max(lo, hi),
+                               int(collect.max_residual))
+    r_times, r_homes = troughs[:, 0], troughs[:, 1]
+    keep = np.concatenate([_evenly(np.flatnonzero(r_homes == c),
+                                   int(collect.max_residual_per_channel))
+                           for c in np.unique(r_homes)]) if len(r_homes) else np.zeros(0, int)
+    keep = np.sort(keep)
+    r_times, r_homes = r_times[keep], r_homes[keep]
+
+    all_starts = np.concatenate([m_starts, r_times - before]).astype(np.int64)
+    homes = np.concatenate([m_homes, r_homes]).astype(np.int64)
+    rows = all_starts[:, None] + np.arange(n_t)[None, :]
+    snippets = xt[local[homes][:, None, :], rows[:, :, None]]  # (n, n_t, L)
+    # The matched spikes with their own template added back.
+    if len(m_kinds):
+        snippets[:len(m_kinds)] += (amplitudes[chosen][:, None, None]
+                                    * local_templates[m_kinds])
+    labels = np.concatenate([m_kinds, np.full(len(r_times), -1)]).astype(np.int64)
+    trough = np.concatenate([templates.trough[m_kinds], np.full(len(r_times), before)])
+    return Bunch(samples=(all_starts + trough + offset).astype(np.int64), labels=labels,
+                 homes=homes, snippets=snippets.astype(np.float32))
+
+
+def home_channels(templates) -> np.ndarray:
+    """Each template's peak channel (largest ``|T|``)."""
+    return np.abs(templates.dense()).max(axis=1).argmax(axis=1).astype(np.int64)
+
+
+def local_templates(templates, local: np.ndarray, homes: np.ndarray) -> np.ndarray:
+    """``(K, n_t, L)``: each template on its home channel's local channels."""
+    dense = templates.dense()
+    return np.stack([dense[k][:, local[homes[k]]] for k in range(templates.n_templates)]) \
+        if templates.n_templates else np.zeros((0, templates.n_samples, local.shape[1]),
+                                               np.float32)

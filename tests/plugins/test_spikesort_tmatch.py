@@ -1,0 +1,92 @@
+"""``phy spikesort`` with its optional template-matching stage: options, output, resuming."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from phy_core.cli import main
+from phy_detect.executors import SerialExecutor
+from phy_evaluate.metrics import evaluate
+from phy_spikesort.pipeline import (
+    SpikeSortError,
+    sort_recording,
+    state_path,
+    template_dir,
+    template_matching_options,
+)
+from phy_template.model import TemplateModel
+from phy_tmatch.templates import TemplateMatchingError
+
+PLUGINS = "commands,rawdata,probes,kwik,detect,masked_em,evaluate,spikesort"
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    from phy_synthetic.recording import synthesize_recording
+
+    folder = tmp_path_factory.mktemp("spikesort_tmatch")
+    return synthesize_recording(folder / "rec", name="rec", probe="linear32", duration_s=10,
+                                seed=2)
+
+
+def test_template_matching_options_from_the_prm_and_the_caller(recording, tmp_path):
+    prm = recording.prm_path
+    assert template_matching_options(prm) is None  # no section: off
+    on = template_matching_options(prm, True)
+    assert on["refine_rounds"] == 1 and on["include_noise"] and on["include_mua"]
+    assert template_matching_options(prm, dict(refine_rounds=0))["refine_rounds"] == 0
+    text = prm.read_text()
+    with_section = tmp_path / "with.prm"
+    with_section.write_text(text + "\ntemplate_matching = dict(refine_rounds=2)\n")
+    assert template_matching_options(with_section)["refine_rounds"] == 2
+    assert template_matching_options(with_section, False) is None
+    disabled = tmp_path / "disabled.prm"
+    disabled.write_text(text + "\ntemplate_matching = dict(enabled=False)\n")
+    assert template_matching_options(disabled) is None
+    assert template_matching_options(disabled, True) is not None
+    bad = tmp_path / "bad.prm"
+    bad.write_text(text + "\ntemplate_matching = 3\n")
+    with pytest.raises(SpikeSortError, match="template_matching must be a dict"):
+        template_matching_options(bad)
+
+
+def test_spikesort_resumes_at_the_template_matching_stage(recording, tmp_path, caplog):
+    # 1. A sort whose template matching fails (a misspelled option) after the clustering.
+    with pytest.raises(TemplateMatchingError, match="z_treshold"):
+        sort_recording(recording.prm_path, output_dir=tmp_path, executor=SerialExecutor(),
+                       template_matching=dict(z_treshold=4))
+    kwik = tmp_path / "rec.kwik"
+    state = json.loads(state_path(kwik).read_text())
+    assert state["clustered"] == [0] and state["matched"] == []
+    kwik_stamp = kwik.stat().st_mtime_ns
+
+    # 2. The rerun goes straight to the template matching (from the command line).
+    caplog.set_level("INFO", logger="phy")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--plugins", PLUGINS, "spikesort", str(recording.prm_path), "--output-dir",
+                     str(tmp_path), "--n-workers", "1", "--template-matching"]) == 0
+    assert kwik.stat().st_mtime_ns == kwik_stamp  # neither detected nor clustered again
+    assert "Detection resumed, not redone" in printed.getvalue()
+    out = template_dir(kwik, 0)
+    assert f"Wrote the template directory {out}." in printed.getvalue()
+    assert (out / "params.py").exists() and not state_path(kwik).exists()
+    info = json.loads((out / "tmatch.json").read_text())
+    assert len(info["refinements"]) <= 1 and info["options"]["refine_rounds"] == 1
+
+    # The matched sorting finds the recording's strong units.
+    truth = np.load(recording.gt_path if hasattr(recording, "gt_path")
+                    else recording.prm_path.with_suffix(".groundtruth.npz"))
+    model = TemplateModel(out)
+    result = evaluate(truth["spike_samples"], truth["spike_clusters"], model.spike_samples,
+                      model.spike_clusters, float(truth["sample_rate"]),
+                      unit_snr=truth["unit_snr"])
+    strong = result.snr >= 8
+    assert strong.sum() >= 3 and np.all(result.accuracy[strong] >= 0.8), result.accuracy
+
+    # 3. A finished sort (template matching included) is not redone without --overwrite.
+    with pytest.raises(SpikeSortError, match="--overwrite"):
+        sort_recording(recording.prm_path, output_dir=tmp_path, template_matching=True)

@@ -1,0 +1,153 @@
+"""Template refinement (phy_tmatch.refine, phy_tmatch.residual): find, split, merge templates.
+
+Each test gives the template matching seed clusters that are wrong in a known
+way (a unit missing, two units in one cluster, one unit in two clusters), and
+checks against the ground truth that the refinement repairs them while the
+matching alone does not.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from phy_detect.executors import SerialExecutor
+from phy_evaluate.metrics import evaluate
+from phy_synthetic.recording import synthesize_recording
+from phy_template.model import TemplateModel
+from phy_tmatch.refine import RefineParameters, _bisect, _refractory_conflict, split_units
+from phy_tmatch.residual import local_channels, pooling_weights, residual_troughs
+from phy_tmatch.runner import match_spikes
+from phy_tmatch.templates import TemplateMatchingError
+
+# Seed 1, 8 s on linear32: units 2 (channel 9, SNR 5.0) and 4 (channel 12, SNR 7.1)
+# are neighbours; unit 6 (channel 25, SNR 14.8) has 39 spikes.
+SEED, DURATION_S = 1, 8.0
+NEIGHBOURS, LONE = (2, 4), 6
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refine_rec")
+    synthesize_recording(folder, name="rec", probe="linear32", duration_s=DURATION_S,
+                         seed=SEED)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def truth(recording):
+    return dict(np.load(recording / "rec.groundtruth.npz"))
+
+
+def _accuracy(recording, truth, seeds_samples, seeds_clusters, out, rounds):
+    out = match_spikes(recording / "rec.prm", seeds_samples, seeds_clusters, out,
+                       executor=SerialExecutor(), refine_rounds=rounds)
+    model = TemplateModel(out)
+    result = evaluate(truth["spike_samples"], truth["spike_clusters"], model.spike_samples,
+                      model.spike_clusters, float(truth["sample_rate"]))
+    info = json.loads((out / "tmatch.json").read_text())
+    return dict(zip(result.units.tolist(), result.accuracy)), info["refinements"], model
+
+
+def test_the_units_are_what_the_tests_assume(truth):
+    counts = np.bincount(truth["spike_clusters"])
+    assert counts[LONE] >= 30 and truth["unit_snr"][LONE] > 10
+    assert all(counts[u] >= 40 for u in NEIGHBOURS)
+    peaks = truth["unit_peak_channels"]
+    assert abs(int(peaks[NEIGHBOURS[0]]) - int(peaks[NEIGHBOURS[1]])) <= 4
+
+
+def test_a_unit_missing_from_the_seeds_is_found_in_the_residual(recording, truth, tmp_path):
+    keep = truth["spike_clusters"] != LONE
+    s, c = truth["spike_samples"][keep], truth["spike_clusters"][keep]
+    before, _, _ = _accuracy(recording, truth, s, c, tmp_path / "plain", 0)
+    after, refinements, _ = _accuracy(recording, truth, s, c, tmp_path / "refined", 1)
+    assert before[LONE] < 0.1
+    assert after[LONE] >= 0.9
+    assert refinements[0]["n_new"] >= 1
+    # The others are not harmed.
+    assert all(after[u] >= 0.9 for u in after if u != LONE and before[u] >= 0.9)
+
+
+def test_two_units_given_as_one_seed_cluster_are_split(recording, truth, tmp_path):
+    s, c = truth["spike_samples"], truth["spike_clusters"].copy()
+    c[c == NEIGHBOURS[1]] = NEIGHBOURS[0]
+    before, _, _ = _accuracy(recording, truth, s, c, tmp_path / "plain", 0)
+    after, refinements, _ = _accuracy(recording, truth, s, c, tmp_path / "refined", 1)
+    assert min(before[u] for u in NEIGHBOURS) < 0.5
+    assert all(after[u] >= 0.9 for u in NEIGHBOURS)
+    assert refinements[0]["n_split"] >= 1
+
+
+def test_one_unit_given_as_two_seed_clusters_is_merged(recording, truth, tmp_path):
+    s, c = truth["spike_samples"], truth["spike_clusters"].copy()
+    unit = NEIGHBOURS[1]
+    halves = np.flatnonzero(c == unit)[::2]
+    c[halves] = 100  # every other spike in a second cluster
+    before, _, _ = _accuracy(recording, truth, s, c, tmp_path / "plain", 0)
+    after, refinements, model = _accuracy(recording, truth, s, c, tmp_path / "refined", 1)
+    assert before[unit] < 0.8
+    assert after[unit] >= 0.9
+    assert refinements[0]["n_merged"] >= 1
+    # A merged template is a new cluster (ids are never reused).
+    assert not np.isin([unit, 100], model.spike_clusters).all()
+    assert model.spike_clusters.max() > 100
+
+
+def test_bisection_splits_two_gaussians_and_not_one():
+    rng = np.random.default_rng(0)
+    p = RefineParameters()
+    dim = 200
+    signal = np.zeros(dim)
+    signal[:40] = 2.0  # a unit's mean waveform, in noise units
+    one = rng.standard_normal((120, dim)) + signal
+    assert _bisect(one, p) is None
+    assert len(split_units(one, p)) == 1
+    other = signal.copy()
+    other[20:60] = -1.5  # another unit, with 40 samples of its own
+    two = np.concatenate([one[:80], rng.standard_normal((40, dim)) + other])
+    labels = _bisect(two, p)
+    assert labels is not None
+    # The halves are the two units (either label).
+    assert abs(int(labels[:80].sum()) - int(labels[80:].sum())) >= 80 - 2
+    small = np.concatenate([one[:110], rng.standard_normal((p.min_spikes - 1, dim)) + other])
+    assert _bisect(small, p) is None  # a part smaller than min_spikes is not a unit
+
+
+def test_refractory_conflict_counts_pairs_but_not_one_spike_seen_twice():
+    rate = 30000
+    a = np.arange(100) * rate // 10  # 10 Hz
+    assert not _refractory_conflict(a, a + 3, 45, 6, 100 * rate)  # the same spikes
+    assert not _refractory_conflict(a, a + rate // 20, 45, 6, 100 * rate)  # interleaved
+    assert _refractory_conflict(a, a + 20, 45, 6, 100 * rate)  # 0.7 ms apart: two units
+
+
+def test_residual_troughs_are_local_minima_over_channels_and_time():
+    positions = np.c_[np.zeros(6), 20.0 * np.arange(6)]
+    local = local_channels(positions, 3)
+    assert local[0].tolist() == [0, 1, 2] and local[3][0] == 3
+    z = np.zeros((6, 200), dtype=np.float32)
+    z[2, 50], z[3, 51] = -8.0, -6.0  # one event spreading over two channels
+    z[5, 150] = -4.0  # below threshold
+    troughs = residual_troughs(z, np.float32(5.0), local, 10, 0, 200, 100)
+    assert troughs.tolist() == [[50, 2]]
+    # Weights discount the noise shared by neighbours: with independent noise they are
+    # a normalized Gaussian footprint; with shared noise, not.
+    sigma = np.ones(6)
+    w = pooling_weights(positions, local, 3, 25.0, sigma)
+    assert np.allclose(w[:, 0], 1.0) and np.all(w[:, 1:] < 1)
+    shared = np.eye(6) + 0.8 * (1 - np.eye(6))
+    ws = pooling_weights(positions, local, 3, 25.0, sigma, shared)
+    assert np.all(ws[:, 1:] < w[:, 1:])
+
+
+def test_clear_errors_for_refinement_options(recording, truth, tmp_path):
+    s, c = truth["spike_samples"], truth["spike_clusters"]
+    with pytest.raises(TemplateMatchingError, match="refine"):
+        match_spikes(recording / "rec.prm", s, c, tmp_path / "a", executor=SerialExecutor(),
+                     refine_rounds=1, refine=dict(min_spike=3))
+    with pytest.raises(TemplateMatchingError, match="refine_rounds"):
+        match_spikes(recording / "rec.prm", s, c, tmp_path / "b", executor=SerialExecutor(),
+                     refine_rounds=-1)
