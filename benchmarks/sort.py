@@ -28,9 +28,12 @@ that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
   assignment of units to clusters), as ``k/n``; ``EM`` for the masked EM
   clustering (the Kwik file), ``TM`` for the final sorting (the template
   matching's directory: `phy_spikesort.pipeline.template_dir`).
-- ``false good``: clusters labelled good that match no true unit (best
-  accuracy < 0.5), over the clusters labelled good (the masked EM labels
-  none: ``0/0`` until something ranks clusters as good).
+- ``label s``: wall-clock time of the automatic "good" labels of the Kwik
+  file and of the template directory (`phy_autolabel.label_clusters`: quality
+  metrics of every cluster, then a conservative rule); not in ``total s``.
+- ``false good``: clusters labelled good by `phy_autolabel` that match no
+  true unit (best accuracy < 0.5), over the clusters labelled good: ``EM``
+  for the masked EM's Kwik file, ``TM`` for the template directory.
 - ``false clusters``: the same over all the clusters the final sorting
   proposes as units (the masked EM's: not its noise and MUA clusters 0 and
   1; the template matching's: all its templates).
@@ -115,9 +118,11 @@ def evaluate_template_dir(path: Path, gt_path: Path) -> dict:
     model = TemplateModel(path)
     gt = np.load(gt_path)
     result = evaluate(gt["spike_samples"], gt["spike_clusters"], model.spike_samples,
-                      model.spike_clusters, float(gt["sample_rate"]), unit_snr=gt["unit_snr"])
+                      model.spike_clusters, float(gt["sample_rate"]), unit_snr=gt["unit_snr"],
+                      cluster_groups=model.cluster_groups)
     s = result.summary
     return dict(tm_accurate_5=s.n_accurate_snr_5, tm_accurate_3=s.n_accurate_snr_3,
+                tm_good=s.n_good, tm_false_good=s.n_false_good,
                 tm_clusters=int(len(result.clusters)),
                 tm_false=int((result.cluster_best_accuracy < FALSE_UNIT_THRESHOLD).sum()))
 
@@ -145,6 +150,14 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
                tmatch=result.tmatch_s, total=result.total_s, cpu=_cpu_seconds() - cpu0,
                rss_parent=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                rss_worker=tree.max_kb / 1024)
+    # The automatic "good" labels, after the sort and timed on their own.
+    from phy_autolabel import label_clusters
+
+    t0 = time.perf_counter()
+    label_clusters(result.kwik_path)
+    for path in result.template_dirs.values():
+        label_clusters(path)
+    out["label"] = time.perf_counter() - t0
     from phy_kwik.model import KwikModel
 
     with KwikModel(result.kwik_path) as model:
@@ -169,9 +182,10 @@ def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | No
 
 
 HEADER = (f"{'channels':>8} {'duration s':>10} {'spikes':>7} {'clusters':>8} {'detect s':>8} "
-          f"{'cluster s':>9} {'tmatch s':>8} {'total s':>7} {'x RT':>5} {'CPU s':>6} "
+          f"{'cluster s':>9} {'tmatch s':>8} {'total s':>7} {'label s':>7} {'x RT':>5} "
+          f"{'CPU s':>6} "
           f"{'RSS MB parent/worker':>20} {'EM snr>=5':>9} {'EM snr>=3':>9} {'TM snr>=5':>9} "
-          f"{'TM snr>=3':>9} {'false good':>10} {'false clusters':>14}")
+          f"{'TM snr>=3':>9} {'false good EM, TM':>17} {'false clusters':>14}")
 
 
 def row(r: dict) -> str:
@@ -179,14 +193,17 @@ def row(r: dict) -> str:
         return f"{r[k]}/{r[n]}" if k in r and n in r else "-"
 
     rss = f"{r['rss_parent']:.0f}/{r['rss_worker']:.0f}"
+    good = ratio("n_false_good", "n_good") + (
+        ", " + ratio("tm_false_good", "tm_good") if "tm_good" in r else "")
     false = ratio("tm_false", "tm_clusters") if "tm_false" in r else \
         ratio("n_false_clusters", "n_unit_clusters")
     return (f"{r['channels']:>8} {r['duration']:>10g} {r['spikes']:>7} {r['clusters']:>8} "
             f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r['tmatch']:>8.1f} {r['total']:>7.1f} "
+            f"{r['label']:>7.1f} "
             f"{r['duration'] / r['total']:>5.2f} {r['cpu']:>6.1f} {rss:>20} "
             f"{ratio('n_accurate_5', 'n_units_5'):>9} {ratio('n_accurate_3', 'n_units_3'):>9} "
             f"{ratio('tm_accurate_5', 'n_units_5'):>9} {ratio('tm_accurate_3', 'n_units_3'):>9} "
-            f"{ratio('n_false_good', 'n_good'):>10} {false:>14}")
+            f"{good:>17} {false:>14}")
 
 
 def main() -> None:
