@@ -29,8 +29,9 @@ that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
   clustering (the Kwik file), ``TM`` for the final sorting (the template
   matching's directory: `phy_spikesort.pipeline.template_dir`).
 - ``label s``: wall-clock time of the automatic "good" labels of the Kwik
-  file and of the template directory (`phy_autolabel.label_clusters`: quality
-  metrics of every cluster, then a conservative rule); not in ``total s``.
+  file and of the template directory (the sort's last step,
+  `phy_autolabel.label_clusters`: quality metrics of every cluster, then a
+  conservative rule); included in ``total s``.
 - ``false good``: clusters labelled good by `phy_autolabel` that match no
   true unit (best accuracy < 0.5), over the clusters labelled good: ``EM``
   for the masked EM's Kwik file, ``TM`` for the template directory.
@@ -147,17 +148,10 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
                                 detect_reporter=detect_reporter, template_matching=matching)
     out = dict(channels=0, spikes=result.n_spikes, clusters=result.n_clusters,
                duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
-               tmatch=result.tmatch_s, total=result.total_s, cpu=_cpu_seconds() - cpu0,
+               tmatch=result.tmatch_s, label=result.label_s, total=result.total_s,
+               cpu=_cpu_seconds() - cpu0,
                rss_parent=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                rss_worker=tree.max_kb / 1024)
-    # The automatic "good" labels, after the sort and timed on their own.
-    from phy_autolabel import label_clusters
-
-    t0 = time.perf_counter()
-    label_clusters(result.kwik_path)
-    for path in result.template_dirs.values():
-        label_clusters(path)
-    out["label"] = time.perf_counter() - t0
     from phy_kwik.model import KwikModel
 
     with KwikModel(result.kwik_path) as model:

@@ -28,6 +28,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the clustering, refine its clusters into templates and match "
                         "them (phy template-match); default: as the PRM's template_matching "
                         "dict says (off without one)")
+    parser.add_argument("--auto-label", action=argparse.BooleanOptionalAction, default=True,
+                        help="at the end, label the clear single units good (phy label-auto; "
+                        "labels set by hand are kept); default: on")
 
 
 def summary_lines(result) -> list[str]:
@@ -43,6 +46,9 @@ def summary_lines(result) -> list[str]:
         "template_dirs") else ""
     lines.append(f"Detection {detection}, clustering {result.cluster_s:.1f} s, {matching}total "
                  f"{result.total_s:.1f} s ({speed:.2f}x real time).")
+    if result.get("n_good") is not None:
+        lines.append(f"Labelled {result.n_good} clusters good automatically ({result.label_s:.1f} "
+                     "s; phy label-auto shows why the others are not).")
     lines.append(f"Wrote {result.kwik_path} and {result.kwik_path.with_suffix('.kwx').name}.")
     lines += [f"Wrote the template directory {path}." for _, path in
               sorted(result.get("template_dirs", {}).items())]
@@ -68,7 +74,8 @@ def _run(args: argparse.Namespace, services: Services) -> int:
                                 detect_reporter=detect_reporter,
                                 cluster_reporter=cluster_reporter,
                                 template_matching=args.template_matching,
-                                tmatch_reporter=tmatch_reporter)
+                                tmatch_reporter=tmatch_reporter,
+                                auto_label=args.auto_label)
     print("\n".join(summary_lines(result)))
     return 0
 

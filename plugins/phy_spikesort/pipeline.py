@@ -238,7 +238,7 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                    detect_reporter=None, cluster_reporter=None,
                    checkpoint_every_s: float | None = None,
                    template_matching: bool | dict | None = None,
-                   tmatch_reporter=None) -> Bunch:
+                   tmatch_reporter=None, auto_label: bool = True) -> Bunch:
     """Detect and cluster the spikes of a recording; see the module docstring.
 
     Parameters
@@ -274,6 +274,11 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         with these options.
     tmatch_reporter : ProgressReporter or None
         The progress of the template matching, reset for each channel group.
+    auto_label : bool
+        At the end, label the clear single units good (`phy_autolabel`) in
+        the Kwik file and the template directories. Only unsorted clusters
+        change: labels set by hand are kept. Idempotent, so a resumed sort
+        labels again.
 
     Returns
     -------
@@ -281,9 +286,11 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         ``kwik_path``, ``duration_s`` (of the recording), ``n_spikes`` and
         ``n_clusters`` (all clustered groups, noise and MUA clusters
         included), ``groups`` (``{group: (n_spikes, n_clusters)}``),
-        ``detect_s``, ``cluster_s``, ``tmatch_s``, ``total_s`` (this run's
-        wall-clock times; ``detect_s`` is 0 when resuming), ``resumed``
-        (bool), ``template_dirs`` (``{group: Path}`` with template matching).
+        ``detect_s``, ``cluster_s``, ``tmatch_s``, ``label_s``, ``total_s``
+        (this run's wall-clock times; ``detect_s`` is 0 when resuming),
+        ``resumed`` (bool), ``template_dirs`` (``{group: Path}`` with template
+        matching), ``n_good`` (clusters labelled good, Kwik file and template
+        directories together; None without `auto_label`).
     """
     from phy_masked_em.command import (
         CHECKPOINT_EVERY_S,
@@ -353,11 +360,28 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
     finished = set(clustered) & (set(matched) if tmatch_options is not None else set(clustered))
     if state is not None and set(all_groups) <= finished:
         state_path(kwik_path).unlink(missing_ok=True)
+    labelled = [g for g in all_groups if g in clustered
+                and (channel_group is None or g == channel_group)]
+    if tmatch_options is not None:
+        template_dirs.update({g: template_dir(kwik_path, g) for g in labelled if g in matched})
+    t3 = time.perf_counter()
+    n_good = _auto_label(kwik_path, labelled, template_dirs) if auto_label else None
+    label_s = time.perf_counter() - t3
     groups = {g: _group_counts(kwik_path, g) for g in all_groups
               if channel_group is None or g == channel_group}
     return Bunch(kwik_path=kwik_path, duration_s=_recording_duration(prm),
                  n_spikes=sum(n for n, _ in groups.values()),
                  n_clusters=sum(k for _, k in groups.values()), groups=groups,
-                 detect_s=detect_s, cluster_s=cluster_s, tmatch_s=tmatch_s,
+                 detect_s=detect_s, cluster_s=cluster_s, tmatch_s=tmatch_s, label_s=label_s,
                  total_s=time.perf_counter() - t0, resumed=resumed,
-                 template_dirs=template_dirs)
+                 template_dirs=template_dirs, n_good=n_good)
+
+
+def _auto_label(kwik_path: Path, groups: list[int], template_dirs: dict) -> int:
+    """Label the clear single units good (`phy_autolabel`); the number of good clusters."""
+    from phy_autolabel import label_clusters
+
+    results = [r for g in groups for r in label_clusters(kwik_path, channel_group=g)]
+    results += [r for g in groups if g in template_dirs
+                for r in label_clusters(template_dirs[g])]
+    return sum(len(r.good) for r in results)

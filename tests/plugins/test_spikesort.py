@@ -67,7 +67,12 @@ def test_spikesort_command_end_to_end(recording, sorted_once, tmp_path):
     report = tmp_path / "evaluation.json"
     assert main(["--plugins", PLUGINS, "evaluate", str(sorted_once), str(recording.prm_path),
                  "--json", str(report)]) == 0
-    units = json.loads(report.read_text())["units"]
+    evaluation = json.loads(report.read_text())
+    units = evaluation["units"]
+    # The sort ends with the automatic labels: some clusters good, none of them a false unit.
+    summary = evaluation["summary"]
+    assert summary["n_good"] >= 1 and summary["n_false_good"] == 0, summary
+    assert f"Labelled {summary['n_good']} clusters good automatically" in out
     big = [u for u in units if u["snr"] >= 8]
     assert len(big) >= 3
     # Every big unit is found, and most are sorted accurately.

@@ -68,8 +68,11 @@ def test_spikesort_resumes_at_the_template_matching_stage(recording, tmp_path, c
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["--plugins", PLUGINS, "spikesort", str(recording.prm_path), "--output-dir",
-                     str(tmp_path), "--n-workers", "1", "--template-matching"]) == 0
-    assert kwik.stat().st_mtime_ns == kwik_stamp  # neither detected nor clustered again
+                     str(tmp_path), "--n-workers", "1", "--template-matching",
+                     "--no-auto-label"]) == 0
+    # Neither detected nor clustered again (nor labelled: --no-auto-label).
+    assert kwik.stat().st_mtime_ns == kwik_stamp
+    assert "good automatically" not in printed.getvalue()
     assert "Detection resumed, not redone" in printed.getvalue()
     out = template_dir(kwik, 0)
     assert f"Wrote the template directory {out}." in printed.getvalue()
