@@ -2,15 +2,17 @@
 
 Usage::
 
-    python benchmarks/masked_em.py [--channels 32,384,1024] [--duration 20]
+    python benchmarks/masked_em.py [--channels 32,384,1024] [--duration 20] [--seed 0]
                                    [--data-dir /tmp/phy-bench] [--cache-dir DIR]
 
 For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
 ``dense1024``), the cached synthetic recording of ``--data-dir`` (written once,
-as by ``benchmarks/detect.py``) is detected into ``--cache-dir`` if its Kwik
-files are not there yet; then, in a fresh interpreter (so that the peak memory
-is that run's), `phy_masked_em.loop.masked_em` clusters its spikes with the
-default parameters, reading the ``.kwx`` lazily (`phy_masked_em.command.kwx_views`),
+as by ``benchmarks/detect.py``; a ``--seed`` other than 0 writes and uses
+``<probe>-<duration>s-seed<seed>``, to check that a change does not fit one
+recording only) is detected into ``--cache-dir`` if its Kwik files are not there
+yet; then, in a fresh interpreter (so that the peak memory is that run's),
+`phy_masked_em.loop.masked_em` clusters its spikes with the default parameters,
+reading the ``.kwx`` lazily (`phy_masked_em.command.kwx_views`),
 and the result is compared with the ground truth. Columns:
 
 - ``spikes``, ``clusters``: detected spikes, clusters found (noise and MUA included).
@@ -121,6 +123,19 @@ def run(kwik: Path, groundtruth: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def seeded_recording(data_dir: Path, probe: str, duration: float, seed: int) -> Path:
+    """The PRM of the synthetic recording of `seed` (`_common.recording` for seed 0)."""
+    if seed == 0:
+        return recording(data_dir, probe, duration)
+    folder = data_dir / f"{probe}-{duration:g}s-seed{seed}"
+    if not (folder / "rec.groundtruth.npz").exists():
+        from phy_synthetic.recording import synthesize_recording
+
+        print(f"# writing {folder} ...", file=sys.stderr, flush=True)
+        synthesize_recording(folder, "rec", probe, float(duration), seed=seed, overwrite=True)
+    return folder / "rec.prm"
+
+
 def detected_kwik(prm: Path, cache: Path) -> Path:
     """The Kwik file of the recording's detected spikes, detected into `cache` if missing."""
     kwik = cache / "rec.kwik"
@@ -152,6 +167,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="where the detected Kwik files are kept (default: "
                         "DATA_DIR/masked-em-kwik)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the synthetic recordings (default: 0, the shared ones)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -164,12 +181,13 @@ def main() -> None:
     channels = channel_counts(parser, args)
     print(machine(), flush=True)
     print("# masked_em(kwx_views(model), kwik_parameters(model)): default parameters, "
-          f"{args.duration:g} s recordings", flush=True)
+          f"{args.duration:g} s recordings, seed {args.seed}", flush=True)
     print(HEADER, flush=True)
+    suffix = f"-seed{args.seed}" if args.seed else ""
     for c in channels:
         probe = PROBES[c]
-        prm = recording(data_dir, probe, args.duration)
-        kwik = detected_kwik(prm, cache_root / f"{probe}-{args.duration:g}s")
+        prm = seeded_recording(data_dir, probe, args.duration, args.seed)
+        kwik = detected_kwik(prm, cache_root / f"{probe}-{args.duration:g}s{suffix}")
         print(row(run(kwik, prm.with_name("rec.groundtruth.npz"))), flush=True)
 
 

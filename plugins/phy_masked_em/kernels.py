@@ -223,6 +223,62 @@ def sparse_project(indptr, indices, dy, v):  # pragma: no cover (compiled)
 
 
 @njit(cache=True)
+def project_rows(indptr, indices, dy, masks, rows, v):  # pragma: no cover (compiled)
+    """``(x_i - noise_mean) . v`` for the spikes `rows`, on their unmasked entries
+    (``x - noise_mean = dy / m``; a masked entry counts as the noise mean)."""
+    out = np.zeros(len(rows))
+    for t in range(len(rows)):
+        i = rows[t]
+        s = 0.0
+        for j in range(indptr[i], indptr[i + 1]):
+            s += dy[j] / masks[j] * v[indices[j]]
+        out[t] = s
+    return out
+
+
+@njit(cache=True)
+def two_gaussians_1d(x, w, mean, var, floor, iterations,
+                     tolerance):  # pragma: no cover (compiled)
+    """EM of a mixture of two 1-D Gaussians from weights `w`, means `mean` and variances
+    `var` (updated in place; variances at least `floor`). Returns the log-likelihood of
+    the fit, or NaN when a component lost every value."""
+    n = len(x)
+    log_likelihood = -np.inf
+    previous = -np.inf
+    r = np.empty(n)
+    for _ in range(iterations):
+        c0 = np.log(w[0]) - 0.5 * np.log(2 * np.pi * var[0])
+        c1 = np.log(w[1]) - 0.5 * np.log(2 * np.pi * var[1])
+        log_likelihood = 0.0
+        for i in range(n):
+            a = c0 - 0.5 * (x[i] - mean[0]) ** 2 / var[0]
+            b = c1 - 0.5 * (x[i] - mean[1]) ** 2 / var[1]
+            top = max(a, b)
+            pa, pb = np.exp(a - top), np.exp(b - top)
+            log_likelihood += top + np.log(pa + pb)
+            r[i] = pb / (pa + pb)
+        n1 = r.sum()
+        n0 = n - n1
+        if n0 < 1e-9 or n1 < 1e-9:
+            return np.nan
+        s0 = s1 = 0.0
+        for i in range(n):
+            s0 += (1.0 - r[i]) * x[i]
+            s1 += r[i] * x[i]
+        mean[0], mean[1] = s0 / n0, s1 / n1
+        v0 = v1 = 0.0
+        for i in range(n):
+            v0 += (1.0 - r[i]) * (x[i] - mean[0]) ** 2
+            v1 += r[i] * (x[i] - mean[1]) ** 2
+        var[0], var[1] = max(v0 / n0, floor), max(v1 / n1, floor)
+        w[0], w[1] = n0 / n, n1 / n
+        if log_likelihood - previous < tolerance * abs(log_likelihood):
+            break
+        previous = log_likelihood
+    return log_likelihood
+
+
+@njit(cache=True)
 def pattern_hashes(indptr, indices):  # pragma: no cover (compiled)
     """A 64-bit hash (FNV-1a) of each spike's set of unmasked features."""
     n = len(indptr) - 1

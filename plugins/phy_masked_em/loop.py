@@ -9,6 +9,8 @@
    waveform are merged (`merge`) and every cluster is tried for a split
    (`splits`).
 4. Stop when converged and nothing merged or split, or after `max_iterations`.
+5. Clusters without a mean waveform go to the MUA cluster, and a MUA cluster with a
+   clear one leaves it (`weak`).
 
 Everything that decides the next iteration is in the labels and the iteration
 number: a run resumed from the labels `on_iteration` saw ends exactly as the
@@ -30,16 +32,18 @@ from .em import FIRST_GAUSSIAN, MaskedEM
 from .merge import merge_similar
 from .splits import try_splits
 from .starts import mask_starts
+from .weak import weak_to_mua
 
 logger = logging.getLogger("phy")
 
 #: The parameters: the names and defaults of the ``klustakwik2`` section of a PRM file:
 #: KlustaKwik 2's, and `merge_similarity`: clusters whose mean waveforms are at least this
-#: similar are merged (see `merge`; None or above 1: never). Accepted and ignored: `num_cpus`,
-#: `fast_split`, `always_split_bimodal`, `subset_break_fraction`, `break_fraction`, and the
-#: quick steps' `full_step_every`, `dist_thresh` and `max_quick_step_candidates*`: the
-#: E-step only visits the clusters unmasked on a spike's features (`kernels`), which
-#: makes every step cost what a quick step did, without a stale candidate list.
+#: similar, and whose union has one mode, are merged (see `merge`; None or above 1: never).
+#: Accepted and ignored: `num_cpus`, `fast_split`, `always_split_bimodal`,
+#: `subset_break_fraction`, `break_fraction`, and the quick steps' `full_step_every`,
+#: `dist_thresh` and `max_quick_step_candidates*`: the E-step only visits the clusters
+#: unmasked on a spike's features (`kernels`), which makes every step cost what a quick
+#: step did, without a stale candidate list.
 DEFAULT_PARAMETERS: dict[str, Any] = dict(KLUSTAKWIK2_DEFAULTS)
 
 
@@ -129,4 +133,7 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
             break
     if reporter is not None:
         reporter.value = reporter.value_max
+    if em.use_mua:
+        labels, n_weak = weak_to_mua(data, labels)
+        logger.debug("Masked EM: %d clusters without a waveform moved to MUA.", n_weak)
     return _reindex(labels)

@@ -15,8 +15,16 @@ gives 0.976). It counts
 only if the common features hold at least half of each cluster's energy (two
 units on different channels that share a faint one are not alike).
 
+Alike is not enough: neighbouring units on a dense probe can have the same
+waveform shape at different amplitudes (similarity 0.9-0.97, as the halves of one
+unit cut by amplitude). So two alike clusters are *one unit* only if their union
+also has a single mode along the line joining their means (`one_mode`, with
+`unimodal.is_bimodal`), projected on their *core* features (unmasked in at least
+80% of the spikes of each, where masking cannot make a gap).
+
 `merge_similar` merges, most similar first, the pairs of Gaussian clusters at
-`merge_similarity` or more; `splits` vetoes a split into two such halves.
+`merge_similarity` or more that form one mode; `splits` vetoes a split into two
+such halves.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 
 from .data import MaskedData
 from .model import FIRST_GAUSSIAN
+from .unimodal import is_bimodal
 
 logger = logging.getLogger("phy")
 
@@ -35,6 +44,9 @@ logger = logging.getLogger("phy")
 # cluster's energy.
 _COMMON_FRACTION = 0.5
 _ENERGY_FRACTION = 0.5
+# The projection that tests for one mode uses the features unmasked in at least this
+# fraction of the spikes of each cluster.
+_CORE_FRACTION = 0.8
 
 
 class WaveformStats:
@@ -78,10 +90,36 @@ class WaveformStats:
         return float(2 * (ma[common] @ mb[common]) / (ea + eb))
 
 
-def similarity_of_halves(data: MaskedData, halves: np.ndarray) -> float:
-    """Similarity of the two clusters 2 and 3 of `halves` (labels of `data`'s spikes)."""
+def one_mode(data: MaskedData, stats: WaveformStats, a: int, b: int, rows_a: np.ndarray,
+             rows_b: np.ndarray) -> bool:
+    """Whether clusters `a` and `b` (spikes `rows_a` and `rows_b` of `data`) have a single
+    mode along the line joining their means, on their core features (True when they
+    have none: nothing tells them apart)."""
+    from .kernels import project_rows
+
+    core = ((stats.count[a] >= _CORE_FRACTION * stats.n[a]) &
+            (stats.count[b] >= _CORE_FRACTION * stats.n[b]))
+    if not core.any():
+        return True
+    # The difference of the means in noise standard deviations, applied to raw offsets.
+    direction = np.where(core, stats.mean(b) - stats.mean(a), 0.0) * stats.inv_std
+    rows = np.concatenate([rows_a, rows_b]).astype(np.int64)
+    values = project_rows(data.indptr, data.indices, data.dy, data.masks, rows, direction)
+    return not is_bimodal(values, np.arange(len(rows)) >= len(rows_a))
+
+
+def halves_alike(data: MaskedData, halves: np.ndarray, threshold: float | None) -> bool:
+    """Whether the clusters 2 and 3 of `halves` (labels of `data`'s spikes) are one unit:
+    similarity at least `threshold` and one mode."""
+    if threshold is None or threshold > 1:
+        return False
     stats = WaveformStats(data, halves, FIRST_GAUSSIAN + 2)
-    return stats.similarity(FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1)
+    similarity = stats.similarity(FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1)
+    if similarity < threshold:
+        return False
+    return one_mode(data, stats, FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1,
+                    np.flatnonzero(halves == FIRST_GAUSSIAN),
+                    np.flatnonzero(halves == FIRST_GAUSSIAN + 1))
 
 
 def _candidate_pairs(stats: WaveformStats, clusters: np.ndarray) -> set:
@@ -100,7 +138,8 @@ def _candidate_pairs(stats: WaveformStats, clusters: np.ndarray) -> set:
 
 def merge_similar(data: MaskedData, labels: np.ndarray, threshold: float | None
                   ) -> tuple[np.ndarray, int]:
-    """Merge Gaussian clusters at similarity >= `threshold`, most similar first.
+    """Merge Gaussian clusters at similarity >= `threshold` that form one mode, most
+    similar first.
 
     A merged cluster takes the smaller id. Returns the new labels and the number
     of merges. `threshold` None (or above 1) merges nothing.
@@ -110,6 +149,9 @@ def merge_similar(data: MaskedData, labels: np.ndarray, threshold: float | None
     stats = WaveformStats(data, labels)
     clusters = np.flatnonzero(stats.n[FIRST_GAUSSIAN:] > 0) + FIRST_GAUSSIAN
     sims = {pair: stats.similarity(*pair) for pair in _candidate_pairs(stats, clusters)}
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(len(stats.n) + 1))
+    members = {int(c): order[bounds[c]:bounds[c + 1]] for c in clusters}
     into = np.arange(len(stats.n))
     n_merged = 0
     while sims:
@@ -117,8 +159,13 @@ def merge_similar(data: MaskedData, labels: np.ndarray, threshold: float | None
         (a, b), s = max(sims.items(), key=lambda item: (item[1], -item[0][0], -item[0][1]))
         if s < threshold:
             break
+        if not one_mode(data, stats, a, b, members[a], members[b]):
+            logger.debug("Clusters %d and %d alike (%.3f) but two modes.", a, b, s)
+            del sims[(a, b)]
+            continue
         logger.debug("Merge clusters %d and %d (similarity %.3f).", a, b, s)
         stats.add(a, b)
+        members[a] = np.concatenate([members[a], members.pop(b)])
         into[b] = a
         n_merged += 1
         partners = {x for pair in sims for x in pair if a in pair or b in pair} - {a, b}

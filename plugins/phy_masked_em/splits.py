@@ -7,7 +7,8 @@ independent of the spike order, where KlustaKwik 2 starts at random). If two
 clusters score better there, the split is evaluated on the whole data set: the
 score of every spike under its own cluster, plus the penalties, with and
 without the split; it is kept if that score is lower, unless the two halves
-have the same mean waveform (`merge`: a unit split by its mask patterns).
+are one unit (`merge.halves_alike`: alike mean waveforms and a single mode, as a
+unit cut by its amplitude or its mask patterns).
 
 Only the split cluster's spikes need evaluating: the other clusters keep their
 parameters, and their spikes' log-likelihoods only change through the weights'
@@ -24,7 +25,7 @@ import numpy as np
 
 from .data import subset
 from .em import FIRST_GAUSSIAN, MUA, NOISE, MaskedEM
-from .merge import WaveformStats, similarity_of_halves
+from .merge import WaveformStats, halves_alike
 
 logger = logging.getLogger("phy")
 
@@ -167,11 +168,9 @@ def try_splits(em: MaskedEM, labels: np.ndarray) -> tuple[np.ndarray, int]:
         delta += (n - len(spikes)) * math.log((denom + prior) / denom)
         if delta >= 0:
             continue
-        if c != NOISE:
-            similarity = similarity_of_halves(sub.data, halves)
-            if similarity >= (p.get("merge_similarity") or np.inf):
-                logger.debug("Split of cluster %d vetoed: halves alike (%.3f).", c, similarity)
-                continue
+        if c != NOISE and halves_alike(sub.data, halves, p.get("merge_similarity")):
+            logger.debug("Split of cluster %d vetoed: halves alike, one mode.", c)
+            continue
         logger.debug("Split cluster %d (%d spikes): score %+.1f.", c, len(spikes), delta)
         labels[spikes] = np.where(new < 0, next_id, new)
         next_id += 1
@@ -179,3 +178,4 @@ def try_splits(em: MaskedEM, labels: np.ndarray) -> tuple[np.ndarray, int]:
         denom += prior
         n_split += 1
     return labels, n_split
+
