@@ -35,6 +35,11 @@ machine. Columns:
   assignment), as ``k/n``; ``mean acc``: the mean accuracy over all units;
   ``clusters``: clusters in the sorting.
 
+A last line per recording splits the CPU time of the refined run (``r``) by pass
+(``cpu_*_s`` of its ``tmatch.json``: the workers' jobs of the template, noise and
+matching passes, and the parent's refinement), the rest being the workers'
+start-up and the parent's reading and writing.
+
 A warm-up run on a 2 s recording comes first (untimed) so that the numba kernels
 are compiled into their on-disk cache.
 """
@@ -221,7 +226,18 @@ def main(argv: list[str] | None = None) -> int:
               f"masked EM {cluster['wall']:.1f} / {cluster['cpu']:.1f}, template matching "
               f"{tmatch['wall']:.1f} / {tmatch['cpu']:.1f}, with refinement "
               f"{refined['wall']:.1f} / {refined['cpu']:.1f})")
+        print(f"{'':<24} ({cpu_by_pass(work / 'r', refined['cpu'])})", flush=True)
     return 0
+
+
+def cpu_by_pass(template_dir: Path, total: float) -> str:
+    """The CPU seconds of a template-matching run by pass (its ``tmatch.json``)."""
+    info = json.loads((template_dir / "tmatch.json").read_text())
+    passes = {key: float(info.get(f"cpu_{key}_s", 0.0))
+              for key in ("templates", "noise", "matching", "refine")}
+    rest = total - sum(passes.values())
+    return ("refined run CPU s by pass: " + ", ".join(f"{k} {v:.1f}" for k, v in passes.items())
+            + f", other (worker start-up, parent I/O) {rest:.1f}")
 
 
 if __name__ == "__main__":

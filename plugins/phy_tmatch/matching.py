@@ -62,24 +62,36 @@ def amplitude_bounds(norm2: np.ndarray, sigma: np.ndarray,
             (parameters.amplitude_max + spread).astype(np.float32))
 
 
-def channel_major(filtered: np.ndarray) -> np.ndarray:
-    """The chunk ``(n, C)`` as ``(C, n)`` float32 (each channel's samples contiguous)."""
-    xt = np.empty(filtered.shape[::-1], dtype=np.float32)
+def channel_major(filtered: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """The chunk ``(n, C)`` as ``(C, n)`` float32 (each channel's samples contiguous).
+
+    With `scratch`, in the worker's scratch array ``'xt'`` (`phy_tmatch.worker.scratch`).
+    """
+    from .worker import scratch as scratch_array
+
+    shape = filtered.shape[::-1]
+    xt = scratch_array("xt", shape) if scratch else np.empty(shape, dtype=np.float32)
     transpose(np.ascontiguousarray(filtered, dtype=np.float32), xt)
     return xt
 
 
-def projections(filtered: np.ndarray, templates, xt: np.ndarray | None = None) -> np.ndarray:
+def projections(filtered: np.ndarray, templates, xt: np.ndarray | None = None,
+                scratch: bool = False) -> np.ndarray:
     """``B[k, s]``: projection of the chunk on template ``k`` starting at row ``s``.
 
     ``(K, n - n_t + 1)`` float32 (no column when the chunk is shorter than a template).
-    `xt`: the chunk already channel-major (`channel_major`), if at hand.
+    `xt`: the chunk already channel-major (`channel_major`), if at hand. With
+    `scratch`, the result (and the channel-major chunk) are the worker's scratch
+    arrays ``'b'`` and ``'xt'`` (`phy_tmatch.worker.scratch`).
     """
+    from .worker import scratch as scratch_array
+
     n_t = templates.n_samples
     m = max(filtered.shape[0] - n_t + 1, 0)
-    out = np.empty((templates.n_templates, m), dtype=np.float32)
+    shape = (templates.n_templates, m)
+    out = scratch_array("b", shape) if scratch else np.empty(shape, dtype=np.float32)
     if m:
-        xt = channel_major(filtered) if xt is None else xt
+        xt = channel_major(filtered, scratch) if xt is None else xt
         project(xt, templates.pptr, templates.pidx, templates.pspatial, templates.temporal, out)
     return out
 
@@ -107,8 +119,9 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
     t = setup.templates
     p = setup.parameters
     cc = cached(setup.token, lambda: template_cross_correlations(t))
-    xt = channel_major(filtered) if setup.collect is not None else None
-    b = projections(filtered, t, xt)
+    # Scratch arrays (reused by the worker's next chunk): nothing returned refers to them.
+    xt = channel_major(filtered, scratch=True) if setup.collect is not None else None
+    b = projections(filtered, t, xt, scratch=True)
     sigma = np.asarray(setup.sigma, dtype=np.float32)
     alo, ahi = amplitude_bounds(t.norm2, sigma, p)
     spikes, amplitudes, n_rounds = pursue(

@@ -29,6 +29,7 @@ spikes in the last pass are left out of the result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -254,10 +255,20 @@ def match_spikes(prm_path: str | os.PathLike, spike_samples, spike_clusters,
 
         executor = make_executor("processes")
     reporter = reporter or ProgressReporter()
+    from phy_detect.executors import single_blas_thread
+
+    from .worker import release_scratch
+
+    # The parent's LAPACK calls (templates, refinement) are small: OpenBLAS threads
+    # gain nothing there, and their spinning cost more CPU than the calls (2-3x).
+    limit = contextlib.nullcontext() \
+        if getattr(executor, "runs_jobs_in_threads", False) else single_blas_thread()
     try:
-        result, templates, info = _run(prm, spike_samples, spike_clusters, cluster_ids,
-                                       channels, channel_positions, executor, reporter, o)
+        with limit:
+            result, templates, info = _run(prm, spike_samples, spike_clusters, cluster_ids,
+                                           channels, channel_positions, executor, reporter, o)
     finally:
+        release_scratch()  # a serial executor's jobs ran here
         if own_executor:
             executor.close()
     info.update(source=source, prm=str(prm.path))
@@ -295,14 +306,15 @@ def _make_templates(means, n_spikes, cluster_ids, noise_std, covariance, channel
 
 
 def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token, executor,
-                      reporter, n_samples, rate, o: Bunch) -> np.ndarray:
-    """The spread of each template's projection on noise, from excerpts (float32)."""
+                      reporter, n_samples, rate, o: Bunch) -> tuple[np.ndarray, float]:
+    """The spread of each template's projection on noise, from excerpts (float32); CPU s."""
     setup = Setup(prm_path, channels, filter_, "noise", before=before, n_t=n_t,
                   templates=templates, token=token)
     excerpts = _excerpt_chunks(n_samples, int(o.n_noise_excerpts),
                                int(round(o.noise_excerpt_s * rate)), filter_.margin_samples)
-    medians_b = []
+    medians_b, cpu_s = [], 0.0
     for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
+        cpu_s += part.cpu_s
         if part.n_samples:
             medians_b.append(part.median_abs)
         reporter.increment()
@@ -310,7 +322,7 @@ def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token
         raise TemplateMatchingError(f"The recording ({n_samples} samples) is shorter than a "
                                     f"template ({n_t} samples).")
     sigma = (np.median(np.stack(medians_b), axis=0) / 0.6744897501960817).astype(np.float32)
-    return np.maximum(sigma, 1e-12)
+    return np.maximum(sigma, 1e-12), cpu_s
 
 
 def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_samples,
@@ -401,7 +413,9 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     n_used = np.zeros(len(cluster_ids), dtype=np.int64)
     medians = []
     xtx, n_rows = np.zeros((len(channels), len(channels))), 0
+    cpu = Bunch(templates=0.0, noise=0.0, matching=0.0, refine=0.0)
     for part in executor.imap(run_job, jobs):
+        cpu.templates += part.cpu_s
         sums[part.templates] += part.sums
         n_used[part.templates] += part.counts
         medians.extend(part.noise)
@@ -434,8 +448,9 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         last = round_ == n_rounds
         t_round = time.perf_counter()
         token = uuid.uuid4().hex
-        sigma = _projection_noise(prm_path, channels, filter_, before, n_t, templates, token,
-                                  executor, reporter, n_samples, rate, o)
+        sigma, cpu_s = _projection_noise(prm_path, channels, filter_, before, n_t, templates,
+                                         token, executor, reporter, n_samples, rate, o)
+        cpu.noise += cpu_s
         t_noise += time.perf_counter() - t_round
         t_round = time.perf_counter()
         if collect is not None and not last:
@@ -450,6 +465,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             parts.append(part)
             rounds.append(part.n_rounds)
             capped += part.capped
+            cpu.matching += part.cpu_s
             reporter.increment()
         if capped:
             logger.warning("Template matching: the pursuit reached max_rounds=%d in %d of %d "
@@ -462,6 +478,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         if not last:
             from .refine import refine
 
+            cpu_parent = time.process_time()
             events = Bunch({key: np.concatenate([p.events[key] for p in parts])
                             for key in ("samples", "labels", "homes", "snippets")})
             counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
@@ -476,6 +493,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                 templates = _make_templates(refined.means, refined.n_spikes,
                                             refined.cluster_ids, noise_std, covariance,
                                             channel_positions, o)
+            cpu.refine += time.process_time() - cpu_parent
             t_matching += time.perf_counter() - t_round
             if not refined.changed:
                 reporter.value = reporter.value + n_excerpts + len(match_chunks)  # skipped
@@ -500,5 +518,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         n_spikes=int(len(result.spike_samples)), max_rounds_used=int(max(rounds or [0])),
         chunks_capped=int(capped), refinements=refinements, elapsed_s=round(t_end - t0, 3),
         elapsed_templates_s=round(t_templates - t0, 3),
-        elapsed_noise_s=round(t_noise, 3), elapsed_matching_s=round(t_matching, 3))
+        elapsed_noise_s=round(t_noise, 3), elapsed_matching_s=round(t_matching, 3),
+        # CPU seconds of the jobs of each pass (all workers; not their start-up), and of
+        # the parent's refinement (`refine` and the new templates).
+        **{f"cpu_{key}_s": round(value, 3) for key, value in cpu.items()})
     return result, templates, info

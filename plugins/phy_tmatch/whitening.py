@@ -48,7 +48,8 @@ def covariance_sums(filtered: np.ndarray, median_abs: np.ndarray, half_width: in
     if loud.any():
         loud = np.convolve(loud.astype(np.float32), np.ones(2 * half_width + 1),
                            mode="same") > 0
-    rows = np.ascontiguousarray(filtered[~loud][::step], dtype=np.float32)
+    # Index the kept rows directly: masking first would copy every quiet row.
+    rows = np.ascontiguousarray(filtered[np.flatnonzero(~loud)[::step]], dtype=np.float32)
     # float32 products (BLAS sgemm): a covariance estimate needs no more precision.
     return (rows.T @ rows).astype(np.float64), len(rows)
 

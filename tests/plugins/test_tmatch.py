@@ -192,6 +192,41 @@ def test_result_does_not_depend_on_chunk_size(matched, recording, ground_truth, 
                                    np.load(matched / "amplitudes.npy"), atol=1e-5)
 
 
+def test_scratch_arrays_are_reused_resized_and_released():
+    from phy_tmatch.worker import release_scratch, scratch
+
+    a = scratch("test", (3, 4))
+    b = scratch("test", (2, 5))  # fits: the same memory, another shape
+    assert b.shape == (2, 5) and b.flags.c_contiguous and np.shares_memory(a, b)
+    c = scratch("test", (4, 4))  # larger: a new array
+    assert c.shape == (4, 4) and not np.shares_memory(a, c)
+    assert scratch("test", (2, 2), dtype=np.uint8).dtype == np.uint8
+    assert not np.shares_memory(scratch("other", (2, 2)), scratch("test", (2, 2)))
+    release_scratch()
+    assert not np.shares_memory(scratch("test", (2, 2)), c)
+    release_scratch()
+
+
+def test_stale_scratch_arrays_do_not_change_the_result(matched, recording, ground_truth,
+                                                       tmp_path):
+    import json
+
+    from phy_tmatch import worker
+
+    # Larger than any array of this recording, and NaN: a value read before being written
+    # would show in the spikes.
+    for name in ("chunk", "xt", "b"):
+        worker.scratch(name, (4_000_000,)).fill(np.nan)
+    out = _match(recording, ground_truth, tmp_path / "stale")
+    for name in ("spike_times.npy", "spike_templates.npy", "amplitudes.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(matched / name))
+    assert worker._SCRATCH.arrays == {}  # released at the end of the run
+    info = json.loads((out / "tmatch.json").read_text())
+    for key in ("cpu_templates_s", "cpu_noise_s", "cpu_matching_s"):
+        assert info[key] > 0
+    assert info["cpu_refine_s"] == 0  # no refinement round
+
+
 def test_template_match_from_a_kwik_file(kwik, recording, ground_truth, tmp_path, capsys):
     from phy_kwik.model import KwikModel
 
