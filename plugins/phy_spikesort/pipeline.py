@@ -175,6 +175,34 @@ def _detect(prm, out_dir: Path, executor, n_workers: int | None, scheduler: str 
             executor.close()
 
 
+class _SharedWorkers:
+    """One pool of worker processes for detection and template matching, made on first use.
+
+    Starting a pool costs each worker ~1 s of CPU (imports, kernels from the numba
+    cache): with template matching on, the detection's pool is kept (idle while the
+    masked EM runs) and reused. `close` ends it, if it was made here.
+    """
+
+    def __init__(self, executor, n_workers: int | None, scheduler: str | None) -> None:
+        self._given = executor
+        self._made = None
+        self._options = dict(n_workers=n_workers, scheduler=scheduler)
+
+    def get(self):
+        if self._given is not None:
+            return self._given
+        if self._made is None:
+            from phy_detect.executors import make_executor
+
+            self._made = make_executor("processes", **self._options)
+        return self._made
+
+    def close(self) -> None:
+        if self._made is not None:
+            self._made.close()
+            self._made = None
+
+
 #: The template-matching stage's defaults (`phy_tmatch.runner.template_match` options):
 #: every cluster is a seed, the refinement cleans the noise and MUA ones.
 TEMPLATE_MATCHING_DEFAULTS = dict(include_noise=True, include_mua=True, refine_rounds=1)
@@ -211,9 +239,8 @@ def template_matching_options(prm_path: str | os.PathLike,
     return dict(TEMPLATE_MATCHING_DEFAULTS, **options) if enabled else None
 
 
-def _template_match(prm, kwik_path: Path, group: int, options: dict, n_workers, scheduler,
+def _template_match(prm, kwik_path: Path, group: int, options: dict, executor,
                     reporter) -> Path:
-    from phy_detect.executors import make_executor
     from phy_tmatch.runner import template_match
 
     if reporter is not None:
@@ -221,14 +248,10 @@ def _template_match(prm, kwik_path: Path, group: int, options: dict, n_workers, 
         reporter.set_progress_message(f"Template matching, channel group {group} "
                                       "({progress:.0f}%)")
         reporter.set_complete_message(f"Template matching of channel group {group} done.")
-    executor = make_executor("processes", n_workers=n_workers, scheduler=scheduler)
-    try:
-        # overwrite: a directory left here is an interrupted run of this stage.
-        return template_match(prm.path, kwik_path, template_dir(kwik_path, group),
-                              channel_group=group, executor=executor, overwrite=True,
-                              reporter=reporter, **options)
-    finally:
-        executor.close()
+    # overwrite: a directory left here is an interrupted run of this stage.
+    return template_match(prm.path, kwik_path, template_dir(kwik_path, group),
+                          channel_group=group, executor=executor, overwrite=True,
+                          reporter=reporter, **options)
 
 
 def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
@@ -250,9 +273,10 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
     overwrite : bool
         Replace existing Kwik files (sort from scratch) instead of resuming.
     executor : executor or None
-        Where detection runs (from `phy_detect.executors.make_executor`). By
-        default one is made from `n_workers` and `scheduler` when detection
-        runs, and closed before the clustering starts.
+        Where detection and template matching run (from
+        `phy_detect.executors.make_executor`). By default one is made from
+        `n_workers` and `scheduler` when detection runs, and closed before the
+        clustering starts; with template matching, it is kept (idle) for it.
     plugin_manager : PhyPluginManager or None
         Where detection stages come from (default: every installed plugin).
     channel_group : int or None
@@ -316,46 +340,52 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         logger.info("%s: the spikes were detected by an interrupted sort; resuming with the "
                     "clustering of channel group(s) %s.", kwik_path,
                     ", ".join(map(str, todo)) or "(none left)")
-    detect_s, resumed = 0.0, todo is not None
-    if todo is None:
-        # A new detection: earlier checkpoints and states describe files about to go.
-        for stale in [state_path(kwik_path), *find_checkpoints(kwik_path)]:
-            stale.unlink(missing_ok=True)
-        kwik_path = _detect(prm, out_dir, executor, n_workers, scheduler, overwrite=overwrite,
-                            plugin_manager=plugin_manager, chunk_size_s=chunk_size_s,
-                            reporter=detect_reporter)
-        detect_s = time.perf_counter() - t0
-        todo = _channel_groups(kwik_path)
-        _write_state(state_path(kwik_path), identity, [])
-    state = _read_state(state_path(kwik_path))
-    clustered = list(state["clustered"]) if state else []
-    matched = list(state["matched"]) if state else []
-    if channel_group is not None:
-        todo = [g for g in todo if g == channel_group]
-    cluster_s = tmatch_s = 0.0
-    template_dirs = {}
-    for group in todo:
-        t1 = time.perf_counter()
-        if group not in clustered:
-            if cluster_reporter is not None:
-                cluster_reporter.reset()
-                make_reporter(group, cluster_reporter)
-            cluster_kwik(kwik_path, group, reporter=cluster_reporter,
-                         parameters=dict(prm.klustakwik2),
-                         checkpoint_every_s=(CHECKPOINT_EVERY_S if checkpoint_every_s is None
-                                             else checkpoint_every_s))
-            clustered.append(group)
-            if state is not None:
-                _write_state(state_path(kwik_path), identity, clustered, matched)
-        t2 = time.perf_counter()
-        cluster_s += t2 - t1
-        if tmatch_options is not None and group not in matched:
-            template_dirs[group] = _template_match(prm, kwik_path, group, tmatch_options,
-                                                   n_workers, scheduler, tmatch_reporter)
-            matched.append(group)
-            if state is not None:
-                _write_state(state_path(kwik_path), identity, clustered, matched)
-        tmatch_s += time.perf_counter() - t2
+    workers = _SharedWorkers(executor, n_workers, scheduler)
+    try:
+        detect_s, resumed = 0.0, todo is not None
+        if todo is None:
+            # A new detection: earlier checkpoints and states describe files about to go.
+            for stale in [state_path(kwik_path), *find_checkpoints(kwik_path)]:
+                stale.unlink(missing_ok=True)
+            # With template matching to come, the detection's workers are kept for it.
+            kwik_path = _detect(prm, out_dir, workers.get() if tmatch_options is not None else executor,
+                                n_workers, scheduler, overwrite=overwrite,
+                                plugin_manager=plugin_manager, chunk_size_s=chunk_size_s,
+                                reporter=detect_reporter)
+            detect_s = time.perf_counter() - t0
+            todo = _channel_groups(kwik_path)
+            _write_state(state_path(kwik_path), identity, [])
+        state = _read_state(state_path(kwik_path))
+        clustered = list(state["clustered"]) if state else []
+        matched = list(state["matched"]) if state else []
+        if channel_group is not None:
+            todo = [g for g in todo if g == channel_group]
+        cluster_s = tmatch_s = 0.0
+        template_dirs = {}
+        for group in todo:
+            t1 = time.perf_counter()
+            if group not in clustered:
+                if cluster_reporter is not None:
+                    cluster_reporter.reset()
+                    make_reporter(group, cluster_reporter)
+                cluster_kwik(kwik_path, group, reporter=cluster_reporter,
+                             parameters=dict(prm.klustakwik2),
+                             checkpoint_every_s=(CHECKPOINT_EVERY_S if checkpoint_every_s is None
+                                                 else checkpoint_every_s))
+                clustered.append(group)
+                if state is not None:
+                    _write_state(state_path(kwik_path), identity, clustered, matched)
+            t2 = time.perf_counter()
+            cluster_s += t2 - t1
+            if tmatch_options is not None and group not in matched:
+                template_dirs[group] = _template_match(prm, kwik_path, group, tmatch_options,
+                                                       workers.get(), tmatch_reporter)
+                matched.append(group)
+                if state is not None:
+                    _write_state(state_path(kwik_path), identity, clustered, matched)
+            tmatch_s += time.perf_counter() - t2
+    finally:
+        workers.close()
     all_groups = _channel_groups(kwik_path)
     finished = set(clustered) & (set(matched) if tmatch_options is not None else set(clustered))
     if state is not None and set(all_groups) <= finished:
