@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/sort.py [--channels 32,384] [--duration 20] [--seed 0]
                               [--data-dir /tmp/phy-bench] [--out-dir DIR]
-                              [--no-template-matching] [--refine-rounds 1]
+                              [--no-template-matching] [--refine-rounds 2]
 
 For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
 ``dense1024``), the cached synthetic recording of ``--data-dir`` (written
@@ -164,7 +164,7 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
     return out
 
 
-def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | None = 1) -> dict:
+def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | None = 2) -> dict:
     rounds = [] if refine_rounds is None else ["--child-refine-rounds", str(refine_rounds)]
     proc = subprocess.run([sys.executable, __file__, "--child", str(prm), str(out_dir)]
                           + ([] if evaluate else ["--no-eval"]) + rounds, capture_output=True,
@@ -209,8 +209,8 @@ def main() -> None:
                         help=f"seed of the synthetic recordings (default {SEED})")
     parser.add_argument("--no-template-matching", action="store_true",
                         help="detection and masked EM only")
-    parser.add_argument("--refine-rounds", type=int, default=1,
-                        help="template refinement rounds before the final matching (default 1)")
+    parser.add_argument("--refine-rounds", type=int, default=2,
+                        help="template refinement rounds before the final matching (default 2)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-refine-rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)

@@ -205,7 +205,7 @@ class _SharedWorkers:
 
 #: The template-matching stage's defaults (`phy_tmatch.runner.template_match` options):
 #: every cluster is a seed, the refinement cleans the noise and MUA ones.
-TEMPLATE_MATCHING_DEFAULTS = dict(include_noise=True, include_mua=True, refine_rounds=1)
+TEMPLATE_MATCHING_DEFAULTS = dict(include_noise=True, include_mua=True, refine_rounds=2)
 
 
 def template_dir(kwik_path: str | os.PathLike, group: int) -> Path:
@@ -218,7 +218,7 @@ def template_matching_options(prm_path: str | os.PathLike,
                               template_matching: bool | dict | None = None) -> dict | None:
     """The options of the template-matching stage, or None when it does not run.
 
-    The PRM may hold ``template_matching = dict(enabled=True, refine_rounds=1, ...)``
+    The PRM may hold ``template_matching = dict(enabled=True, refine_rounds=2, ...)``
     (`phy_tmatch.runner.template_match` options, plus ``enabled``, True by
     default when the dict is there). `template_matching` overrides it: False
     or True (with the PRM's options), or a dict of options.

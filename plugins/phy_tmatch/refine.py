@@ -12,7 +12,10 @@ channels near their home channel. From them, in the parent process:
   least `min_spikes` spikes, their means differ by more than noise could make
   them (``|m_a - m_b|^2 / (1/n_a + 1/n_b)``, in noise units, above
   ``D + split_significance * sqrt(2 D)``, ``D`` the dimensions kept), and not
-  merely in amplitude (parts the merge would join again). The parts are split
+  merely in amplitude (parts the merge would join again), nor merely by a scale
+  and a fraction of a sample (`_beyond_scale_and_shift`: a unit's spikes vary in
+  amplitude and alignment; without this check a second round split clean
+  units). The parts are split
   again, up to `max_split_depth` times. A single Gaussian with data-chosen axes
   still fits noise, which is why the mixture is tested against it rather than
   2-means against nothing.
@@ -24,8 +27,15 @@ channels near their home channel. From them, in the parent process:
   (cosine similarity of their noise-divided waveforms at the best lag within
   `merge_max_lag_ms` at least `merge_similarity`, amplitudes within a factor
   `merge_amplitude_ratio`; or means that differ by less than the split test's
-  bar, for the small groups whose means are noisy; never the two parts of a
-  split of this round), unless
+  bar, for the small groups whose means are noisy; or, from `merge_min_similarity`
+  up, groups whose *snippets* (matched spikes or residual events, on the channels
+  both have) differ by no more than their spread, a scale and a fraction of a
+  sample allow (`_compare_snippets`; a weak unit's template keeps few channels,
+  so its waveform differs from its events' mean); or a group of residual events
+  alike in shape (cosine >= `fragment_similarity` where the means stand out) and
+  amplitude to another group's events: residual events are chosen by their
+  troughs, so their mean is biased and a test of means would keep a weak unit's
+  fragments apart; never the two parts of a split of this round), unless
   their spike trains are not refractory with each other (units have a dead
   time, so a unit split in two has almost no pair of spikes closer than
   `refractory_ms`).
@@ -61,7 +71,9 @@ class RefineParameters:
     the noise of a kept dimension; ``max_dims``: at most this many dimensions;
     ``new_min_snr``: a new template's peak over its channel's noise;
     ``merge_similarity``, ``merge_amplitude_ratio``, ``merge_max_lag_ms``,
-    ``merge_radius_um`` (between the peak channels): what is alike;
+    ``merge_radius_um`` (between the peak channels), ``merge_min_similarity`` (the
+    waveform similarity from which the snippets are compared),
+    ``fragment_similarity``: what is alike;
     ``refractory_ms``: the window of the refractory test. The defaults were
     chosen on the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
     """
@@ -77,6 +89,8 @@ class RefineParameters:
     merge_amplitude_ratio: float = 1.3
     merge_max_lag_ms: float = 0.4
     merge_radius_um: float = 60.0
+    merge_min_similarity: float = 0.2
+    fragment_similarity: float = 0.6
     refractory_ms: float = 1.5
 
 
@@ -122,8 +136,37 @@ def _two_gaussians(y: np.ndarray, labels: np.ndarray, reg: float,
     return resp.argmax(axis=1), ll
 
 
-def _bisect(x: np.ndarray, p: RefineParameters) -> np.ndarray | None:
-    """Labels 0/1 splitting the rows of `x` (noise units) in two units, or None."""
+def _beyond_scale_and_shift(m_a: np.ndarray, m_b: np.ndarray, n_t: int, dims: np.ndarray,
+                            noise: float, p: RefineParameters) -> tuple[float, float]:
+    """How much two whitened means differ beyond a scale and a fraction of a sample.
+
+    `m_a`, `m_b`: flat ``(n_t * L,)`` means (time-major); `noise`: the variance of
+    their difference per dimension. The difference on `dims` less its
+    least-squares fit by the mean waveform (an amplitude within the merge's
+    ratio) and its time derivative (a shift of at most half a sample: events of
+    a weak unit are aligned on a noisy trough); (chi-square statistic, bar).
+    """
+    mean = 0.5 * (m_a + m_b)
+    slope = np.gradient(mean.reshape(n_t, -1), axis=0).reshape(-1)
+    delta = m_a[dims] - m_b[dims]
+    basis = np.stack([mean[dims], slope[dims]], axis=1)
+    coef = np.linalg.lstsq(basis, delta, rcond=None)[0]
+    # m_a / m_b = (1 + c/2) / (1 - c/2) within the ratio.
+    r = p.merge_amplitude_ratio
+    coef = np.clip(coef, [-2 * (r - 1) / (r + 1), -0.5], [2 * (r - 1) / (r + 1), 0.5])
+    delta = delta - basis @ coef
+    n_free = max(len(dims) - 2, 1)
+    return (float((delta ** 2).sum()) / noise,
+            n_free + p.split_significance * np.sqrt(2.0 * n_free))
+
+
+def _bisect(x: np.ndarray, p: RefineParameters, n_t: int | None = None) -> np.ndarray | None:
+    """Labels 0/1 splitting the rows of `x` (noise units) in two units, or None.
+
+    With `n_t` (the rows are ``(n_t, L)`` snippets, time-major), the parts must
+    also differ by more than a scale and a shift (`_beyond_scale_and_shift`).
+    """
+    x_all = x
     if len(x) < 2 * p.min_spikes:
         return None
     # The dimensions where the spikes stand out of the (white, unit-variance) noise, in
@@ -190,21 +233,32 @@ def _bisect(x: np.ndarray, p: RefineParameters) -> np.ndarray | None:
     if cos >= p.merge_similarity and max(n_a2, n_b2) <= p.merge_amplitude_ratio * min(n_a2,
                                                                                       n_b2):
         return None
+    if n_t is not None:
+        # The same on every dimension, in the snippets' time order: a unit's spikes
+        # also vary in alignment, which two means of noisy halves show as a difference.
+        a, b = x_all[best == 0], x_all[best == 1]
+        m_a, m_b = a.mean(axis=0), b.mean(axis=0)
+        dims = np.argsort(-energy, kind="stable")[:n_dims]
+        stat, bar = _beyond_scale_and_shift(m_a, m_b, n_t, dims, spread * (1 / n_a + 1 / n_b),
+                                            p)
+        if stat < bar:
+            return None
     return best
 
 
-def split_units(x: np.ndarray, p: RefineParameters, depth: int = 0) -> list[np.ndarray]:
+def split_units(x: np.ndarray, p: RefineParameters, depth: int = 0,
+                n_t: int | None = None) -> list[np.ndarray]:
     """Row indices of `x` grouped into units by recursive bisection (see the module docstring)."""
     rows = np.arange(len(x))
     if depth >= p.max_split_depth:
         return [rows]
-    labels = _bisect(x, p)
+    labels = _bisect(x, p, n_t)
     if labels is None:
         return [rows]
     out = []
     for j in (0, 1):
         part = rows[labels == j]
-        out += [part[sub] for sub in split_units(x[part], p, depth + 1)]
+        out += [part[sub] for sub in split_units(x[part], p, depth + 1, n_t)]
     return out
 
 
@@ -259,6 +313,17 @@ class SnippetWhitener:
         y = np.einsum("ts,msl->mtl", self.temporal, y)
         return y.reshape(len(snippets), -1)
 
+    def on_channels(self, snippets: np.ndarray, chans: np.ndarray) -> np.ndarray:
+        """Snippets ``(n, n_t, len(chans))`` on the channels `chans`, whitened, same shape."""
+        key = tuple(int(c) for c in chans)
+        if key not in self._spatial:
+            if self.covariance is None:
+                self._spatial[key] = np.diag(1.0 / self.sigma[chans])
+            else:
+                self._spatial[key] = _inverse_sqrt(self.covariance[np.ix_(chans, chans)])
+        y = snippets @ self._spatial[key].T
+        return np.einsum("ts,msl->mtl", self.temporal, y)
+
 
 # -- Merging ----------------------------------------------------------------------------------
 
@@ -290,17 +355,89 @@ def _shift(b: np.ndarray, lag: int) -> np.ndarray:
     return out
 
 
+def _spread(x: np.ndarray, p: RefineParameters) -> float:
+    """The variance of whitened snippets `x` around their mean where their mean stands out.
+
+    In noise units, so 1 for a unit whose spikes differ only by the noise; more
+    when they vary in amplitude or alignment (weak units' events, aligned on a
+    noisy trough, jitter), which a test of their mean must allow for.
+    """
+    if len(x) < 3:
+        return 1.0
+    mean = x.mean(axis=0)
+    n_dims = int(np.clip((np.abs(mean) >= p.signal_floor).sum(), min(20, x.shape[1]),
+                         p.max_dims))
+    dims = np.argsort(-np.abs(mean), kind="stable")[:n_dims]
+    return max(1.0, float(x[:, dims].var(axis=0, ddof=1).mean()))
+
+
 def _indistinct(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int, home: int, whitener,
-                local: np.ndarray, p: RefineParameters) -> bool:
-    """Whether two mean waveforms differ by no more than their noise (the split test's bar)."""
+                local: np.ndarray, p: RefineParameters, spread_a: float = 1.0,
+                spread_b: float = 1.0) -> bool:
+    """Whether two mean waveforms differ by no more than their noise (the split test's bar).
+
+    `spread_a`, `spread_b`: each group's variance around its mean, in noise units
+    (`_spread`).
+    """
     chans = local[home]
     wa = whitener(a[None, :, chans], home)[0]
     wb = whitener(b[None, :, chans], home)[0]
     signal = np.maximum(np.abs(wa), np.abs(wb))
     n_dims = int(np.clip((signal >= p.signal_floor).sum(), min(20, len(signal)), p.max_dims))
     dims = np.argsort(-signal, kind="stable")[:n_dims]
-    stat = float(((wa[dims] - wb[dims]) ** 2).sum()) / (1.0 / max(n_a, 1) + 1.0 / max(n_b, 1))
+    stat = float(((wa[dims] - wb[dims]) ** 2).sum()) / (spread_a / max(n_a, 1)
+                                                        + spread_b / max(n_b, 1))
+    logger.debug("Refinement: indistinct test n=%d/%d: stat %.1f, bar %.1f (%d dims).", n_a, n_b,
+                 stat, n_dims + p.split_significance * np.sqrt(2.0 * n_dims), n_dims)
     return stat < n_dims + p.split_significance * np.sqrt(2.0 * n_dims)
+
+
+def _compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int, lag: int,
+                      whitener: SnippetWhitener, local: np.ndarray,
+                      p: RefineParameters) -> tuple[bool, float, float]:
+    """Whether two groups of snippets have means that differ by no more than their noise.
+
+    `x_a`, `x_b`: the groups' snippets ``(n, n_t, L)`` on the local channels of
+    their homes; compared on the channels both have, `x_b` delayed by `lag`. The
+    means of the snippets, not the templates: a weak unit's template keeps only
+    its few strongest channels, and its zeros elsewhere differ from a mean over
+    its events by more than their noise. The chi-square bar of the split test,
+    in units of the groups' own spread (`_spread`).
+
+    Returns
+    -------
+    (indistinct, cosine, ratio)
+        The test's verdict, and the cosine similarity and norm ratio of the two
+        means on the dimensions where they stand out of the noise.
+    """
+    common = np.intersect1d(local[home_a], local[home_b])
+    if len(common) < 4 or min(len(x_a), len(x_b)) < 3:
+        return False, 0.0, 0.0
+    pos_a = np.searchsorted(local[home_a], common, sorter=np.argsort(local[home_a]))
+    pos_a = np.argsort(local[home_a])[pos_a]
+    pos_b = np.argsort(local[home_b])[np.searchsorted(local[home_b], common,
+                                                     sorter=np.argsort(local[home_b]))]
+    wa = whitener.on_channels(x_a[:, :, pos_a], common)
+    wb = whitener.on_channels(x_b[:, :, pos_b], common)
+    n_t = wa.shape[1]
+    if lag >= 0:
+        wa, wb = wa[:, lag:], wb[:, :n_t - lag]
+    else:
+        wa, wb = wa[:, :n_t + lag], wb[:, -lag:]
+    n_t = wa.shape[1]
+    wa, wb = wa.reshape(len(wa), -1), wb.reshape(len(wb), -1)
+    m_a, m_b = wa.mean(axis=0), wb.mean(axis=0)
+    signal = np.maximum(np.abs(m_a), np.abs(m_b))
+    n_dims = int(np.clip((signal >= p.signal_floor).sum(), min(20, len(signal)), p.max_dims))
+    dims = np.argsort(-signal, kind="stable")[:n_dims]
+    v_a = max(1.0, float(wa[:, dims].var(axis=0, ddof=1).mean()))
+    v_b = max(1.0, float(wb[:, dims].var(axis=0, ddof=1).mean()))
+    n_a2, n_b2 = float(np.linalg.norm(m_a[dims])), float(np.linalg.norm(m_b[dims]))
+    cos = float(m_a[dims] @ m_b[dims]) / max(n_a2 * n_b2, 1e-12)
+    stat, bar = _beyond_scale_and_shift(m_a, m_b, n_t, dims, v_a / len(wa) + v_b / len(wb), p)
+    logger.debug("Refinement: snippet test n=%d/%d: stat %.1f, bar %.1f (%d dims), cosine "
+                 "%.3f.", len(wa), len(wb), stat, bar, n_dims, cos)
+    return stat < bar, cos, n_a2 / max(n_b2, 1e-12)
 
 
 def _coincidences(s1: np.ndarray, s2: np.ndarray, window: int, same: int) -> int:
@@ -377,7 +514,8 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         return out
 
     # Groups: [mean, n_spikes, cluster id or None (new), home, spike samples, parent
-    # template or -1, spikes averaged in the mean].
+    # template or -1, spikes averaged in the mean, spread of its snippets (`_spread`), its
+    # snippets' rows, the home of their channels, whether it is made of residual events].
     groups = []
     n_split = n_dropped = n_new = 0
     for k in range(templates.n_templates):
@@ -386,10 +524,12 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             n_dropped += 1
             continue
         home = int(template_homes[k])
-        parts = split_units(whitened(rows, home), p) if len(rows) else [np.arange(0)]
+        x = whitened(rows, home)
+        parts = split_units(x, p, n_t=n_t) if len(rows) else [np.arange(0)]
         if len(parts) == 1:
             groups.append([dense[k], int(counts[k]), int(templates.cluster_ids[k]), home,
-                           samples[rows], -1, int(templates.n_spikes[k])])
+                           samples[rows], -1, int(templates.n_spikes[k]), _spread(x, p),
+                           rows, home, False])
             continue
         n_split += 1
         for part in parts:
@@ -397,13 +537,15 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             mean = embed(r, home)
             # A part may be another unit, centred elsewhere.
             peak = int(np.abs(mean / sigma).max(axis=0).argmax())
-            groups.append([mean, len(r), None, peak, samples[r], k, len(r)])
+            groups.append([mean, len(r), None, peak, samples[r], k, len(r),
+                           _spread(x[part], p), r, home, False])
     residual = np.flatnonzero(labels < 0)
     for home in np.unique(homes[residual]):
         rows = residual[homes[residual] == home]
         if len(rows) < p.min_spikes:
             continue
-        for part in split_units(whitened(rows, home), p):
+        x = whitened(rows, home)
+        for part in split_units(x, p, n_t=n_t):
             r = rows[part]
             if len(r) < p.min_spikes:
                 continue
@@ -412,7 +554,8 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             if snr < p.new_min_snr:
                 continue
             n_new += 1
-            groups.append([mean, len(r), None, int(home), samples[r], -1, len(r)])
+            groups.append([mean, len(r), None, int(home), samples[r], -1, len(r),
+                           _spread(x[part], p), r, int(home), True])
 
     # Merges, most similar pairs first.
     refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
@@ -431,20 +574,34 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             cos, ratio, lag = _similarity(a, b, max_lag)
             alike = cos >= p.merge_similarity and \
                 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio
+            by_snippets = False
+            if not alike and cos >= p.merge_min_similarity:
+                alike, cos_s, ratio_s = _compare_snippets(
+                    snippets[groups[i][8]], groups[i][9], snippets[groups[j][8]],
+                    groups[j][9], lag, whitener, local, p)
+                # A group of residual events is selected by its troughs (its mean is
+                # biased: deeper where they were detected), so next to a template of
+                # the same unit it looks distinct by the test: alike in shape suffices.
+                residual_pair = groups[i][10] or groups[j][10]
+                alike = alike or (residual_pair and cos_s >= p.fragment_similarity
+                                  and 1 / p.merge_amplitude_ratio <= ratio_s
+                                  <= p.merge_amplitude_ratio)
+                by_snippets = alike
             if not alike and cos >= 0.5:
                 home = groups[i][3] if groups[i][1] >= groups[j][1] else groups[j][3]
                 alike = _indistinct(groups[i][0], _shift(groups[j][0], lag),
                                     min(groups[i][1], groups[i][6]),
-                                    min(groups[j][1], groups[j][6]), home, whitener, local, p)
+                                    min(groups[j][1], groups[j][6]), home, whitener, local, p,
+                                    groups[i][7], groups[j][7])
             logger.debug("Refinement: groups %d (n=%d, home %d) and %d (n=%d, home %d): "
                          "similarity %.3f, amplitude ratio %.2f, lag %d: %s.", i, groups[i][1],
                          hi, j, groups[j][1], hj, cos, ratio, lag,
                          "alike" if alike else "distinct")
             if alike:
-                pairs.append((cos, i, j, lag))
+                pairs.append((cos, i, j, lag, by_snippets))
     alive = [True] * len(groups)
     n_merged = 0
-    for _, i, j, lag in sorted(pairs, reverse=True):
+    for _, i, j, lag, by_snippets in sorted(pairs, reverse=True):
         if not (alive[i] and alive[j]):
             continue
         # The two may date one spike differently (by their lag).
@@ -455,8 +612,20 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         big, small = (i, j) if groups[i][1] >= groups[j][1] else (j, i)
         g, h = groups[big], groups[small]
         # The smaller one aligned on the bigger one (whose spike times stay).
-        g[0] = (g[0] * g[6] + _shift(h[0], lag if big == i else -lag) * h[6]) / (g[6] + h[6])
+        if by_snippets:
+            # Alike by their events, not by their waveforms: a template's waveform
+            # (a seed cluster's mean, perhaps of the noise cluster) may be what differs,
+            # so the merged one is the mean of both groups' events.
+            n_g, n_h = len(g[8]), len(h[8])
+            g[0] = (embed(g[8], g[9]) * n_g + _shift(embed(h[8], h[9]), lag if big == i
+                                                     else -lag) * n_h) / (n_g + n_h)
+        else:
+            g[0] = (g[0] * g[6] + _shift(h[0], lag if big == i else -lag) * h[6]) / (g[6]
+                                                                                   + h[6])
+        if g[9] == h[9]:
+            g[8] = np.concatenate([g[8], h[8]])
         g[1] += h[1]
+        g[7] = max(g[7], h[7])
         g[6] += h[6]
         g[2] = None
         g[4] = np.concatenate([g[4], h[4]])

@@ -188,7 +188,9 @@ def collect_events(collect: Bunch, templates, chunk, xt: np.ndarray, starts: np.
 
     # Residual events.
     inv_sigma = (1.0 / np.maximum(collect.sigma_channels, 1e-12)).astype(np.float32)
-    pooled = np.empty_like(xt)
+    from .worker import scratch
+
+    pooled = scratch("pooled", xt.shape, xt.dtype)  # reused by the worker's next chunk
     pooled_residual(xt, inv_sigma, collect.pool_channels, collect.pool_weights, pooled)
     spread = np.median(np.abs(pooled[:, ::16]), axis=1) / _MAD_TO_STD
     pooled /= np.maximum(spread, 1e-12)[:, None]

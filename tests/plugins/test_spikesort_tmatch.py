@@ -36,7 +36,7 @@ def test_template_matching_options_from_the_prm_and_the_caller(recording, tmp_pa
     prm = recording.prm_path
     assert template_matching_options(prm) is None  # no section: off
     on = template_matching_options(prm, True)
-    assert on["refine_rounds"] == 1 and on["include_noise"] and on["include_mua"]
+    assert on["refine_rounds"] == 2 and on["include_noise"] and on["include_mua"]
     assert template_matching_options(prm, dict(refine_rounds=0))["refine_rounds"] == 0
     text = prm.read_text()
     with_section = tmp_path / "with.prm"
@@ -78,7 +78,7 @@ def test_spikesort_resumes_at_the_template_matching_stage(recording, tmp_path, c
     assert f"Wrote the template directory {out}." in printed.getvalue()
     assert (out / "params.py").exists() and not state_path(kwik).exists()
     info = json.loads((out / "tmatch.json").read_text())
-    assert len(info["refinements"]) <= 1 and info["options"]["refine_rounds"] == 1
+    assert len(info["refinements"]) <= 2 and info["options"]["refine_rounds"] == 2
 
     # The matched sorting finds the recording's strong units.
     truth = np.load(recording.gt_path if hasattr(recording, "gt_path")

@@ -17,7 +17,15 @@ from phy_detect.executors import SerialExecutor
 from phy_evaluate.metrics import evaluate
 from phy_synthetic.recording import synthesize_recording
 from phy_template.model import TemplateModel
-from phy_tmatch.refine import RefineParameters, _bisect, _refractory_conflict, split_units
+from phy_tmatch.refine import (
+    RefineParameters,
+    SnippetWhitener,
+    _beyond_scale_and_shift,
+    _bisect,
+    _compare_snippets,
+    _refractory_conflict,
+    split_units,
+)
 from phy_tmatch.residual import local_channels, pooling_weights, residual_troughs
 from phy_tmatch.runner import match_spikes
 from phy_tmatch.templates import TemplateMatchingError
@@ -114,6 +122,71 @@ def test_bisection_splits_two_gaussians_and_not_one():
     assert abs(int(labels[:80].sum()) - int(labels[80:].sum())) >= 80 - 2
     small = np.concatenate([one[:110], rng.standard_normal((p.min_spikes - 1, dim)) + other])
     assert _bisect(small, p) is None  # a part smaller than min_spikes is not a unit
+
+
+def test_snippet_comparison_joins_a_weak_units_residual_events_but_not_another_unit():
+    # A weak unit (trough 3x the noise on channel 0, 1.5x on channel 1) in white noise.
+    rng = np.random.default_rng(1)
+    p = RefineParameters()
+    n_t = 30
+    positions = np.c_[np.zeros(4), 20.0 * np.arange(4)]
+    local = local_channels(positions, 4)
+    whitener = SnippetWhitener(None, np.ones(4), local)
+    whitener.temporal = np.eye(n_t)
+    shape = np.zeros((n_t, 4))
+    shape[8:13, 0] = [-1.0, -2.5, -3.0, -2.5, -1.0]
+    shape[8:13, 1] = shape[8:13, 0] / 2
+    shape[14:20, 0] = 1.0
+
+    def events(n, waveform=shape):
+        return waveform + rng.standard_normal((n, n_t, 4))
+
+    matched = events(80)
+    # The same unit's events of a fair sample: indistinct by the test.
+    same, cos, ratio = _compare_snippets(matched, 0, events(30), 0, 0, whitener, local, p)
+    assert same and cos > 0.8
+    # The 8 deepest of 40 (residual events are chosen by their troughs): their mean is
+    # biased, yet alike in shape and amplitude, which is what joins them to the template.
+    pool = events(40)
+    deepest = pool[np.argsort(pool[:, 10, 0])[:8]]
+    same, cos, ratio = _compare_snippets(matched, 0, deepest, 0, 0, whitener, local, p)
+    assert cos >= p.fragment_similarity
+    assert 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio
+    # Another unit of the same amplitude on the channels next to it: neither.
+    other = np.zeros_like(shape)
+    other[:, 2], other[:, 3] = shape[:, 0], shape[:, 1]
+    same, cos, ratio = _compare_snippets(matched, 0, events(8, other), 0, 0, whitener, local, p)
+    assert not same and cos < p.fragment_similarity
+
+
+def test_means_differing_by_a_scale_and_a_fraction_of_a_sample_are_one_unit():
+    # Means of 50 events each (noise variance 2/50 per dimension of the difference):
+    # the same waveform 1.15x larger and 0.3 sample later is one unit; a waveform
+    # with a second trough, or 3 samples later, is not.
+    p = RefineParameters()
+    n_t, n = 40, 50
+    t = np.arange(n_t)[:, None]
+
+    def waveform(shift=0.0, scale=1.0, second=0.0):
+        trough = -6 * np.exp(-0.5 * ((t - 15 - shift) / 1.5) ** 2)
+        return (scale * trough * np.array([1.0, 0.5, 0.2])
+                + second * np.exp(-0.5 * ((t - 28) / 1.5) ** 2) * np.array([0, 1.0, 0]))
+
+    rng = np.random.default_rng(2)
+    noise = 2.0 / n
+
+    def verdict(b):
+        a = waveform().reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
+        b = b.reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
+        dims = np.argsort(-np.maximum(np.abs(a), np.abs(b)))[:30]
+        stat, bar = _beyond_scale_and_shift(a, b, n_t, dims, noise, p)
+        return stat < bar
+
+    assert verdict(waveform())
+    assert verdict(waveform(shift=0.3, scale=1.15))
+    assert not verdict(waveform(second=-3.0))
+    assert not verdict(waveform(shift=3.0))
+    assert not verdict(waveform(scale=2.0))
 
 
 def test_refractory_conflict_counts_pairs_but_not_one_spike_seen_twice():
