@@ -53,16 +53,16 @@ def machine() -> str:
 # -- Data ---------------------------------------------------------------------------
 
 
-def recording(data_dir: Path, probe: str, duration: float) -> Path:
+def recording(data_dir: Path, probe: str, duration: float, seed: int = SEED) -> Path:
     """The PRM of a cached synthetic recording (written if missing)."""
-    folder = data_dir / f"{probe}-{duration:g}s-seed{SEED}"
+    folder = data_dir / f"{probe}-{duration:g}s-seed{seed}"
     prm = folder / "rec.prm"
     if all((folder / f"rec.{ext}").exists() for ext in ("prm", "dat", "prb", "groundtruth.npz")):
         return prm
     from phy_synthetic.recording import synthesize_recording
 
     print(f"# writing {folder} ...", file=sys.stderr, flush=True)
-    synthesize_recording(folder, "rec", probe, float(duration), seed=SEED, overwrite=True)
+    synthesize_recording(folder, "rec", probe, float(duration), seed=seed, overwrite=True)
     return prm
 
 

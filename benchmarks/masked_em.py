@@ -123,19 +123,6 @@ def run(kwik: Path, groundtruth: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def seeded_recording(data_dir: Path, probe: str, duration: float, seed: int) -> Path:
-    """The PRM of the synthetic recording of `seed` (`_common.recording` for seed 0)."""
-    if seed == 0:
-        return recording(data_dir, probe, duration)
-    folder = data_dir / f"{probe}-{duration:g}s-seed{seed}"
-    if not (folder / "rec.groundtruth.npz").exists():
-        from phy_synthetic.recording import synthesize_recording
-
-        print(f"# writing {folder} ...", file=sys.stderr, flush=True)
-        synthesize_recording(folder, "rec", probe, float(duration), seed=seed, overwrite=True)
-    return folder / "rec.prm"
-
-
 def detected_kwik(prm: Path, cache: Path) -> Path:
     """The Kwik file of the recording's detected spikes, detected into `cache` if missing."""
     kwik = cache / "rec.kwik"
@@ -186,7 +173,7 @@ def main() -> None:
     suffix = f"-seed{args.seed}" if args.seed else ""
     for c in channels:
         probe = PROBES[c]
-        prm = seeded_recording(data_dir, probe, args.duration, args.seed)
+        prm = recording(data_dir, probe, args.duration, args.seed)
         kwik = detected_kwik(prm, cache_root / f"{probe}-{args.duration:g}s{suffix}")
         print(row(run(kwik, prm.with_name("rec.groundtruth.npz"))), flush=True)
 

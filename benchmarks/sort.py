@@ -66,19 +66,6 @@ from _common import (
 FALSE_UNIT_ACCURACY = 0.5
 
 
-def seeded_recording(data_dir: Path, probe: str, duration: float, seed: int) -> Path:
-    """`_common.recording`, or for another seed its own cached recording."""
-    if seed == SEED:
-        return recording(data_dir, probe, duration)
-    folder = data_dir / f"{probe}-{duration:g}s-seed{seed}"
-    if not (folder / "rec.groundtruth.npz").exists():
-        from phy_synthetic.recording import synthesize_recording
-
-        print(f"# writing {folder} ...", file=sys.stderr, flush=True)
-        synthesize_recording(folder, "rec", probe, float(duration), seed=seed, overwrite=True)
-    return folder / "rec.prm"
-
-
 def evaluate_kwik(kwik: Path, gt_path: Path) -> dict:
     """Accuracy of the ``main`` clustering of every channel group against the ground truth."""
     import numpy as np
@@ -239,7 +226,7 @@ def main() -> None:
     print(HEADER, flush=True)
     for c in channels:
         probe = PROBES[c]
-        prm = seeded_recording(data_dir, probe, args.duration, args.seed)
+        prm = recording(data_dir, probe, args.duration, args.seed)
         print(row(run(prm, out_root / f"{probe}-{args.duration:g}s-seed{args.seed}",
                       refine_rounds=refine_rounds)), flush=True)
 
