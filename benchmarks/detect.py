@@ -212,6 +212,11 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
         return out
 
     n_spikes = 0
+    from phy_detect.shared_rows import RowSlots, shared_memory_available
+
+    # As the runner's local workers: the .kwx rows written into shared memory.
+    slots = RowSlots(1, 2**28) if shared_memory_available() else None
+    slot = slots.take(0) if slots is not None else None
     for _ in range(repeat + 1):  # the first is a warm-up, dropped below
         raw = timed("read", lambda: np.asarray(
             traces[chunk.load_start:chunk.load_stop])[:, setup.channels])
@@ -228,6 +233,11 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
         timed("features to float32", _flat_features, features)
         n_spikes = len(extracted.waveforms)
         timed("detect_chunk (all)", worker.detect_chunk, setup, chunk)
+        if slot is not None:
+            timed("detect_chunk (all, .kwx rows in shared memory)", worker.detect_chunk,
+                  setup, chunk, slot)
+    if slots is not None:
+        slots.close()
     best = {k: min(v[1:]) for k, v in times.items()}
     return dict(channels=int(len(setup.channels)), samples=int(chunk.load_stop - chunk.load_start),
                 spikes=n_spikes, n_components=len(components), stages=best)

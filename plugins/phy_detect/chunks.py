@@ -11,6 +11,7 @@ the chunk size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -48,3 +49,43 @@ def plan_chunks(n_samples: int, chunk_size: int, margin: int) -> list[Chunk]:
                             min(keep_stop + margin, n_samples)))
     return chunks
 
+
+
+def plan_chunks_with(n_samples: int, chunk_size: int, margin: int,
+                     ranges: Sequence[tuple[int, int]]) -> list[Chunk]:
+    """Chunks as `plan_chunks`, whose keep ranges include each of `ranges` as one chunk.
+
+    `ranges` (sorted, not overlapping, inside the recording: the PCA excerpts)
+    become chunks of their own, so that a job that detected an excerpt's spikes
+    has done a main-pass chunk's work too. Each gap between them is cut into
+    the fewest equal pieces no longer than `chunk_size`. No chunk is longer
+    than `chunk_size` or than the longest range.
+
+    Raises
+    ------
+    ValueError
+        As `plan_chunks`, or if `ranges` are not sorted, disjoint and inside
+        ``[0, n_samples)``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"The chunk size must be at least 1 sample, got {chunk_size}.")
+    if margin < 0:
+        raise ValueError(f"The chunk margin must be >= 0 samples, got {margin}.")
+    bounds = [0]
+    for start, stop in ranges:
+        if not bounds[-1] <= start < stop <= n_samples:
+            raise ValueError(f"Chunk ranges must be sorted, disjoint and inside [0, "
+                             f"{n_samples}): got {list(ranges)}.")
+        _cut_gap(bounds, start, chunk_size)
+        bounds.append(stop)
+    _cut_gap(bounds, n_samples, chunk_size)
+    return [Chunk(index, keep_start, keep_stop, max(keep_start - margin, 0),
+                  min(keep_stop + margin, n_samples))
+            for index, (keep_start, keep_stop) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _cut_gap(bounds: list[int], stop: int, chunk_size: int) -> None:
+    """Append to `bounds` the ends of equal pieces <= `chunk_size` from ``bounds[-1]`` to `stop`."""
+    start = bounds[-1]
+    n_pieces = -(-(stop - start) // chunk_size)
+    bounds.extend(start + (stop - start) * (i + 1) // n_pieces for i in range(n_pieces))

@@ -110,6 +110,10 @@ class SerialExecutor:
     """Run jobs one after the other in this process (for debugging and tests)."""
 
     name = "serial"
+    #: Jobs run on this machine: they can hand results over in shared memory.
+    local_workers = True
+    #: At most this many jobs are submitted and not yet consumed.
+    max_in_flight = 1
 
     def imap(self, func: Callable, jobs: Iterable) -> Iterator:
         for job in jobs:
@@ -139,9 +143,11 @@ class ProcessExecutor:
     """Run jobs in local worker processes (all cores by default)."""
 
     name = "processes"
+    local_workers = True
 
     def __init__(self, n_workers: int | None = None) -> None:
         self.n_workers = n_workers or os.cpu_count() or 1
+        self.max_in_flight = 2 * self.n_workers
         self._pool = self._make_pool(_init_worker, ())
         self._started = False  # the pool starts its processes at the first submission
 
@@ -170,7 +176,7 @@ class ProcessExecutor:
     def imap(self, func: Callable, jobs: Iterable) -> Iterator:
         self._started = True
         return _ordered(self._pool.submit, lambda f: f.result(), func, jobs,
-                        max_in_flight=2 * self.n_workers)
+                        max_in_flight=self.max_in_flight)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

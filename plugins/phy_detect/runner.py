@@ -19,9 +19,12 @@ For each channel group of the probe:
    falls in its chunk (the overlap makes them independent of the chunk
    size); their features and masks are written, in the ``.kwx`` layout, straight
    into the ``.kwx`` as results arrive (`phy_kwik.kwx_rows`: no copy at the
-   end), so memory does not grow with the recording.
-   A chunk that was also a PCA excerpt (a recording that the excerpts tile)
-   keeps the spikes and masks found then: its job only computes the features.
+   end), so memory does not grow with the recording. With local workers the
+   rows come through shared memory, already in the ``.kwx`` layout
+   (`shared_rows`), not pickled through a pipe.
+   The PCA excerpts are chunks of this pass (`plan_chunks_with` cuts the
+   chunks around them), so a chunk that was a PCA excerpt keeps the spikes
+   and masks found then: its job only computes the features.
    Workers read a chunk once, as float32 (columns selected on the raw data
    only when the group is not all the file's columns in order), filter it in
    place, and drop the memory-mapped file pages they read (`release_pages`),
@@ -56,11 +59,10 @@ from typing import Any
 import numpy as np
 
 from phy_core.atomic import fsync_directory, fsync_file
-from phy_core.bunch import Bunch
 from phy_core.errors import PhyError
 from phy_core.progress import ProgressReporter
 
-from .chunks import Chunk, plan_chunks
+from .chunks import Chunk, plan_chunks_with
 from .worker import GroupSetup, clear_buffers, make_stage, run_job
 
 logger = logging.getLogger("phy")
@@ -204,7 +206,9 @@ def detect(
         # Wide enough for the filter's edge effects, a component and its waveform.
         margin = int(filter_.margin_samples) + before + after + 2 * join + 8
         margin = max(margin, int(round(float(sd["chunk_overlap_seconds"]) * rate)))
-        chunks = plan_chunks(n_samples, chunk_size, margin)
+        # The PCA excerpts are chunks of the main pass, which reuses their detections.
+        excerpt_ranges = _pca_excerpts(n_samples, sd, rate)
+        chunks = plan_chunks_with(n_samples, chunk_size, margin, excerpt_ranges)
         groups = list(probe.channel_groups)
 
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{prm.experiment_name}.", dir=out_dir))
@@ -233,8 +237,8 @@ def detect(
                 raise DetectionError(f"{prm.prb_file}: channel {channels.max()} does not exist "
                                      f"in data with {n_file_channels} channels.")
             n_total += _detect_group(prm, sd, stages, filter_, traces, probe, group, channels,
-                                     chunks, executor, creator, tmp_dir, reporter, starts,
-                                     phases)
+                                     chunks, excerpt_ranges, executor, creator, reporter,
+                                     starts, phases)
         reporter.set_complete()
         # Complete: on disk, then moved into place (the .kwx first, the .kwik last).
         for path in (partial.with_suffix(".kwx"), partial.with_suffix(".kwik")):
@@ -401,28 +405,90 @@ def _chunk_key(chunk: Chunk) -> tuple[int, int, int, int]:
 
 
 def _main_pass(executor, setup: GroupSetup, chunks: list[Chunk], detections: dict,
-               n_channels: int):
-    """The chunks' results (`detect_chunk`'s), in order.
+               n_channels: int, n_pcs: int, writer, with_features: bool = True):
+    """Run the pass over `chunks`: their ``.kwx`` rows appended to `writer`, in order.
 
-    A chunk that is also a PCA excerpt (same keep and load ranges: a
-    recording no longer than the excerpts tile) keeps the spikes and masks
+    Yields each chunk's spike samples once its rows are written. A chunk that
+    is also a PCA excerpt (`plan_chunks_with`) keeps the spikes and masks
     found then; its job only computes their features (`features_at_times`):
-    no thresholds, flood fill or masks twice.
+    no thresholds, flood fill or masks twice. With local workers the rows come
+    through shared memory (`shared_rows`), else inline. Without
+    `with_features` (no PCA fitted) the features are zeros.
     """
+    row_bytes = n_channels * n_pcs * 2 * 4
+    slots = _row_slots(executor, chunks, detections, row_bytes) if with_features else None
     features_setup = replace(setup, task="features")
-    jobs, reused = [], []
-    for chunk in chunks:
-        part = detections.get(_chunk_key(chunk))
-        reused.append(part)
-        jobs.append((setup, chunk) if part is None
-                    else (features_setup, chunk, part.spike_times))
-    for part, result in zip(reused, executor.imap(run_job, jobs), strict=True):
-        if part is None:
-            yield result
-            continue
-        masks = np.zeros((len(part.spike_samples), n_channels), dtype=np.float32)
-        masks[part.pair_spikes, part.pair_channels] = part.pair_masks
-        yield Bunch(spike_samples=part.spike_samples, masks=masks, features=result.features)
+    parts = [detections.get(_chunk_key(chunk)) for chunk in chunks]
+
+    def jobs():  # lazily: a slot is taken when its job is submitted
+        for j, (chunk, part) in enumerate(zip(chunks, parts, strict=True)):
+            slot = slots.take(j) if slots is not None else None
+            if part is None:
+                yield setup, chunk, slot
+                continue
+            pairs = (part.pair_spikes, part.pair_channels, part.pair_masks) \
+                if slot is not None else None
+            yield features_setup, chunk, part.spike_times, pairs, slot
+
+    try:
+        results = executor.imap(run_job, jobs())
+        for j, (part, result) in enumerate(zip(parts, results, strict=True)):
+            samples = result.spike_samples if part is None else part.spike_samples
+            n = len(samples)
+            if "n_rows" in result:
+                if result.n_rows != n:
+                    raise DetectionError(f"Chunk {j} returned {result.n_rows} feature rows for "
+                                         f"{n} spikes.")
+                writer.append(slots.rows(j, result.slot, n * row_bytes))
+                slots.release(j)
+            elif "rows" in result:
+                rows = np.asarray(result.rows)
+                if rows.shape != (n, n_channels * n_pcs, 2):
+                    raise DetectionError(f"Chunk {j} returned feature rows {rows.shape}, "
+                                         f"expected ({n}, {n_channels * n_pcs}, 2).")
+                writer.append(rows)
+                if slots is not None:
+                    slots.release(j, needed=rows.nbytes)  # grows the slot: it did not fit
+            else:
+                if slots is not None:
+                    slots.release(j)
+                if n:
+                    masks = result.masks if part is None else _dense_masks(part, n_channels)
+                    features = result.features if with_features \
+                        else np.zeros((n, n_channels * n_pcs), np.float32)
+                    writer.append(_kwx_rows(features, masks, n_channels, n_pcs))
+            yield samples
+    finally:
+        if slots is not None:
+            slots.close()
+
+
+def _dense_masks(part, n_channels: int) -> np.ndarray:
+    masks = np.zeros((len(part.spike_samples), n_channels), dtype=np.float32)
+    masks[part.pair_spikes, part.pair_channels] = part.pair_masks
+    return masks
+
+
+def _row_slots(executor, chunks: list[Chunk], detections: dict, row_bytes: int):
+    """Shared-memory slots for the chunks' rows (`shared_rows.RowSlots`), or None.
+
+    Sized for the densest PCA excerpt's spikes in the longest chunk, with
+    room to spare; a chunk with more spikes sends its rows inline once, and
+    its slot grows.
+    """
+    from .shared_rows import RowSlots, shared_memory_available
+
+    if not getattr(executor, "local_workers", False) or not shared_memory_available():
+        return None
+    longest = max(c.keep_stop - c.keep_start for c in chunks)
+    density = max((len(p.spike_samples) / max(key[1] - key[0], 1)
+                   for key, p in detections.items()), default=0.0)
+    size = int(1.5 * density * longest + 64) * row_bytes
+    try:
+        return RowSlots(int(getattr(executor, "max_in_flight", 1)), size)
+    except OSError as e:  # no room in /dev/shm: inline, as elsewhere
+        logger.debug("No shared memory for the feature rows (%s): sent inline.", e)
+        return None
 
 
 def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
@@ -446,10 +512,16 @@ def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
     pca.fit_statistics([statistics_from_pairs(values, channels, n_channels, n_used)])
 
 
-def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks, executor,
-                  creator, tmp_dir, reporter, starts, phases: dict) -> int:
+def _pca_excerpts(n_samples: int, sd: dict, rate: float) -> list[tuple[int, int]]:
+    """The PCA excerpts: spread through the recording, independent of the chunk size."""
     from .threshold import excerpts
 
+    size = int(round(float(sd["excerpt_size_seconds"]) * rate))
+    return excerpts(n_samples, int(sd["n_excerpts"]), size)
+
+
+def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks,
+                  excerpt_ranges, executor, creator, reporter, starts, phases: dict) -> int:
     rate = float(prm.traces.sample_rate)
     mode = sd["detect_spikes"]
     n_samples = int(traces.shape[0])
@@ -480,12 +552,10 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     n_pca = int(sd["pca_n_waveforms_max"])
     pca = _make(stages["features"], n_pcs=int(sd["n_features_per_channel"]),
                 pca_n_waveforms_max=n_pca)
-    # Excerpts spread through the recording: the fit does not depend on the chunk size.
-    size = int(round(float(sd["excerpt_size_seconds"]) * rate))
-    margin = max((c.load_stop - c.keep_stop for c in chunks), default=0)
-    excerpt_chunks = [Chunk(i, start, stop, max(start - margin, 0), min(stop + margin, n_samples))
-                      for i, (start, stop) in enumerate(excerpts(n_samples, int(sd["n_excerpts"]),
-                                                                 size))]
+    # Excerpts spread through the recording (the fit does not depend on the chunk size),
+    # each a chunk of the main pass (`plan_chunks_with`): the main pass reuses their spikes.
+    by_range = {(c.keep_start, c.keep_stop): c for c in chunks}
+    excerpt_chunks = [by_range[r] for r in excerpt_ranges]
     n_channels = len(channels)
     n_fit, detections = _fit_pca(pca, executor, setup, excerpt_chunks, n_pca, n_channels,
                                  chunks)
@@ -501,12 +571,9 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     n_pcs = int(sd["n_features_per_channel"])
     writer = creator.kwx_row_writer(n_features)
     try:
-        for result in _main_pass(executor, setup, chunks, detections, n_channels):
-            n = len(result.spike_samples)
-            samples.append(result.spike_samples)
-            if n:
-                features = result.features if n_fit else np.zeros((n, n_features), np.float32)
-                writer.append(_kwx_rows(features, result.masks, n_channels, n_pcs))
+        for chunk_samples in _main_pass(executor, setup, chunks, detections, n_channels,
+                                        n_pcs, writer, with_features=n_fit > 0):
+            samples.append(chunk_samples)
             reporter.increment()
     finally:
         writer.close()

@@ -118,14 +118,26 @@ def _is_all_columns(channels: np.ndarray, n_columns: int) -> bool:
 _BUFFERS = threading.local()
 
 
+def _reused(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A C-contiguous ``shape`` view of this thread's buffer `name`, grown when too small.
+
+    Chunks differ in length (those between the PCA excerpts are shorter), so
+    the buffer is kept at the largest size seen and viewed at the size asked:
+    a fresh buffer per length would cost its page faults again and again.
+    """
+    size = int(np.prod(shape))
+    buffer = getattr(_BUFFERS, name, None)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_BUFFERS, name, buffer)
+    return buffer[:size].reshape(shape)
+
+
 def _chunk_buffer(shape: tuple[int, int]) -> np.ndarray:
     """This thread's reusable float32 chunk buffer (spares ~10 ms of page faults per
     126 MB chunk at 1024 channels); only `detect_chunk` uses it, whose results
     never refer to it."""
-    buffer = getattr(_BUFFERS, "array", None)
-    if buffer is None or buffer.shape != shape:
-        _BUFFERS.array = buffer = np.empty(shape, dtype=np.float32)
-    return buffer
+    return _reused("array", shape, np.float32)
 
 
 def read_float32(traces, start: int, stop: int, channels: np.ndarray,
@@ -184,7 +196,7 @@ def _rows(keep: np.ndarray, order: np.ndarray):
     return idx
 
 
-def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
+def detect_chunk(setup: GroupSetup, chunk: Chunk, slot=None) -> Bunch:
     """Detect the spikes of one chunk; keep those whose sample is in its keep range.
 
     Returns
@@ -197,7 +209,8 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
         per-channel PCA fit uses); else ``masks`` (n, C) float32 and
         ``waveforms`` (n, S, C) float32 when
         `setup.pcs` is None, or ``features`` (n, C * n_pcs) float32
-        (channel-major).
+        (channel-major); or, given a `shared_rows.RowSlot`, the ``.kwx``
+        rows (`write_kwx_rows`) instead of masks and features.
     """
     traces = _traces(setup.prm_path)
     shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
@@ -223,13 +236,66 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk) -> Bunch:
         out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
                                         dtype=np.float32)
         return out
+    if slot is not None and setup.pcs is not None:
+        return write_kwx_rows(out, setup.pcs, extracted.waveforms, rows, masks, slot)
     out.masks = np.array(masks, dtype=np.float32)
     if setup.pcs is None:
         out.waveforms = np.array(extracted.waveforms[rows])
     else:
         features = _transform_rows(setup.pcs, extracted.waveforms, rows)  # (n, C, n_pcs)
-        out.features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(masks), -1)
+        out.features = _flat_features(features, len(masks))
     return out
+
+
+def write_kwx_rows(out: Bunch, pcs, waveforms: np.ndarray, rows, masks: np.ndarray,
+                   slot) -> Bunch:
+    """Add a chunk's ``.kwx`` rows to its result `out`: in `slot`, else inline.
+
+    The rows are ``(n, C * n_pcs, 2)`` float32: the features of
+    ``waveforms[rows]`` in ``[..., 0]``, each channel's mask repeated for its
+    features in ``[..., 1]`` (`runner._kwx_rows`'s layout and values). In the
+    slot (shared memory, `shared_rows`): ``out.n_rows`` and ``out.slot``; if
+    they do not fit: ``out.rows``.
+    """
+    from .pca import PCA
+    from .shared_rows import project_kwx_rows
+
+    n, n_channels = masks.shape
+    masks = np.ascontiguousarray(masks, dtype=np.float32)
+    if type(pcs) is PCA and pcs.pcs is not None:
+        # The built-in PCA's projection (same bits), written straight as .kwx rows.
+        pc_array = np.ascontiguousarray(pcs.pcs, dtype=np.float32)
+        n_pcs = pc_array.shape[0]
+        rows_out, in_slot = _rows_out(slot, (n, n_channels * n_pcs, 2))
+        if isinstance(rows, slice):
+            index = np.arange(rows.start or 0, rows.stop, dtype=np.int64)
+        else:
+            index = np.asarray(rows, dtype=np.int64)
+        project_kwx_rows(np.ascontiguousarray(waveforms, dtype=np.float32), index, pc_array,
+                         masks, rows_out)
+    else:
+        features = _flat_features(_transform_rows(pcs, waveforms, rows), n)
+        n_pcs = features.shape[1] // max(n_channels, 1)
+        rows_out, in_slot = _rows_out(slot, (n, n_channels * n_pcs, 2))
+        rows_out[..., 0] = features
+        repeated = rows_out[..., 1]
+        repeated.shape = (n, n_channels, n_pcs)  # a view (raises rather than copy)
+        repeated[...] = masks[:, :, None]
+    if in_slot:
+        out.n_rows, out.slot = n, slot
+    else:
+        out.rows = rows_out
+    return out
+
+
+def _rows_out(slot, shape: tuple[int, int, int]) -> tuple[np.ndarray, bool]:
+    """The rows' array: in `slot` if it fits (True), else a new one (False)."""
+    from .shared_rows import slot_array
+
+    rows = slot_array(slot, shape) if slot is not None else None
+    if rows is None:
+        return np.empty(shape, dtype=np.float32), False
+    return rows, True
 
 
 def _transform_rows(pcs, waveforms: np.ndarray, rows):
@@ -251,7 +317,8 @@ def _transform_rows(pcs, waveforms: np.ndarray, rows):
     return pcs.transform(waveforms[first:stop])[rows - first]
 
 
-def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray) -> Bunch:
+def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray,
+                      pairs: tuple | None = None, slot=None) -> Bunch:
     """The features of spikes already detected in a chunk, at their times in the chunk.
 
     For a chunk whose spikes the PCA excerpt pass found (`spike_times`, as
@@ -259,7 +326,9 @@ def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray) 
     chunk as `detect_chunk` does, then extract the waveforms at those times
     with the built-in extractor's kernel and project them: the same features,
     without thresholds, flood fill and masks again. Returns ``features``
-    ``(n, C * n_pcs)`` float32.
+    ``(n, C * n_pcs)`` float32; or, given the masks as ``pairs`` (the
+    ``pair_spikes, pair_channels, pair_masks`` of that detection) and a
+    `shared_rows.RowSlot`, the ``.kwx`` rows (`write_kwx_rows`).
     """
     from .waveform import _masks_waveforms_kernel
 
@@ -283,17 +352,25 @@ def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray) 
                             np.arange(n, dtype=np.int64), times, data, data, weak, strong,
                             extractor._extract_before, extractor._extract_after,
                             np.zeros((n, n_channels), dtype=np.float32), waveforms)
+    if pairs is not None and slot is not None:
+        masks = np.zeros((n, n_channels), dtype=np.float32)
+        pair_spikes, pair_channels, pair_masks = pairs
+        masks[pair_spikes, pair_channels] = pair_masks
+        return write_kwx_rows(Bunch(), setup.pcs, waveforms, slice(0, n), masks, slot)
     features = setup.pcs.transform(waveforms)  # (n, C, n_pcs)
-    return Bunch(features=np.ascontiguousarray(features, dtype=np.float32).reshape(n, -1))
+    return Bunch(features=_flat_features(features, n))
+
+
+def _flat_features(features, n: int) -> np.ndarray:
+    """``(n, C * n_pcs)`` float32 features (channel-major), also for no spike at all."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    return features.reshape(n, int(np.prod(features.shape[1:])))
 
 
 def _crossing_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """This thread's reusable ``(data_t, weak, strong)`` buffers (as `_chunk_buffer`)."""
-    buffers = getattr(_BUFFERS, "crossings", None)
-    if buffers is None or buffers[0].shape != shape:
-        _BUFFERS.crossings = buffers = (np.empty(shape, np.float32), np.empty(shape, np.bool_),
-                                        np.empty(shape, np.bool_))
-    return buffers
+    return (_reused("data_t", shape, np.float32), _reused("weak", shape, np.bool_),
+            _reused("strong", shape, np.bool_))
 
 
 def _extract(setup: GroupSetup, data: np.ndarray):
@@ -364,20 +441,23 @@ def threshold_job(setup: GroupSetup, chunk: Chunk):
 
 
 def run_job(job: tuple):
-    """Run one job: ``(setup, chunk)``; ``(setup, chunk, spike_times)`` for the
-    ``'features'`` task (`features_at_times`); ``(setup, *excerpts)`` for the
-    threshold tasks (a list of `threshold_job` results)."""
+    """Run one job: ``(setup, chunk[, slot])``; ``(setup, chunk, spike_times[, pairs,
+    slot])`` for the ``'features'`` task (`features_at_times`); ``(setup, *excerpts)``
+    for the threshold tasks (a list of `threshold_job` results)."""
     setup, chunk, *extra = job
     if setup.task in ("threshold", "threshold_values"):
         return [threshold_job(setup, c) for c in (chunk, *extra)]
     if setup.task == "features":
         return features_at_times(setup, chunk, *extra)
-    return detect_chunk(setup, chunk)
+    return detect_chunk(setup, chunk, *extra)
 
 
 def clear_buffers() -> None:
-    """Free this thread's chunk buffer (after a run on a serial executor)."""
+    """Free this thread's buffers and row slots (after a run on a serial executor)."""
+    from .shared_rows import unmap_all
+
     _BUFFERS.__dict__.clear()
+    unmap_all()
 
 
 def warm_up(prm_path: str, stages: dict[str, tuple[Any, dict]]) -> None:
@@ -444,6 +524,13 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
     if setup.thresholder is not None and setup.detector is not None \
             and setup.extractor is not None:
         _extract(setup, read_float32(raw, 0, n_samples, columns))
+    # The kernel of the .kwx rows (`write_kwx_rows`).
+    from .shared_rows import project_kwx_rows
+
+    project_kwx_rows(np.zeros((1, 8, n_channels), np.float32), np.zeros(1, np.int64),
+                     np.zeros((3, 8, n_channels), np.float32),
+                     np.zeros((1, n_channels), np.float32),
+                     np.zeros((1, 3 * n_channels, 2), np.float32))
 
 
 def _identity(data: np.ndarray) -> np.ndarray:

@@ -344,8 +344,8 @@ def test_main_pass_reuses_the_pca_excerpts_detections(reference, recording, tmp_
     reused = []
     features_at_times = worker.features_at_times
     monkeypatch.setattr(worker, "features_at_times",
-                        lambda setup, chunk, times: reused.append(chunk.index)
-                        or features_at_times(setup, chunk, times))
+                        lambda setup, chunk, *args: reused.append(chunk.index)
+                        or features_at_times(setup, chunk, *args))
     model = KwikModel(_run(recording, tmp_path / "a", chunk_size_s=1.0))
     assert reused == [0, 1, 2, 3]
     fit_pca = runner._fit_pca

@@ -1,0 +1,197 @@
+"""Chunks' ``.kwx`` rows handed from the workers to the runner through shared memory.
+
+A chunk's features and masks are ``n_spikes x n_channels * 3 x 2`` float32
+(24 KB per spike at 1024 channels, 3.4 GB for 200 s of the synthetic
+``dense1024`` recording). Pickled through a pipe, every byte was copied by
+the worker (pickle, pipe write), by the kernel and by the runner (pipe read,
+unpickling, interleaving into ``.kwx`` rows) before being written. The
+features on masked channels are not zero (every channel's waveform is
+projected), so a sparse form would not give the same file.
+
+Instead the runner creates a few files in ``/dev/shm`` (`RowSlots`), one per
+job in flight, reused round-robin; a worker writes its chunk's rows, already
+in the ``.kwx`` layout, into its job's slot (`slot_array`, mapped once per
+worker) and returns only their number; the runner writes them from its own
+mapping of the slot into the ``.kwx``. A slot is given to a new job only once
+the runner has written the rows of the job that used it before. A result
+that does not fit its slot comes back inline (as before), and the slot grows
+for the next jobs. Where there is no ``/dev/shm`` (not Linux), or the
+workers are on other machines (Dask), the rows come back inline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+SHM_DIR = "/dev/shm"
+#: Slots a worker keeps mapped (a slot that grew is a new file: the old one is dropped).
+_MAX_MAPPED = 16
+#: Slack on the estimated size of a chunk's rows.
+_GROWTH = 1.5
+
+
+@dataclass(frozen=True)
+class RowSlot:
+    """Where a job writes its rows: a file in shared memory of `size` bytes."""
+
+    path: str
+    size: int
+
+
+def shared_memory_available() -> bool:
+    """Whether this machine has a writable ``/dev/shm`` (Linux)."""
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+class RowSlots:
+    """The runner's slots: `n_slots` files in ``/dev/shm``, each mapped here.
+
+    Parameters
+    ----------
+    n_slots : int
+        At least the number of jobs the executor keeps in flight.
+    size : int
+        Initial size of each slot, bytes (grows as needed, see `grow`).
+    """
+
+    def __init__(self, n_slots: int, size: int) -> None:
+        self.directory = tempfile.mkdtemp(prefix="phy-kwx-rows-", dir=SHM_DIR)
+        self._generation = 0
+        self._slots: list[tuple[RowSlot, mmap.mmap]] = []
+        self._busy: list[int | None] = [None] * int(n_slots)  # the job using each slot
+        try:
+            for _ in range(int(n_slots)):
+                self._slots.append(self._create(max(int(size), mmap.PAGESIZE)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self, size: int) -> tuple[RowSlot, mmap.mmap]:
+        self._generation += 1
+        path = os.path.join(self.directory, f"slot{self._generation}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        return RowSlot(path, size), mapping
+
+    def take(self, job: int) -> RowSlot | None:
+        """The slot for job number `job`, or None if the job that used it is not done."""
+        i = job % len(self._slots)
+        if self._busy[i] is not None:
+            return None
+        self._busy[i] = job
+        return self._slots[i][0]
+
+    def rows(self, job: int, slot: RowSlot, nbytes: int) -> memoryview:
+        """The first `nbytes` a job wrote into its slot (valid until `release`)."""
+        i = job % len(self._slots)
+        if self._busy[i] != job or self._slots[i][0] != slot:
+            raise RuntimeError(f"Row slot {slot.path} is not job {job}'s.")
+        return memoryview(self._slots[i][1])[:nbytes]
+
+    def release(self, job: int, needed: int = 0) -> None:
+        """Job `job`'s rows are written: its slot is free (grown if `needed` did not fit)."""
+        i = job % len(self._slots)
+        if self._busy[i] != job:
+            return
+        self._busy[i] = None
+        slot, mapping = self._slots[i]
+        if needed > slot.size:
+            self._slots[i] = self._create(int(needed * _GROWTH))
+            _close_and_remove(slot.path, mapping)
+
+    def close(self) -> None:
+        for slot, mapping in self._slots:
+            _close_and_remove(slot.path, mapping)
+        self._slots = []
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _close_and_remove(path: str, mapping: mmap.mmap) -> None:
+    with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it
+        mapping.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+# -- Worker side ------------------------------------------------------------------
+
+_MAPPED: OrderedDict[str, mmap.mmap] = OrderedDict()
+
+
+def slot_array(slot: RowSlot, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A float32 array of `shape` over the start of `slot`, or None if it does not fit.
+
+    The slot stays mapped in this process (its pages faulted in once), up to
+    `_MAX_MAPPED` slots.
+    """
+    nbytes = int(np.prod(shape)) * 4
+    if nbytes > slot.size:
+        return None
+    mapping = _MAPPED.get(slot.path)
+    if mapping is None:
+        directory = os.path.dirname(slot.path)
+        if any(os.path.dirname(path) != directory for path in _MAPPED):
+            unmap_all()  # slots of an earlier run (removed): free their memory
+        fd = os.open(slot.path, os.O_RDWR)
+        try:
+            mapping = mmap.mmap(fd, slot.size, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        _MAPPED[slot.path] = mapping
+        while len(_MAPPED) > _MAX_MAPPED:
+            _, old = _MAPPED.popitem(last=False)
+            with contextlib.suppress(BufferError):
+                old.close()
+    else:
+        _MAPPED.move_to_end(slot.path)
+    return np.frombuffer(mapping, dtype=np.float32, count=nbytes // 4).reshape(shape)
+
+
+def unmap_all() -> None:
+    """Unmap every slot this process mapped (a removed slot's memory is then freed)."""
+    while _MAPPED:
+        _, mapping = _MAPPED.popitem()
+        with contextlib.suppress(BufferError):
+            mapping.close()
+
+
+@njit(cache=True)
+def project_kwx_rows(waveforms, index, pcs, masks, out):
+    """``.kwx`` rows of the spikes ``waveforms[index]`` projected on per-channel `pcs`.
+
+    ``out[i, c * F + f] = (sum_s waveforms[index[i], s, c] * pcs[f, s, c], masks[i, c])``,
+    each sum in float32 in the order of `pca._project` (same bits), but each
+    waveform read once for all `F` PCs (`_project` reads it once per PC), and
+    written straight in the ``.kwx`` layout.
+    """
+    n_f, n_s, n_c = pcs.shape
+    acc = np.empty((n_f, n_c), dtype=np.float32)
+    for i in range(index.shape[0]):
+        r = index[i]
+        acc[:, :] = 0.0
+        for s in range(n_s):
+            w = waveforms[r, s]
+            for f in range(n_f):
+                p = pcs[f, s]
+                a = acc[f]
+                for c in range(n_c):
+                    a[c] += w[c] * p[c]
+        for c in range(n_c):
+            m = masks[i, c]
+            for f in range(n_f):
+                out[i, c * n_f + f, 0] = acc[f, c]
+                out[i, c * n_f + f, 1] = m
