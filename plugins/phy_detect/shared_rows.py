@@ -47,6 +47,36 @@ class RowSlot:
     size: int
 
 
+_PREFIX = "phy-kwx-rows-"
+
+
+def remove_stale_slots(directory: str = SHM_DIR) -> list[str]:
+    """Remove the slot folders of runs whose process is gone (killed: SIGKILL leaves them).
+
+    A folder is named after its runner's process id; it is left alone while a
+    process of that id exists. Returns the folders removed.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            pid = name[len(_PREFIX):].split("-", 1)[0]
+            if not name.startswith(_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+                continue
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
 def shared_memory_available() -> bool:
     """Whether this machine has a writable ``/dev/shm`` (Linux)."""
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
@@ -64,7 +94,8 @@ class RowSlots:
     """
 
     def __init__(self, n_slots: int, size: int) -> None:
-        self.directory = tempfile.mkdtemp(prefix="phy-kwx-rows-", dir=SHM_DIR)
+        remove_stale_slots()
+        self.directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=SHM_DIR)
         self._generation = 0
         self._slots: list[tuple[RowSlot, mmap.mmap]] = []
         self._busy: list[int | None] = [None] * int(n_slots)  # the job using each slot

@@ -6,6 +6,7 @@ import pytest
 from phy_detect.chunks import plan_chunks_with
 from phy_detect.executors import SerialExecutor
 from phy_detect.runner import _kwx_rows, detect
+from phy_detect.shared_rows import RowSlots, remove_stale_slots, shared_memory_available
 from phy_detect.threshold import excerpts
 from phy_kwik.model import KwikModel
 from phy_synthetic.recording import synthesize_recording
@@ -167,3 +168,31 @@ def test_worker_rows_equal_the_runner_rows(rows):
             assert slots.take(1) == slot
         finally:
             slots.close()
+
+
+@pytest.mark.skipif(not shared_memory_available(), reason="no /dev/shm")
+def test_slots_of_a_killed_run_are_removed_by_the_next_run():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    # A real process makes its slots, then is killed as SIGKILL would (no clean-up).
+    code = ("import sys, time\nfrom phy_detect.shared_rows import RowSlots\n"
+            "slots = RowSlots(2, 4096)\nprint(slots.directory, flush=True)\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        directory = child.stdout.readline().strip()
+        assert os.path.isdir(directory) and os.listdir(directory)
+        assert directory not in remove_stale_slots()  # its process is alive: kept
+        assert os.path.isdir(directory)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert os.path.isdir(directory)  # left behind by the kill
+    ours = RowSlots(1, 4096)  # the next run cleans up
+    try:
+        assert not os.path.exists(directory)
+        assert os.path.isdir(ours.directory)
+    finally:
+        ours.close()
