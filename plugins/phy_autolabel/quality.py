@@ -19,7 +19,10 @@ strongest):
 - ``split_separation``: how well the cluster's features split in two
   (Ashman's D along their first principal component);
 - ``snr`` (peak of the mean band-passed waveform over the noise of its
-  channel) and ``peak_channel``, when there are raw traces.
+  channel) and ``peak_channel``, when there are raw traces;
+- ``coincidence`` and ``coincident_cluster``: the largest fraction of the
+  cluster's spikes that one other cluster near it also has within
+  `coincidence_window_ms` (the same spikes seen twice).
 
 Subsamples (taken at regular intervals) bound the cost per cluster; other
 spikes left out of a subsample are counted through weights.
@@ -34,6 +37,7 @@ import numpy as np
 
 from .metrics import (
     amplitude_cutoff,
+    coincidence,
     isolation,
     peak_snr,
     refractory_violations,
@@ -46,7 +50,7 @@ METRIC_COLUMNS = (
     ("n_spikes", "{:d}"), ("firing_rate_hz", "{:.2f}"), ("n_violations", "{:d}"),
     ("contamination", "{:.3f}"), ("isolation_distance", "{:.1f}"), ("l_ratio", "{:.4f}"),
     ("amplitude_cutoff", "{:.3f}"), ("split_separation", "{:.2f}"), ("snr", "{:.1f}"),
-    ("peak_channel", "{:d}"), ("nearest_cluster", "{:d}"),
+    ("peak_channel", "{:d}"), ("nearest_cluster", "{:d}"), ("coincidence", "{:.3f}"),
 )
 
 
@@ -78,6 +82,9 @@ class MetricParameters:
     peak_jitter_ms : float
         Per-spike amplitudes (with raw traces) are the largest |value| within
         this much of the mean waveform's peak time, on the principal channels.
+    coincidence_window_ms : float
+        Two spikes of different clusters this close are the same event seen
+        twice (`phy_autolabel.metrics.coincidence`).
     """
 
     refractory_period_ms: float = 1.5
@@ -89,6 +96,7 @@ class MetricParameters:
     max_other_waveform_spikes: int = 1000
     n_waveform_pcs: int = 3
     peak_jitter_ms: float = 0.15
+    coincidence_window_ms: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,8 @@ class ClusterQuality:
     snr: float
     peak_channel: int
     nearest_cluster: int
+    coincidence: float
+    coincident_cluster: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +156,10 @@ def cluster_quality(source: SortingSource, cluster_id: int,
         p.refractory_period_ms, p.censored_period_ms)
     channels = source.principal_channels(cluster_id, p.n_isolation_channels)
     others = np.setdiff1d(source.spikes_near(channels), spikes, assume_unique=True)
+    together, together_with = coincidence(
+        source.spike_samples[spikes], source.spike_samples[others],
+        source.spike_clusters[others],
+        int(round(p.coincidence_window_ms * source.sample_rate / 1000)))
 
     use_waveforms = source.n_features_per_channel == 0
     max_in = p.max_waveform_spikes if use_waveforms else p.max_cluster_spikes
@@ -190,7 +204,8 @@ def cluster_quality(source: SortingSource, cluster_id: int,
         n_violations=n_violations, contamination=contamination,
         isolation_distance=distance, l_ratio=l_ratio, amplitude_cutoff=cutoff,
         split_separation=separation, snr=snr,
-        peak_channel=peak_channel, nearest_cluster=nearest)
+        peak_channel=peak_channel, nearest_cluster=nearest, coincidence=together,
+        coincident_cluster=together_with)
 
 
 def _peak_amplitudes(waveforms, mean, column, sample_rate: float, jitter_ms: float):

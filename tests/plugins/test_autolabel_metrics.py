@@ -115,3 +115,26 @@ def test_noise_std_and_peak_snr():
     mean[20, 0], mean[18, 2] = 6.0, -40.0
     snr, channel = peak_snr(mean, sigma)
     assert (snr, channel) == (pytest.approx(8.0), 2)
+
+
+def test_coincidence_against_brute_force_and_for_spikes_seen_twice():
+    from phy_autolabel.metrics import coincidence
+
+    rng = np.random.default_rng(5)
+    # Independent trains: the fraction equals a brute-force count, and stays near chance.
+    samples = np.sort(rng.choice(600_000, 400, replace=False))
+    other = rng.choice(600_000, 3000, replace=False)
+    other_clusters = rng.integers(10, 13, len(other))
+    fraction, cluster = coincidence(samples, other, other_clusters, window=15)
+    brute = {c: np.mean([np.any(np.abs(other[other_clusters == c] - s) <= 15)
+                         for s in samples]) for c in (10, 11, 12)}
+    best = max(brute, key=brute.get)
+    assert cluster == best and fraction == pytest.approx(brute[best])
+    assert fraction < 0.1  # ~1000 spikes of a cluster in 600k samples, +-15: ~5 %
+    # A cluster made of another's spikes, 3 samples later: all of it coincides, and
+    # only once per spike even where the other cluster has two spikes in the window.
+    ghost = samples[::2] + 3
+    doubled = np.concatenate([samples, samples[:20] + 1])
+    fraction, cluster = coincidence(ghost, doubled, np.full(len(doubled), 7), window=15)
+    assert (fraction, cluster) == (1.0, 7)
+    assert coincidence(samples, [], [], 15) == (0.0, -1)
