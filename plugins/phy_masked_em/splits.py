@@ -31,6 +31,8 @@ logger = logging.getLogger("phy")
 
 _MIN_SPLIT_SIZE = 4
 _POWER_ITERATIONS = 30
+# Largest change of a unit-norm axis entry at which the power iteration stops.
+_POWER_TOLERANCE = 1e-4
 # Iterations of the CEM on a cluster's spikes when `max_split_iterations` is None.
 _SPLIT_ITERATIONS = 100
 
@@ -47,7 +49,12 @@ def principal_halves(em: MaskedEM) -> np.ndarray | None:
         norm = np.linalg.norm(w)
         if norm == 0:
             return None
-        v = w / norm
+        w /= norm
+        # Converged: only the sides of the axis matter, not its last digits.
+        done = np.abs(w - v).max() < _POWER_TOLERANCE
+        v = w
+        if done:
+            break
     v *= np.sign(v[np.argmax(np.abs(v))])
     side = sparse_project(d.indptr, d.indices, d.dy, v) > mean @ v
     if side.all() or not side.any():
