@@ -445,6 +445,32 @@ class WaveformExtractor:
         return Extracted(times, masks, waveforms, kept, deferred)
 
 
+    def waveforms_at(self, times: np.ndarray, data: np.ndarray,
+                     out: np.ndarray | None = None) -> np.ndarray:
+        """The aligned waveforms of spikes already detected, at their `times` (samples).
+
+        The same waveforms `extract_all` returns for spikes at these times (same
+        kernel, same alignment), without finding the spikes or their masks
+        again: for a chunk whose spikes an earlier pass found. `out`: a
+        reusable float32 buffer of at least ``len(times)`` waveforms (as in
+        `extract_all`); every window must lie inside `data`.
+        """
+        times = np.ascontiguousarray(times, dtype=np.float64)
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        n, n_channels = len(times), data.shape[1]
+        shape = (n, self.n_samples_waveforms, n_channels)
+        waveforms = np.empty(shape, dtype=np.float32) if out is None else out[:n]
+        # One point per spike: the kernel's masks (discarded) need one; the
+        # waveform comes from the time alone.
+        points = np.zeros((n, 2), dtype=np.int64)
+        points[:, 0] = np.floor(times)
+        weak, strong = self._threshold_arrays(n_channels)
+        _masks_waveforms_kernel(points, np.arange(n + 1, dtype=np.int64),
+                                np.arange(n, dtype=np.int64), times, data, data, weak, strong,
+                                self._extract_before, self._extract_after,
+                                np.zeros((n, n_channels), dtype=np.float32), waveforms)
+        return waveforms
+
 def _make_extractor(**parameters) -> WaveformExtractor:
     return WaveformExtractor(**parameters)
 

@@ -324,34 +324,22 @@ def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray,
     For a chunk whose spikes the PCA excerpt pass found (`spike_times`, as
     `detect_chunk` returned them with ``task='pca'``): read and filter the
     chunk as `detect_chunk` does, then extract the waveforms at those times
-    with the built-in extractor's kernel and project them: the same features,
+    with `WaveformExtractor.waveforms_at` and project them: the same features,
     without thresholds, flood fill and masks again. Returns ``features``
     ``(n, C * n_pcs)`` float32; or, given the masks as ``pairs`` (the
     ``pair_spikes, pair_channels, pair_masks`` of that detection) and a
     `shared_rows.RowSlot`, the ``.kwx`` rows (`write_kwx_rows`).
     """
-    from .waveform import _masks_waveforms_kernel
-
     traces = _traces(setup.prm_path)
     shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
     data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
                         out=_chunk_buffer(shape))
     release_pages(traces)
     data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
-    data = np.ascontiguousarray(data, dtype=np.float32)
     extractor = setup.extractor
     n, n_channels = len(spike_times), data.shape[1]
-    waveforms = _waveform_buffer((max(n, 1), extractor.n_samples_waveforms, n_channels))[:n]
-    # One point per spike: the kernel's masks (discarded) need one; the waveform comes
-    # from the time alone, aligned exactly as in `WaveformExtractor.extract_all`.
-    times = np.ascontiguousarray(spike_times, dtype=np.float64)
-    points = np.zeros((n, 2), dtype=np.int64)
-    points[:, 0] = np.floor(times)
-    weak, strong = extractor._threshold_arrays(n_channels)
-    _masks_waveforms_kernel(points, np.arange(n + 1, dtype=np.int64),
-                            np.arange(n, dtype=np.int64), times, data, data, weak, strong,
-                            extractor._extract_before, extractor._extract_after,
-                            np.zeros((n, n_channels), dtype=np.float32), waveforms)
+    waveforms = extractor.waveforms_at(spike_times, data, out=_waveform_buffer(
+        (max(n, 1), extractor.n_samples_waveforms, n_channels)))
     if pairs is not None and slot is not None:
         masks = np.zeros((n, n_channels), dtype=np.float32)
         pair_spikes, pair_channels, pair_masks = pairs
