@@ -112,6 +112,19 @@ def _covariances(count, s1, s2) -> np.ndarray:
     return cov
 
 
+@njit(cache=True, inline="always")
+def _add_pair(values, k, c, x, count, s1, s2):
+    """Add pair `k` (a waveform ``values[k]`` on channel `c`) to the moments of `c`."""
+    n_s = values.shape[1]
+    for a in range(n_s):
+        x[a] = values[k, a]
+    count[c] += 1
+    for a in range(n_s):
+        s1[c, a] += x[a]
+        for b in range(a + 1):
+            s2[c, a, b] += x[a] * x[b]
+
+
 @njit(cache=True)
 def _moments_pairs(values, channels, n_channels):
     """`_moments_sparse` on the (spike, channel) pairs' waveforms ``values`` (P, n_samples).
@@ -125,14 +138,7 @@ def _moments_pairs(values, channels, n_channels):
     s2 = np.zeros((n_channels, n_s, n_s))
     x = np.empty(n_s)
     for k in range(values.shape[0]):
-        c = channels[k]
-        for a in range(n_s):
-            x[a] = values[k, a]
-        count[c] += 1
-        for a in range(n_s):
-            s1[c, a] += x[a]
-            for b in range(a + 1):
-                s2[c, a, b] += x[a] * x[b]
+        _add_pair(values, k, channels[k], x, count, s1, s2)
     return count, s1, s2
 
 
@@ -147,14 +153,7 @@ def _moments_pairs_parallel(values, order, starts, n_channels):
     for c in prange(n_channels):
         x = np.empty(n_s)
         for j in range(starts[c], starts[c + 1]):
-            k = order[j]
-            for a in range(n_s):
-                x[a] = values[k, a]
-            count[c] += 1
-            for a in range(n_s):
-                s1[c, a] += x[a]
-                for b in range(a + 1):
-                    s2[c, a, b] += x[a] * x[b]
+            _add_pair(values, order[j], c, x, count, s1, s2)
     return count, s1, s2
 
 
