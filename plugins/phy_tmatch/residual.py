@@ -30,6 +30,8 @@ from numba import njit
 
 from phy_core.bunch import Bunch
 
+from .worker import scratch
+
 _MAD_TO_STD = 0.6744897501960817
 
 
@@ -188,8 +190,6 @@ def collect_events(collect: Bunch, templates, chunk, xt: np.ndarray, starts: np.
 
     # Residual events.
     inv_sigma = (1.0 / np.maximum(collect.sigma_channels, 1e-12)).astype(np.float32)
-    from .worker import scratch
-
     pooled = scratch("pooled", xt.shape, xt.dtype)  # reused by the worker's next chunk
     pooled_residual(xt, inv_sigma, collect.pool_channels, collect.pool_weights, pooled)
     spread = np.median(np.abs(pooled[:, ::16]), axis=1) / _MAD_TO_STD
