@@ -13,7 +13,8 @@ the local process executor, in a fresh interpreter, so that the peak memory
 is that run's. Printed columns:
 
 - ``wall s``: from `make_executor('processes')` to the return of `detect`
-  (worker start-up, numba cache loading in the workers, thresholds, PCA,
+  (worker start-up: the forkserver's preload of the modules and numba
+  kernels, then the workers' own warm-up; thresholds, PCA,
   the pass over the recording and the Kwik files with their fsync; not the
   interpreter start-up and imports of the parent).
 - ``x RT``: recording seconds per wall-clock second.
@@ -24,13 +25,16 @@ is that run's. Printed columns:
 - ``pass x RT``: recording seconds per second of the pass over the recording
   (``timings['chunks']``), the throughput a long recording tends to.
 - ``kwx s``: copying the features into the ``.kwx`` after the pass.
-- ``CPU s``: user + system CPU time of the run and its workers (compare runs
-  by it when the machine is shared).
+- ``CPU s``: user + system CPU time of the run, its workers and the
+  forkserver they are forked from (`tree_cpu_seconds`; compare runs by it when
+  the machine is shared).
 - ``RSS parent MB``: peak RSS of the process calling `detect`.
 - ``RSS worker MB``: peak RSS of the largest worker process (the max of the
   ``VmHWM`` of the process tree, sampled by a thread and read once more
-  before the workers exit; not ``getrusage(RUSAGE_CHILDREN)``, which for
-  fork+exec'd workers includes the parent's RSS at the fork). It includes
+  before the workers exit; not ``getrusage(RUSAGE_CHILDREN)``, which does not
+  see the forkserver's workers, and for fork+exec'd ones includes the parent's
+  RSS at the fork). A worker's peak includes the pages it shares with the
+  forkserver (the preloaded modules and kernels). It includes
   the pages of the memory-mapped ``.dat`` a worker has read (file-backed,
   reclaimable), so it grows with the recording; ``(anon)`` is the largest
   sampled ``RssAnon`` of a worker (anonymous memory only; sampled every
@@ -81,6 +85,33 @@ SNR_MIN = 5.0
 # -- One run, in a fresh interpreter --------------------------------------------------
 
 
+def tree_cpu_seconds() -> float:
+    """User + system CPU time of this process and of all its descendants, alive or reaped.
+
+    Not ``getrusage(RUSAGE_CHILDREN)`` alone: it counts only children that have
+    exited and been waited for, and the workers are forked by the forkserver (a
+    child that outlives the run), which reaps them. So each live descendant
+    (the forkserver) counts with its own reaped children (``/proc/<pid>/stat``:
+    utime, stime, cutime, cstime).
+    """
+    import resource
+
+    from _common import _descendants
+
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = sum(getattr(resource.getrusage(who), field)
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for field in ("ru_utime", "ru_stime"))
+    for pid in _descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile: counted by its parent's cutime
+            continue
+        cpu += sum(int(v) for v in fields[11:15]) / tick
+    return cpu
+
+
 def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
     import resource
 
@@ -101,12 +132,10 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
         finally:
             executor.close()
     n_workers = getattr(executor, "n_workers", 1)
-    cpu = sum(getattr(resource.getrusage(who), field)
-              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for field in ("ru_utime", "ru_stime"))
+    cpu = tree_cpu_seconds()
     rss_parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # Not getrusage(RUSAGE_CHILDREN): the workers are fork+exec'd ('spawn'), and Linux counts
-    # the forked copy of this process's memory, before the exec, in their ru_maxrss.
+    # Not getrusage(RUSAGE_CHILDREN): the workers are not this process's children (the
+    # forkserver's), and a fork+exec'd child's ru_maxrss counts this process's memory.
     rss_worker = tree.max_kb / 1024
 
     from phy_kwik.model import KwikModel
@@ -134,8 +163,11 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
         # A detection counts for a true spike only if its mask covers the unit's peak channel.
         column = {int(c): i for i, c in enumerate(channel_order)}
         unit_columns = np.array([column.get(int(c), 0) for c in gt["unit_peak_channels"]])
+        # Ties (two true spikes at one sample, seen equally well) go to the larger spike.
+        sizes = gt["unit_snr"][gt["spike_clusters"]] * gt["spike_amplitudes"]
         report = detection_report(detected, gt["spike_samples"], gt["spike_clusters"], rate,
-                                  detected_masks=masks, unit_channels=unit_columns)
+                                  detected_masks=masks, unit_channels=unit_columns,
+                                  true_amplitudes=sizes)
         by_time = detection_report(detected, gt["spike_samples"], gt["spike_clusters"], rate)
         good = gt["unit_snr"][report.units] >= SNR_MIN
         spikes_good = np.isin(gt["spike_clusters"], report.units[good])
@@ -188,6 +220,7 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     import numba
     import numpy as np
 
+    from phy_core.bunch import Bunch
     from phy_detect import runner, worker
 
     numba.set_num_threads(1)  # as in a worker process
@@ -202,7 +235,6 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     # the PCA excerpts: time the whole detection here).
     setup = replace(capture.jobs[0][0], task="detect")
     chunk = capture.jobs[len(capture.jobs) // 2][1]  # a chunk with two neighbours
-    traces = worker._traces(setup.prm_path)
     times: dict[str, list[float]] = {}
 
     def timed(name, fn, *args):
@@ -218,20 +250,19 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     slots = RowSlots(1, 2**28) if shared_memory_available() else None
     slot = slots.take(0) if slots is not None else None
     for _ in range(repeat + 1):  # the first is a warm-up, dropped below
-        raw = timed("read", lambda: np.asarray(
-            traces[chunk.load_start:chunk.load_stop])[:, setup.channels])
-        f32 = timed("to float32", np.ascontiguousarray, raw, np.float32)
-        data = timed("filter", setup.filter, f32)
-        data_t = timed("thresholder.transform", setup.thresholder.transform, data)
-        weak = timed("thresholder.detect x2", setup.thresholder.detect, data_t, "weak")
-        t0 = time.perf_counter()
-        strong = setup.thresholder.detect(data_t, "strong")
-        times["thresholder.detect x2"][-1] += time.perf_counter() - t0
-        components = timed("detect_flat", setup.detector.detect_flat, weak, strong, data_t)
-        extracted = timed("extract_all", setup.extractor.extract_all, components, data, data_t)
-        features = timed("pca.transform", setup.pcs.transform, extracted.waveforms)
-        timed("features to float32", _flat_features, features)
-        n_spikes = len(extracted.waveforms)
+        # The worker's own path (`worker.detect_chunk`), stage by stage.
+        data = timed("read + filter", worker._read_filtered, setup, chunk)
+        data_t, weak_bits, strong_bits = timed(
+            "thresholder.transform_bits", setup.thresholder.transform_bits, data,
+            worker._crossing_bitmaps(data.shape))
+        components = timed("detect_bits (grow + split)", setup.detector.detect_bits,
+                           weak_bits, strong_bits, data.shape[0], data_t)
+        extracted = timed("extract_all (times, masks)", setup.extractor.extract_all,
+                          components, data, data_t, None, False)
+        n_spikes = len(extracted.masks)
+        if slot is not None:
+            timed(".kwx rows (align + project)", worker._align_project_rows, Bunch(), setup,
+                  data, extracted.spike_samples, np.arange(n_spikes), extracted.masks, slot)
         timed("detect_chunk (all)", worker.detect_chunk, setup, chunk)
         if slot is not None:
             timed("detect_chunk (all, .kwx rows in shared memory)", worker.detect_chunk,
@@ -241,12 +272,6 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     best = {k: min(v[1:]) for k, v in times.items()}
     return dict(channels=int(len(setup.channels)), samples=int(chunk.load_stop - chunk.load_start),
                 spikes=n_spikes, n_components=len(components), stages=best)
-
-
-def _flat_features(features):
-    import numpy as np
-
-    return np.ascontiguousarray(features, dtype=np.float32).reshape(len(features), -1)
 
 
 def run_stages(prm: Path, out_dir: Path, repeat: int) -> dict:
@@ -337,12 +362,13 @@ def main() -> None:
             prm = recording(data_dir, probe, args.duration)
             results.append(run_stages(prm, out_root / f"stages-{probe}", args.repeat))
         names = list(results[0]["stages"])
-        print(f"{'stage':<22}" + "".join(f"{r['channels']:>10} ch" for r in results))
+        width = max(len(name) for name in names) + 2
+        print(f"{'stage':<{width}}" + "".join(f"{r['channels']:>10} ch" for r in results))
         for name in names:
-            print(f"{name:<22}" + "".join(f"{1e3 * r['stages'][name]:>13.1f}"
-                                          for r in results))
-        print(f"{'spikes in the chunk':<22}" + "".join(f"{r['spikes']:>13}" for r in results))
-        print(f"{'samples in the chunk':<22}" + "".join(f"{r['samples']:>13}" for r in results))
+            print(f"{name:<{width}}" + "".join(f"{1e3 * r['stages'][name]:>13.1f}"
+                                               for r in results))
+        for label, key in (("spikes in the chunk", "spikes"), ("samples in the chunk", "samples")):
+            print(f"{label:<{width}}" + "".join(f"{r[key]:>13}" for r in results))
 
     if args.memory_check:
         print()

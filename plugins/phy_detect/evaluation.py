@@ -17,7 +17,8 @@ from phy_core.bunch import Bunch
 
 
 def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
-                 true_channels: np.ndarray | None = None, detected_masks=None) -> np.ndarray:
+                 true_channels: np.ndarray | None = None, detected_masks=None,
+                 true_amplitudes: np.ndarray | None = None) -> np.ndarray:
     """For each true spike, the index of its matched detected spike, or -1.
 
     Matching is one-to-one and greedy on the time difference: of all the
@@ -31,6 +32,14 @@ def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
     detection's mask on the true spike's channel is larger come first: when
     two true spikes share a sample (the ground truth is in whole samples), a
     detection goes to the one it saw better, not to the one listed first.
+    With `true_amplitudes` (one per true spike, e.g. the unit's SNR times the
+    spike's amplitude scale), pairs still equal go to the larger true spike
+    first: two spikes at the same sample that the detection sees equally well
+    (say with mask 1 on both units' channels) are equally consistent with it,
+    and the larger one is the likelier cause of its peak (without it, the order of
+    the ground-truth list decides). It changes which of the tied spikes is
+    credited; how many are matched changes only through the knock-on effects
+    of the greedy matching (1 detection in 140,000 on the 200 s benchmark).
     """
     detected = np.asarray(detected, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
@@ -56,9 +65,16 @@ def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
         mask = np.asarray(detected_masks)[order[pair_det], true_channels[pair_true]]
         covered = mask > 0
         pair_true, pair_det, seen = pair_true[covered], pair_det[covered], -mask[covered]
+    size = np.zeros(len(pair_true))  # the true spike's amplitude, negated
+    if true_amplitudes is not None:
+        true_amplitudes = np.asarray(true_amplitudes, dtype=np.float64)
+        if true_amplitudes.shape != true.shape:
+            raise ValueError(f"match_spikes: {len(true)} true spikes but "
+                             f"{true_amplitudes.shape} true amplitudes.")
+        size = -true_amplitudes[pair_true]
     distance = np.abs(sorted_detected[pair_det] - true[pair_true])
     # lexsort: the last key is the primary one.
-    by_distance = np.lexsort((pair_det, true[pair_true], seen, distance))
+    by_distance = np.lexsort((pair_det, true[pair_true], size, seen, distance))
     taken = np.zeros(len(detected), dtype=bool)
     matches = np.full(len(true), -1, dtype=np.int64)
     for k in by_distance:
@@ -71,7 +87,7 @@ def match_spikes(detected: np.ndarray, true: np.ndarray, tolerance: float,
 
 def detection_report(detected_samples, true_samples, true_clusters, sample_rate: float,
                      tolerance_ms: float = 0.4, detected_masks=None,
-                     unit_channels=None) -> Bunch:
+                     unit_channels=None, true_amplitudes=None) -> Bunch:
     """Recall per true unit and the number of detections matching no true spike.
 
     Parameters
@@ -89,6 +105,10 @@ def detection_report(detected_samples, true_samples, true_clusters, sample_rate:
         ``unit_channels[unit]``: the unit's peak channel (a column of the
         masks). With `detected_masks`, a detection can only match the spikes
         of units whose peak channel it covers.
+    true_amplitudes : (n_true,) array or None
+        The true spikes' sizes (e.g. unit SNR x amplitude scale): a detection
+        equally close to, and seeing equally well, several true spikes is
+        credited to the largest (see `match_spikes`).
 
     Returns
     -------
@@ -102,7 +122,8 @@ def detection_report(detected_samples, true_samples, true_clusters, sample_rate:
     if unit_channels is not None:
         true_channels = np.asarray(unit_channels)[true_clusters]
     matches = match_spikes(detected_samples, true_samples, tolerance,
-                           true_channels=true_channels, detected_masks=detected_masks)
+                           true_channels=true_channels, detected_masks=detected_masks,
+                           true_amplitudes=true_amplitudes)
     units = np.unique(true_clusters)
     found = matches >= 0
     recall = np.array([found[true_clusters == u].mean() for u in units])

@@ -250,7 +250,10 @@ def _filtfilt_blocks(x, y, left, right, z, kernel, b0, b1, tile_rows):
     # Forward over [left, x, right] (the squared gain of the two passes is
     # applied once, at its input: gains[0]).
     fwd = (z, coefficients, gains[0], general)
-    _init_state(z, zi, left[0] if edge > 0 else x[0], gains[0, 0], b0, b1)
+    if edge > 0:  # two calls: `left` is float32, `x` may be int16
+        _init_state(z, zi, left[0], gains[0, 0], b0, b1)
+    else:
+        _init_state(z, zi, x[0], gains[0, 0], b0, b1)
     _run(left, left, start, edge, forward, *fwd, *rest)
     _run(x, y, start, n, forward, *fwd, *rest)
     _run(right, right, start, edge, forward, *fwd, *rest)
@@ -297,7 +300,8 @@ def _tile_rows(n_channels: int) -> int:
 
 
 def filtfilt(x: np.ndarray, y: np.ndarray, kernel: tuple, padlen: int, n_threads: int = 1):
-    """Zero-phase filter `x` into `y` (both C-contiguous float32 2D, `y` may be `x`).
+    """Zero-phase filter `x` into `y` (C-contiguous 2D: `y` float32, `x` float32 or
+    int16, converted as it is copied into `y`; `y` may be `x`).
 
     `kernel` is ``(coefficients, zi, gains, general)`` as made by
     `phy_detect.filtering._kernel_design`, `padlen` the length of the odd

@@ -157,6 +157,19 @@ def _moments_pairs_parallel(values, order, starts, n_channels):
     return count, s1, s2
 
 
+@njit(cache=True)
+def _add_batch(values, channels, spikes, offset, chosen, count, s1, s2):
+    """Add a batch's pairs of chosen spikes (``chosen[spikes[k] + offset]``) to the moments.
+
+    The same steps, in the same order, as `_moments_pairs` on the chosen pairs
+    of the batches concatenated: bit-identical sums, without the concatenation.
+    """
+    x = np.empty(values.shape[1])
+    for k in range(values.shape[0]):
+        if chosen[spikes[k] + offset]:
+            _add_pair(values, k, channels[k], x, count, s1, s2)
+
+
 @dataclass
 class PCAStatistics:
     """What `compute_pcs` needs from a batch of spikes: additive (``a + b``).
@@ -229,6 +242,59 @@ def statistics_from_pairs(values: np.ndarray, channels: np.ndarray, n_channels: 
         starts = np.searchsorted(channels[order], np.arange(int(n_channels) + 1))
         count, s1, s2 = _moments_pairs_parallel(values, order, starts, int(n_channels))
     return PCAStatistics(int(n_spikes), count, s1, s2)
+
+
+def statistics_from_pair_batches(batches, n_channels: int, n_spikes: int,
+                                 selected: np.ndarray | None = None) -> PCAStatistics:
+    """`statistics_from_pairs` of batches of pairs, concatenated, without concatenating them.
+
+    `batches` yields ``(values, channels, spikes, n)``: a batch of `n` spikes,
+    its pairs as `statistics_from_pairs` takes them, with their spikes
+    numbered within the batch (0..n-1); batch after batch, the spikes are
+    numbered on (`n_spikes` in all).
+    Only the pairs of the spikes in `selected` (sorted indices among the
+    `n_spikes`, e.g. `PCA.subsample`) are counted, if given; then
+    ``PCAStatistics.n_spikes`` is their number. One thread, the pairs in the
+    same order as `statistics_from_pairs` (serial or parallel, whose sums are
+    the same): the same bits. What the runner's fit uses: the per-chunk pairs
+    arrive in batches, and its cores are busy with the workers.
+    """
+    n_channels, n_spikes = int(n_channels), int(n_spikes)
+    chosen = np.ones(n_spikes, dtype=np.bool_)
+    if selected is not None:
+        chosen[:] = False
+        chosen[np.asarray(selected, dtype=np.int64)] = True
+    count, s1, s2, n_s = None, None, None, None
+    offset = 0
+    for values, channels, spikes, n in batches:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        channels = np.ascontiguousarray(channels, dtype=np.int64)
+        spikes = np.ascontiguousarray(spikes, dtype=np.int64)
+        if values.ndim != 2 or channels.shape != (values.shape[0],) \
+                or spikes.shape != channels.shape:
+            raise PCAError(f"PCA: expected pair waveforms (P, n_samples), channels (P,) and "
+                           f"spikes (P,), got {values.shape}, {channels.shape} and "
+                           f"{spikes.shape}.")
+        if count is None:
+            n_s = values.shape[1]
+            count = np.zeros(n_channels)
+            s1 = np.zeros((n_channels, n_s))
+            s2 = np.zeros((n_channels, n_s, n_s))
+        elif values.shape[1] != n_s:
+            raise PCAError(f"PCA: pair waveforms of {values.shape[1]} and {n_s} samples.")
+        if len(channels):
+            if channels.min() < 0 or channels.max() >= n_channels:
+                raise PCAError(f"PCA: pair channels must be in 0..{n_channels - 1}.")
+            if spikes.min() < 0 or spikes.max() >= n:
+                raise PCAError(f"PCA: pair spikes must be in 0..{n - 1}.")
+        if offset + n > n_spikes:
+            raise PCAError(f"PCA: the batches hold more than {n_spikes} spikes.")
+        if len(channels):
+            _add_batch(values, channels, spikes, offset, chosen, count, s1, s2)
+        offset += int(n)
+    if count is None:
+        raise PCAError("PCA: statistics_from_pair_batches needs at least one batch.")
+    return PCAStatistics(int(chosen.sum()), count, s1, s2)
 
 
 def pcs_from_statistics(stats: PCAStatistics, n_pcs: int = 3) -> np.ndarray:

@@ -32,9 +32,13 @@ For each channel group of the probe:
 4. The Kwik files are written under temporary names and renamed only when
    complete: an interrupted run leaves no file that claims to be complete.
 
-The workers start first (`ProcessExecutor.warm_up` with
-`phy_detect.worker.warm_up`: imports, numba caches, the recording), while
-this process loads the plugins and the probe and creates the Kwik files.
+The workers start first, in the background (`ProcessExecutor.warm_up`: forked
+from a forkserver that has loaded the modules and numba kernels once, then
+`phy_detect.worker.warm_up` opens the recording), while this process loads
+the plugins and the probe and designs the filter; the Kwik files are created
+in a thread while the workers compute the thresholds. The PCA fit sums the
+excerpts' pair moments batch by batch on one thread
+(`pca.statistics_from_pair_batches`), without concatenating them.
 
 Stages come from plugins (hook `phy_register_stages`), one per kind, chosen
 by name with ``spikedetekt['stages']`` in the PRM (defaults below). A
@@ -52,6 +56,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -145,7 +150,8 @@ def detect(
         Receives the progress (one step per chunk and channel group).
     timings : dict or None
         If given, filled with where the wall-clock time went, in seconds:
-        ``setup`` (workers' start, plugins, probe, Kwik files created),
+        ``setup`` (plugins, probe, filter; the workers start meanwhile, and
+        the Kwik files are created during the thresholds),
         ``thresholds``, ``pca`` (the excerpt passes; summed over channel
         groups), ``chunks`` (the pass over the recording), ``kwik`` (features
         copied into the ``.kwx``), ``total``; and ``n_spikes``.
@@ -177,9 +183,10 @@ def detect(
     executor = executor or make_executor("processes")
     t0 = time.perf_counter()
     tmp_dir = None
+    background = ThreadPoolExecutor(1, thread_name_prefix="phy-kwik")
     try:
-        # The workers start (imports, numba caches, the recording) while this process
-        # loads the plugins, opens the recording and the probe, creates the Kwik files.
+        # The workers start (in the background) while this process loads the plugins,
+        # opens the recording and the probe and designs the filter.
         names = dict(DEFAULT_STAGES, **(sd.get("stages") or {}))
         # By name, before the stages' modules (scipy, numba) are imported here: the
         # workers look the stages up in the installed plugins (best effort: a stage
@@ -216,17 +223,14 @@ def detect(
         reporter = reporter or ProgressReporter()
         reporter.value_max = len(chunks) * len(groups)
         creator = KwikCreator(partial)
-        creator.create_empty()
-        creator.set_probe(probe)
-        # One Kwik recording per raw data file, as klusta wrote them.
         starts = _file_starts(traces)
-        for r, (raw_path, start) in enumerate(zip(prm.traces.raw_data_files, starts,
-                                                  strict=False)):
-            creator.add_recording(r, raw_path=raw_path, start_sample=int(start), sample_rate=rate)
-        creator.set_metadata("/application_data/spikedetekt", prb_file=str(prm.prb_file),
-                             dtype=str(prm.traces.dtype), n_channels=int(n_file_channels),
-                             sample_rate=rate,
-                             **{k: v for k, v in sd.items() if v is not None and k != "stages"})
+        # The Kwik files are created (~0.5 s of attributes at 1024 channels) while the
+        # workers compute the thresholds; the main pass waits for them. The thread gets
+        # the probe's groups, not the probe, whose current group the loop below changes.
+        channel_groups = probe.to_channel_groups() if hasattr(probe, "to_channel_groups") \
+            else probe
+        kwik_files = background.submit(_create_kwik_files, creator, channel_groups, prm, sd,
+                                       starts, n_file_channels)
         n_total = 0
         phases = dict(setup=time.perf_counter() - t0, thresholds=0.0, pca=0.0, chunks=0.0,
                       kwik=0.0)
@@ -238,7 +242,7 @@ def detect(
                                      f"in data with {n_file_channels} channels.")
             n_total += _detect_group(prm, sd, stages, filter_, traces, probe, group, channels,
                                      chunks, excerpt_ranges, executor, creator, reporter,
-                                     starts, phases)
+                                     starts, phases, kwik_files)
         reporter.set_complete()
         # Complete: on disk, then moved into place (the .kwx first, the .kwik last).
         for path in (partial.with_suffix(".kwx"), partial.with_suffix(".kwik")):
@@ -247,6 +251,7 @@ def detect(
         os.replace(partial.with_suffix(".kwik"), kwik_path)
         fsync_directory(out_dir)
     finally:
+        background.shutdown(wait=True)  # the Kwik files are written before removed
         if own_executor:
             executor.close()
         clear_buffers()  # a serial executor ran the chunks in this thread
@@ -279,6 +284,21 @@ def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> N
     }
     executor.warm_up(warm_up, str(prm.path),
                      {kind: (stages[kind], arguments[kind]) for kind in arguments})
+
+
+def _create_kwik_files(creator, channel_groups, prm, sd: dict, starts: np.ndarray,
+                       n_file_channels: int) -> None:
+    """Create the (partial) Kwik files: the probe, the recordings, the parameters."""
+    rate = float(prm.traces.sample_rate)
+    creator.create_empty()
+    creator.set_probe(channel_groups)
+    # One Kwik recording per raw data file, as klusta wrote them.
+    for r, (raw_path, start) in enumerate(zip(prm.traces.raw_data_files, starts, strict=False)):
+        creator.add_recording(r, raw_path=raw_path, start_sample=int(start), sample_rate=rate)
+    creator.set_metadata("/application_data/spikedetekt", prb_file=str(prm.prb_file),
+                         dtype=str(prm.traces.dtype), n_channels=int(n_file_channels),
+                         sample_rate=rate,
+                         **{k: v for k, v in sd.items() if v is not None and k != "stages"})
 
 
 def _file_starts(traces) -> np.ndarray:
@@ -492,24 +512,19 @@ def _row_slots(executor, chunks: list[Chunk], detections: dict, row_bytes: int):
 
 
 def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
-    from .pca import statistics_from_pairs
+    from .pca import statistics_from_pair_batches
 
     if not by_pairs:
         pca.fit(np.concatenate([p.waveforms for p in parts]),
                 np.concatenate([p.masks for p in parts]))
         return
-    selected = pca.subsample(n_fit)
-    offsets = np.cumsum([0] + [len(p.spike_samples) for p in parts])
-    spikes = np.concatenate([p.pair_spikes + o for p, o in zip(parts, offsets, strict=False)])
-    channels = np.concatenate([p.pair_channels for p in parts])
-    values = np.concatenate([p.pair_waveforms for p in parts])
-    n_used = n_fit
-    if selected is not None:
-        chosen = np.zeros(n_fit, dtype=bool)
-        chosen[selected] = True
-        keep = chosen[spikes]
-        channels, values, n_used = channels[keep], values[keep], len(selected)
-    pca.fit_statistics([statistics_from_pairs(values, channels, n_channels, n_used)])
+    # Part by part, on one thread: no copy of the ~100 MB of pair waveforms (1024
+    # channels), and no numba thread pool started here (its start cost more than it
+    # saved while the workers hold the cores). The same sums, bit for bit.
+    batches = ((p.pair_waveforms, p.pair_channels, p.pair_spikes, len(p.spike_samples))
+               for p in parts)
+    pca.fit_statistics([statistics_from_pair_batches(batches, n_channels, n_fit,
+                                                     pca.subsample(n_fit))])
 
 
 def _pca_excerpts(n_samples: int, sd: dict, rate: float) -> list[tuple[int, int]]:
@@ -521,7 +536,8 @@ def _pca_excerpts(n_samples: int, sd: dict, rate: float) -> list[tuple[int, int]
 
 
 def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks,
-                  excerpt_ranges, executor, creator, reporter, starts, phases: dict) -> int:
+                  excerpt_ranges, executor, creator, reporter, starts, phases: dict,
+                  kwik_files) -> int:
     rate = float(prm.traces.sample_rate)
     mode = sd["detect_spikes"]
     n_samples = int(traces.shape[0])
@@ -540,7 +556,9 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
                      thresholds={"weak": weak, "strong": strong},
                      split_prominence=sd["split_prominence"],
                      split_tall_peak=sd["split_tall_peak"],
-                     split_tall_prominence=float(sd["split_tall_prominence"]))
+                     split_tall_prominence=float(sd["split_tall_prominence"]),
+                     split_tall_apart=bool(sd["split_tall_apart"]),
+                     split_far_peak=sd["split_far_peak"], split_lead=sd["split_lead"])
     extractor = _make(stages["extractor"], extract_before=int(sd["extract_s_before"]),
                       extract_after=int(sd["extract_s_after"]),
                       weight_power=float(sd["weight_power"]),
@@ -569,6 +587,7 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     # layout, to the .kwx itself; they become the dataset at the end (no copy).
     samples = []
     n_pcs = int(sd["n_features_per_channel"])
+    kwik_files.result()  # created meanwhile (raises what creating them raised)
     writer = creator.kwx_row_writer(n_features)
     try:
         for chunk_samples in _main_pass(executor, setup, chunks, detections, n_channels,

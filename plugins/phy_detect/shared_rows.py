@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from .waveform import _align_kernel
+
 SHM_DIR = "/dev/shm"
 #: Slots a worker keeps mapped (a slot that grew is a new file: the old one is dropped).
 _MAX_MAPPED = 16
@@ -221,6 +223,40 @@ def project_kwx_rows(waveforms, index, pcs, masks, out):
                 a = acc[f]
                 for c in range(n_c):
                     a[c] += w[c] * p[c]
+        for c in range(n_c):
+            m = masks[i, c]
+            for f in range(n_f):
+                out[i, c * n_f + f, 0] = acc[f, c]
+                out[i, c * n_f + f, 1] = m
+
+
+@njit(cache=True)
+def align_project_kwx_rows(data, times, index, before, after, pcs, masks, out):
+    """`project_kwx_rows` of the waveforms `WaveformExtractor` would extract at `times`.
+
+    Spike ``i`` is aligned at ``times[index[i]]`` (samples in `data`, the
+    filtered chunk) by the extractor's kernel (`waveform._align_kernel`) into
+    a scratch waveform, then projected as `project_kwx_rows` does: the same
+    bits, without writing every spike's waveform (128 kB at 1024 channels)
+    to memory and reading it back. Every window must lie in `data`. (Aligning
+    and projecting a block of channels at a time, to stay in L1, measured
+    slower: 26 against 19 ms for 711 spikes at 1024 channels.)
+    """
+    n_f, n_s, n_c = pcs.shape
+    acc = np.empty((n_f, n_c), dtype=np.float32)
+    w = np.empty((n_s, n_c), dtype=np.float32)
+    for i in range(index.shape[0]):
+        t = times[index[i]]
+        s0 = int(np.floor(t))
+        _align_kernel(data[s0 - before - 1:s0 + after + 2], t - s0, n_s, w)
+        acc[:, :] = 0.0
+        for s in range(n_s):
+            ws = w[s]
+            for f in range(n_f):
+                p = pcs[f, s]
+                a = acc[f]
+                for c in range(n_c):
+                    a[c] += ws[c] * p[c]
         for c in range(n_c):
             m = masks[i, c]
             for f in range(n_f):

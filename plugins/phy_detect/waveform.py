@@ -77,7 +77,7 @@ class Extracted(NamedTuple):
 
     spike_samples: np.ndarray  # (n,) float64, relative to the chunk
     masks: np.ndarray  # (n, n_channels) float32
-    waveforms: np.ndarray  # (n, before + after, n_channels) float32
+    waveforms: np.ndarray | None  # (n, before + after, n_channels) float32
     kept: np.ndarray  # (n,) int64: index of each row's component
     deferred: np.ndarray  # int64: components whose window leaves the chunk
 
@@ -162,6 +162,20 @@ def _masks_waveforms_kernel(points, offsets, rows, times, data, data_t, weak, st
         t = times[i]
         s0 = int(np.floor(t))
         _align_kernel(data[s0 - before - 1:s0 + after + 2], t - s0, n_out, waveforms[r])
+
+
+@njit(cache=True)
+def _masks_kernel(points, offsets, rows, data_t, weak, strong, masks):
+    """The masks of `_masks_waveforms_kernel` alone."""
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        for p in range(offsets[i], offsets[i + 1]):
+            s = points[p, 0]
+            c = points[p, 1]
+            x = (data_t[s, c] - weak[c]) / (strong[c] - weak[c])
+            x = min(max(x, 0.0), 1.0)
+            if x > masks[r, c]:
+                masks[r, c] = x
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -380,7 +394,7 @@ class WaveformExtractor:
     # Batched path -------------------------------------------------------------
 
     def extract_all(self, components, data: np.ndarray, data_t: np.ndarray,
-                    out: np.ndarray | None = None) -> Extracted:
+                    out: np.ndarray | None = None, waveforms: bool = True) -> Extracted:
         """Extract every component of a chunk (two numba passes, no Python loop).
 
         Parameters
@@ -395,6 +409,10 @@ class WaveformExtractor:
             call). At 1000+ channels the waveforms are ~80 kB per spike, and
             faulting in fresh pages for them every chunk can cost more than
             the extraction itself: a runner should keep one buffer per worker.
+        waveforms : bool
+            False: times and masks only (``Extracted.waveforms`` is None), for
+            a caller that aligns and projects each spike's waveform itself
+            (`shared_rows.align_project_kwx_rows`, the same values).
 
         Returns
         -------
@@ -423,6 +441,9 @@ class WaveformExtractor:
         kept = np.flatnonzero(ok)
         deferred = np.flatnonzero(~ok)
         masks = np.zeros((len(kept), n_c), dtype=np.float32)
+        if not waveforms:
+            _masks_kernel(points, offsets, kept, data_t, weak, strong, masks)
+            return Extracted(times[kept], masks, None, kept, deferred)
         shape = (len(kept), self.n_samples_waveforms, n_c)
         if out is None:
             # Every element is written by the kernel: no need to zero it.

@@ -48,7 +48,8 @@ class GroupSetup:
 #: ``**kwargs``), so that a lab's stage written before they existed keeps working.
 OPTIONAL_STAGE_ARGUMENTS = {"filter": ("precision",),
                             "detector": ("thresholds", "split_prominence", "split_tall_peak",
-                                         "split_tall_prominence"),
+                                         "split_tall_prominence", "split_tall_apart",
+                                         "split_far_peak", "split_lead"),
                             "extractor": ("centroid_fraction",)}
 
 
@@ -188,6 +189,32 @@ def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def _read_filtered(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
+    """The group's columns of the chunk's load range, filtered (float32).
+
+    Into this thread's chunk buffer when the filter takes an `out` (the
+    built-in one): int16 recordings go to the filter as they are (it converts
+    them as it copies them into the buffer), anything else as float32 first.
+    """
+    traces = _traces(setup.prm_path)
+    start, stop, channels = chunk.load_start, chunk.load_stop, setup.channels
+    f = setup.filter
+    if not _accepts_out(f):
+        data = f(read_float32(traces, start, stop, channels))
+    else:
+        out = _chunk_buffer((stop - start, len(channels)))
+        raw = traces[start:stop]
+        if getattr(raw, "dtype", None) == np.int16:
+            raw = np.asarray(raw)
+            if not _is_all_columns(channels, int(traces.shape[1])):
+                raw = np.take(raw, channels, axis=1)
+            data = f(raw, out=out)
+        else:
+            data = f(read_float32(traces, start, stop, channels, out=out), out=out)
+    release_pages(traces)  # after the filter has read them
+    return data
+
+
 def _rows(keep: np.ndarray, order: np.ndarray):
     """Index of the kept spikes in sample order: a slice (no copy) when contiguous."""
     idx = np.flatnonzero(keep)[order]
@@ -212,12 +239,9 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk, slot=None) -> Bunch:
         (channel-major); or, given a `shared_rows.RowSlot`, the ``.kwx``
         rows (`write_kwx_rows`) instead of masks and features.
     """
-    traces = _traces(setup.prm_path)
-    shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
-    data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
-                        out=_chunk_buffer(shape))
-    release_pages(traces)
-    extracted = _extract(setup, data)
+    data = _read_filtered(setup, chunk)
+    fused = slot is not None and setup.task != "pca" and _aligns_and_projects(setup)
+    extracted = _detect(setup, data, waveforms=not fused)
     samples = extracted.spike_samples + chunk.load_start
     keep = (np.floor(samples) >= chunk.keep_start) & (np.floor(samples) < chunk.keep_stop)
     order = np.argsort(samples[keep], kind="stable")
@@ -236,6 +260,9 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk, slot=None) -> Bunch:
         out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
                                         dtype=np.float32)
         return out
+    if fused:
+        return _align_project_rows(out, setup, data, extracted.spike_samples, _row_index(rows),
+                                   masks, slot)
     if slot is not None and setup.pcs is not None:
         return write_kwx_rows(out, setup.pcs, extracted.waveforms, rows, masks, slot)
     out.masks = np.array(masks, dtype=np.float32)
@@ -267,12 +294,8 @@ def write_kwx_rows(out: Bunch, pcs, waveforms: np.ndarray, rows, masks: np.ndarr
         pc_array = np.ascontiguousarray(pcs.pcs, dtype=np.float32)
         n_pcs = pc_array.shape[0]
         rows_out, in_slot = _rows_out(slot, (n, n_channels * n_pcs, 2))
-        if isinstance(rows, slice):
-            index = np.arange(rows.start or 0, rows.stop, dtype=np.int64)
-        else:
-            index = np.asarray(rows, dtype=np.int64)
-        project_kwx_rows(np.ascontiguousarray(waveforms, dtype=np.float32), index, pc_array,
-                         masks, rows_out)
+        project_kwx_rows(np.ascontiguousarray(waveforms, dtype=np.float32), _row_index(rows),
+                         pc_array, masks, rows_out)
     else:
         features = _flat_features(_transform_rows(pcs, waveforms, rows), n)
         n_pcs = features.shape[1] // max(n_channels, 1)
@@ -281,6 +304,44 @@ def write_kwx_rows(out: Bunch, pcs, waveforms: np.ndarray, rows, masks: np.ndarr
         repeated = rows_out[..., 1]
         repeated.shape = (n, n_channels, n_pcs)  # a view (raises rather than copy)
         repeated[...] = masks[:, :, None]
+    if in_slot:
+        out.n_rows, out.slot = n, slot
+    else:
+        out.rows = rows_out
+    return out
+
+
+def _aligns_and_projects(setup: GroupSetup) -> bool:
+    """Whether the .kwx rows can be made by `_align_project_rows` (the built-in
+    extractor and a fitted built-in PCA)."""
+    from .pca import PCA
+
+    return (_is_builtin_extractor(setup.extractor) and type(setup.pcs) is PCA
+            and setup.pcs.pcs is not None)
+
+
+def _row_index(rows) -> np.ndarray:
+    if isinstance(rows, slice):
+        return np.arange(rows.start or 0, rows.stop, dtype=np.int64)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _align_project_rows(out: Bunch, setup: GroupSetup, data: np.ndarray, times: np.ndarray,
+                        index: np.ndarray, masks: np.ndarray, slot) -> Bunch:
+    """`write_kwx_rows` of the waveforms at ``times[index]`` in the filtered `data`, each
+    aligned and projected in cache (`shared_rows.align_project_kwx_rows`): the same
+    rows, without writing and reading back every waveform (~90 MB per 1 s chunk at
+    1024 channels)."""
+    from .shared_rows import align_project_kwx_rows
+
+    pcs = np.ascontiguousarray(setup.pcs.pcs, dtype=np.float32)
+    n, n_channels = masks.shape
+    rows_out, in_slot = _rows_out(slot, (n, n_channels * pcs.shape[0], 2))
+    extractor = setup.extractor
+    align_project_kwx_rows(np.ascontiguousarray(data, dtype=np.float32),
+                           np.ascontiguousarray(times, dtype=np.float64), index,
+                           extractor._extract_before, extractor._extract_after, pcs,
+                           np.ascontiguousarray(masks, dtype=np.float32), rows_out)
     if in_slot:
         out.n_rows, out.slot = n, slot
     else:
@@ -330,14 +391,15 @@ def features_at_times(setup: GroupSetup, chunk: Chunk, spike_times: np.ndarray,
     ``pair_spikes, pair_channels, pair_masks`` of that detection) and a
     `shared_rows.RowSlot`, the ``.kwx`` rows (`write_kwx_rows`).
     """
-    traces = _traces(setup.prm_path)
-    shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
-    data = read_float32(traces, chunk.load_start, chunk.load_stop, setup.channels,
-                        out=_chunk_buffer(shape))
-    release_pages(traces)
-    data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
+    data = _read_filtered(setup, chunk)
     extractor = setup.extractor
     n, n_channels = len(spike_times), data.shape[1]
+    if pairs is not None and slot is not None and _aligns_and_projects(setup):
+        masks = np.zeros((n, n_channels), dtype=np.float32)
+        pair_spikes, pair_channels, pair_masks = pairs
+        masks[pair_spikes, pair_channels] = pair_masks
+        return _align_project_rows(Bunch(), setup, data, spike_times,
+                                   np.arange(n, dtype=np.int64), masks, slot)
     waveforms = extractor.waveforms_at(spike_times, data, out=_waveform_buffer(
         (max(n, 1), extractor.n_samples_waveforms, n_channels)))
     if pairs is not None and slot is not None:
@@ -361,6 +423,23 @@ def _crossing_buffers(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, n
             _reused("strong", shape, np.bool_))
 
 
+def _crossing_bitmaps(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's reusable ``(data_t, weak_bits, strong_bits)`` buffers for
+    `Thresholder.transform_bits` (as `_chunk_buffer`)."""
+    words = ((shape[0] + 7) // 8, shape[1])
+    return (_reused("data_t", shape, np.float32), _reused("weak_bits", words, np.uint8),
+            _reused("strong_bits", words, np.uint8))
+
+
+def _is_builtin(thresholder, detector) -> bool:
+    """Whether both stages are the built-in ones (which exchange crossing bitmaps)."""
+    from .floodfill import FloodFillDetector
+    from .threshold import Thresholder
+
+    return type(thresholder) is Thresholder and type(detector) is FloodFillDetector \
+        and {"weak", "strong"} <= set(thresholder.thresholds)
+
+
 def _extract(setup: GroupSetup, data: np.ndarray):
     """Filter `data` (in place when the filter allows it), threshold, flood fill, extract.
 
@@ -368,21 +447,42 @@ def _extract(setup: GroupSetup, data: np.ndarray):
     buffers (the next chunk reuses them): `extract_all` returns new arrays.
     """
     data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
-    thresholder = setup.thresholder
-    if hasattr(thresholder, "transform_detect") and data.dtype == np.float32:
-        data_t, weak, strong = thresholder.transform_detect(
-            data, out=_crossing_buffers(data.shape))
+    return _detect(setup, data)
+
+
+def _detect(setup: GroupSetup, data: np.ndarray, waveforms: bool = True):
+    """Threshold, flood fill and extract the filtered `data` (as `_extract`).
+
+    With `waveforms` False (for `_align_project_rows`), the built-in extractor
+    returns times and masks only (``waveforms`` None).
+    """
+    thresholder, detector = setup.thresholder, setup.detector
+    if _is_builtin(thresholder, detector) and data.dtype == np.float32 \
+            and data.flags.c_contiguous and data.ndim == 2:
+        # The built-in stages pass the crossings as bitmaps (1 bit per point, written
+        # in the thresholder's pass): the flood fill scans a channel's crossings 64
+        # samples at a time.
+        data_t, weak_bits, strong_bits = thresholder.transform_bits(
+            data, out=_crossing_bitmaps(data.shape))
+        components = detector.detect_bits(weak_bits, strong_bits, data.shape[0], data_t=data_t)
     else:
-        data_t = thresholder.transform(data)
-        weak, strong = thresholder.detect(data_t, "weak"), thresholder.detect(data_t, "strong")
-    if _accepts(setup.detector.detect_flat, "data_t"):
-        # A detector that looks at the traces (e.g. to split components at their peaks).
-        components = setup.detector.detect_flat(weak, strong, data_t=data_t)
-    else:
-        components = setup.detector.detect_flat(weak, strong)
+        if hasattr(thresholder, "transform_detect") and data.dtype == np.float32:
+            data_t, weak, strong = thresholder.transform_detect(
+                data, out=_crossing_buffers(data.shape))
+        else:
+            data_t = thresholder.transform(data)
+            weak = thresholder.detect(data_t, "weak")
+            strong = thresholder.detect(data_t, "strong")
+        if _accepts(detector.detect_flat, "data_t"):
+            # A detector that looks at the traces (e.g. to split components at their peaks).
+            components = detector.detect_flat(weak, strong, data_t=data_t)
+        else:
+            components = detector.detect_flat(weak, strong)
     extractor = setup.extractor
     if not _is_builtin_extractor(extractor):
         return extractor.extract_all(components, data, data_t)
+    if not waveforms:
+        return extractor.extract_all(components, data, data_t, waveforms=False)
     # (points, offsets): at most len(offsets) - 1 spikes. A reused buffer spares the
     # kernel zeroing ~100 MB of fresh pages per chunk at 1024 channels.
     n_max = len(components[1]) - 1
@@ -511,9 +611,17 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
                        made.get("extractor"), None)
     if setup.thresholder is not None and setup.detector is not None \
             and setup.extractor is not None:
-        _extract(setup, read_float32(raw, 0, n_samples, columns))
-    # The kernel of the .kwx rows (`write_kwx_rows`).
-    from .shared_rows import project_kwx_rows
+        data = read_float32(raw, 0, n_samples, columns)
+        _extract(setup, data)
+        _detect(setup, data, waveforms=False)  # the extraction without waveforms
+    # The kernels of the .kwx rows (`write_kwx_rows`, `_align_project_rows`).
+    from .shared_rows import align_project_kwx_rows, project_kwx_rows
+
+    align_project_kwx_rows(np.zeros((40, n_channels), np.float32), np.full(1, 20.0),
+                           np.zeros(1, np.int64), 10, 10,
+                           np.zeros((3, 20, n_channels), np.float32),
+                           np.zeros((1, n_channels), np.float32),
+                           np.zeros((1, 3 * n_channels, 2), np.float32))
 
     project_kwx_rows(np.zeros((1, 8, n_channels), np.float32), np.zeros(1, np.int64),
                      np.zeros((3, 8, n_channels), np.float32),

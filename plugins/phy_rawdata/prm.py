@@ -71,6 +71,13 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     # such rule) splits off when it rises split_tall_prominence above its saddle.
     split_tall_peak=1.3,
     split_tall_prominence=0.3,
+    # phy: rules for a peak on a channel neither the higher peak's nor adjacent to it
+    # (apart): the tall rule applies only to such peaks (split_tall_apart); one at least
+    # split_far_peak high (same units), or at least split_lead samples before the higher
+    # peak, splits off whatever its saddle (None: no such rule).
+    split_tall_apart=True,
+    split_far_peak=2.0,
+    split_lead=3,
     extract_s_before=10,
     extract_s_after=10,
     weight_power=2,
@@ -126,8 +133,8 @@ _INTEGER_KEYS = {
     "max_possible_clusters", "max_quick_step_candidates", "max_split_iterations", "num_cpus",
 }
 # Keys of numeric default that also accept None.
-_OPTIONAL_NUMBER_KEYS = {"split_prominence", "split_tall_peak", "centroid_fraction",
-                         "merge_similarity"}
+_OPTIONAL_NUMBER_KEYS = {"split_prominence", "split_tall_peak", "split_far_peak",
+                         "split_lead", "centroid_fraction", "merge_similarity"}
 _DETECT_SPIKES = ("negative", "positive", "both")
 _FILTER_PRECISIONS = ("float32", "float64")
 TRACES_KEYS = ("raw_data_files", "voltage_gain", "sample_rate", "n_channels", "dtype", "offset")

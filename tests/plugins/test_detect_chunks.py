@@ -129,3 +129,30 @@ def test_single_blas_thread_restores_the_thread_count():
         # Same results with one thread.
         np.testing.assert_array_equal(np.linalg.eigh(a)[1], expected)
     assert [get() for get, _ in controls] == before
+
+
+def _preloaded(_):
+    import os
+    import sys
+
+    return os.getpid(), "phy_detect.preload" in sys.modules, "phy_detect.worker" in sys.modules
+
+
+def test_workers_start_from_the_preloaded_forkserver():
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver on this platform")
+    executor = ProcessExecutor(2)
+    try:
+        # Started in the background: warm_up returns at once, its futures complete.
+        futures = executor.warm_up(_pid, None)
+        assert len(futures) == 2
+        for future in futures:
+            future.result(timeout=60)
+        results = list(executor.imap(_preloaded, range(4)))
+    finally:
+        executor.close()
+    # Nothing in this job imports them: the workers were forked with them loaded.
+    assert all(preload and worker for _, preload, worker in results)
+    assert len({pid for pid, _, _ in results}) <= 2

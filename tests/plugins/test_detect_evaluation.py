@@ -1,7 +1,8 @@
-"""Matching detections to true spikes: ties go to the spike the detection saw better (the
-brute-force reference of the matching is in test_detect_recall.py)."""
+"""Matching detections to true spikes: ties go to the spike the detection saw better, then
+to the larger one (the brute-force reference of the matching is in test_detect_recall.py)."""
 
 import numpy as np
+import pytest
 
 from phy_detect.evaluation import detection_report, match_spikes
 
@@ -30,3 +31,25 @@ def test_report_credits_the_better_seen_unit():
                               unit_channels=np.array([0, 1]))
     np.testing.assert_allclose(report.recall, [0.5, 1.0])
     assert report.matches.tolist() == [-1, 0, 1] and report.n_false == 0
+
+
+def test_spikes_equally_close_and_seen_go_to_the_larger_one():
+    # Two true spikes at the same sample, both seen at full strength (mask 1): without
+    # amplitudes the first listed one is credited; with them, the larger, whatever the order.
+    masks = np.array([[1.0, 1.0]], dtype=np.float32)
+    for order, amplitudes in (([0, 1], [3.0, 9.0]), ([1, 0], [9.0, 3.0])):
+        assert match_spikes([100.3], [100.0, 100.0], 12.0, order, masks).tolist() == [0, -1]
+        got = match_spikes([100.3], [100.0, 100.0], 12.0, order, masks,
+                           true_amplitudes=amplitudes)
+        assert got.tolist() == [-1 if a < 5 else 0 for a in amplitudes]
+    # Time, then the mask, come first: a closer, or better seen, smaller spike wins.
+    assert match_spikes([100.3], [100.0, 99.0], 12.0, [0, 1], masks,
+                        true_amplitudes=[3.0, 9.0]).tolist() == [0, -1]
+    assert match_spikes([100.3], [100.0, 100.0], 12.0, [0, 1], np.array([[1.0, 0.5]]),
+                        true_amplitudes=[3.0, 9.0]).tolist() == [0, -1]
+    # The report passes them on: the larger unit's spike is found.
+    report = detection_report([100.3], [100, 100], [0, 1], 30000.0, detected_masks=masks,
+                              unit_channels=np.array([0, 1]), true_amplitudes=[3.0, 9.0])
+    np.testing.assert_allclose(report.recall, [0.0, 1.0])
+    with pytest.raises(ValueError, match="true amplitudes"):
+        match_spikes([100.3], [100.0, 100.0], 12.0, true_amplitudes=[1.0])

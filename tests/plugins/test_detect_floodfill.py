@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from phy_detect.floodfill import STAGES, DetectionError, FloodFillDetector, adjacency_csr
+from phy_detect.floodfill import (
+    STAGES,
+    DetectionError,
+    FloodFillDetector,
+    adjacency_csr,
+    crossing_bitmap,
+    pack_crossings,
+)
 
 
 def _reference(weak, strong, adjacency, join_size):
@@ -67,6 +74,49 @@ def test_floodfill_matches_reference(problem):
     for c in comps:
         assert c.dtype == np.int64 and c.shape[1] == 2
         assert np.all(np.diff(c[:, 0] * 1000 + c[:, 1]) > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_s=st.integers(1, 90), n_c=st.integers(1, 5), density=st.floats(0.05, 0.7),
+       join_size=st.integers(0, 4), seed=st.integers(0, 2**31 - 1))
+def test_floodfill_long_runs_match_reference(n_s, n_c, density, join_size, seed):
+    # Runs of crossings that cross the 8-sample bytes of the bitmaps, and neighbours
+    # whose crossings lie several bytes apart.
+    rng = np.random.default_rng(seed)
+    weak = rng.random((n_s, n_c)) < density
+    weak |= np.repeat(rng.random((n_s // 6 + 1, n_c)) < density, 6, axis=0)[:n_s]
+    strong = weak & (rng.random((n_s, n_c)) < 0.1)
+    adjacency = {c: [c + 1] for c in range(n_c - 1)}
+    comps = FloodFillDetector(adjacency, join_size)(weak, strong)
+    got = [frozenset(map(tuple, c.tolist())) for c in comps]
+    assert set(got) == _reference(weak, strong, adjacency, join_size)
+    assert len(got) == len(set(got))
+    firsts = [tuple(c[0]) for c in comps]
+    assert firsts == sorted(firsts)
+
+
+def test_pack_crossings_layout_and_detect_bits():
+    rng = np.random.default_rng(3)
+    weak = rng.random((21, 3)) < 0.4
+    strong = weak & (rng.random(weak.shape) < 0.3)
+    bits = crossing_bitmap(21, 3)
+    bits[:] = 255  # garbage: packing assigns every byte
+    pack_crossings(weak, bits)
+    for t in range(21):
+        for c in range(3):
+            assert bool(bits[t // 8, c] >> (t % 8) & 1) == weak[t, c]
+    assert not np.any(bits[2] >> 5)  # samples 21..23 do not exist
+    det = FloodFillDetector({0: [1], 1: [2]}, 1)
+    strong_bits = crossing_bitmap(21, 3)
+    pack_crossings(strong, strong_bits)
+    points, offsets = det.detect_bits(bits, strong_bits, 21)
+    expected = det.detect_flat(weak, strong)
+    np.testing.assert_array_equal(points, expected[0])
+    np.testing.assert_array_equal(offsets, expected[1])
+    with pytest.raises(DetectionError, match="bitmaps"):
+        det.detect_bits(np.zeros((3, 3), np.uint64), strong_bits, 21)
+    with pytest.raises(DetectionError, match="bitmaps"):
+        det.detect_bits(crossing_bitmap(20, 3)[:2], strong_bits, 9)
 
 
 def test_floodfill_hand_made():
@@ -210,7 +260,8 @@ def test_split_matches_prominence_reference(problem):
     classic = FloodFillDetector(adjacency, join_size, split_prominence=None)(weak_x, strong_x)
     split = FloodFillDetector(adjacency, join_size, thresholds=thresholds,
                               split_prominence=prominence, split_tall_peak=tall_peak,
-                              split_tall_prominence=tall_prominence)(weak_x, strong_x, data_t)
+                              split_tall_prominence=tall_prominence, split_tall_apart=False,
+                              split_far_peak=None, split_lead=None)(weak_x, strong_x, data_t)
     part_of = {tuple(p): i for i, part in enumerate(split) for p in part.tolist()}
     assert len(part_of) == sum(len(c) for c in classic)  # a partition of the same points
     firsts = [tuple(part[0]) for part in split]  # parts in scan order of their first point
@@ -276,7 +327,8 @@ def test_split_separates_overlapping_spikes():
     np.testing.assert_allclose(np.sort(times), [30.0, 33.0], atol=0.3)
     # A shallow dip between the peaks (a prominence above it) keeps one spike.
     assert len(FloodFillDetector(adjacency, 1, thresholds=thresholds, split_prominence=50.0,
-                                 split_tall_peak=None)(weak, strong, data_t)) == 1
+                                 split_tall_peak=None, split_far_peak=None)(
+        weak, strong, data_t)) == 1
     # A peak under the strong threshold is never a spike of its own, however deep the dip
     # that separates it (here (3.5 - 1) / 3 = 0.84 above weak, 0.3 above its saddle).
     data_t, _ = _two_spikes(bump=3.5)

@@ -186,3 +186,32 @@ def test_fit_statistics_errors():
         PCA(30).fit_statistics(PCA.statistics(waveforms))
     with pytest.raises(PCAError, match="channels must be"):
         statistics_from_pairs(np.zeros((2, 24)), np.array([0, 4]), 4, 2)
+
+
+@pytest.mark.parametrize("subsample", [False, True])
+def test_pair_batches_equal_the_pairs_concatenated(subsample):
+    from phy_detect.pca import compute_statistics, statistics_from_pair_batches
+
+    # Three batches of spikes (one with none), their pairs in np.nonzero order: the
+    # sums must be those of the concatenated spikes' sparse moments, bit for bit, also
+    # when only a subsample of the spikes counts.
+    waveforms, _ = _synthetic(n_spikes=300, n_channels=20, seed=11)
+    masks = _sparse_masks(300, 20, p=0.1, seed=12)
+    pca = PCA(3, pca_n_waveforms_max=120 if subsample else 10000, seed=5)
+    selected = pca.subsample(300)
+    assert (selected is not None) == subsample
+    batches = []
+    for a, b in ((0, 130), (130, 130), (130, 300)):
+        spikes, channels = np.nonzero(masks[a:b] > 0)
+        batches.append((waveforms[a:b][spikes, :, channels], channels, spikes, b - a))
+    stats = statistics_from_pair_batches(iter(batches), 20, 300, selected)
+    chosen = slice(None) if selected is None else selected
+    full = compute_statistics(waveforms[chosen], masks[chosen])
+    assert stats.n_spikes == full.n_spikes == (120 if subsample else 300)
+    for name in ("count", "s1", "s2"):
+        np.testing.assert_array_equal(getattr(stats, name), getattr(full, name))
+    np.testing.assert_array_equal(pca.fit_statistics(stats), pca.fit(waveforms, masks))
+    with pytest.raises(PCAError, match="more than"):
+        statistics_from_pair_batches(iter(batches), 20, 299)
+    with pytest.raises(PCAError, match="spikes must be"):
+        statistics_from_pair_batches([(np.zeros((1, 24)), [0], [3], 3)], 20, 3)

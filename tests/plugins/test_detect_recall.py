@@ -24,14 +24,15 @@ from phy_synthetic.recording import synthesize_recording
 # -- matching ------------------------------------------------------------------------
 
 
-def _reference_matches(detected, true, tolerance, allowed):
-    """Repeatedly match the closest allowed free pair (ties: earlier true, then detected)."""
+def _reference_matches(detected, true, tolerance, seen, sizes):
+    """Repeatedly match the closest free pair the detection sees (``seen[i, j] > 0``); ties:
+    better seen, larger true spike, earlier true spike, earlier detection."""
     matches = np.full(len(true), -1)
     free = set(range(len(detected)))
     while True:
-        pairs = [(abs(detected[j] - true[i]), true[i], detected[j], i, j)
+        pairs = [(abs(detected[j] - true[i]), -seen[i, j], -sizes[i], true[i], detected[j], i, j)
                  for i in range(len(true)) if matches[i] < 0 for j in free
-                 if abs(detected[j] - true[i]) <= tolerance and allowed[i, j]]
+                 if abs(detected[j] - true[i]) <= tolerance and seen[i, j] > 0]
         if not pairs:
             return matches
         *_, i, j = min(pairs)
@@ -41,16 +42,19 @@ def _reference_matches(detected, true, tolerance, allowed):
 
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n_det=st.integers(0, 12), n_true=st.integers(0, 12),
-       spatial=st.booleans())
-def test_match_spikes_matches_reference(seed, n_det, n_true, spatial):
+       spatial=st.booleans(), sized=st.booleans())
+def test_match_spikes_matches_reference(seed, n_det, n_true, spatial, sized):
     rng = np.random.default_rng(seed)
-    detected = rng.uniform(0, 40, n_det)
-    true = rng.uniform(0, 40, n_true)
+    # Whole and half samples: ties in time are common (the ground truth is in samples).
+    detected = rng.integers(0, 80, n_det) / 2.0
+    true = rng.integers(0, 40, n_true).astype(np.float64)
     channels = rng.integers(0, 3, n_true)
-    masks = (rng.random((n_det, 3)) < 0.6).astype(np.float32)
-    allowed = masks[:, channels].T > 0 if spatial else np.ones((n_true, n_det), bool)
-    got = match_spikes(detected, true, 3.0, *((channels, masks) if spatial else ()))
-    np.testing.assert_array_equal(got, _reference_matches(detected, true, 3.0, allowed))
+    masks = rng.choice([0.0, 0.5, 1.0], (n_det, 3), p=[0.4, 0.2, 0.4]).astype(np.float32)
+    seen = masks[:, channels].T if spatial else np.ones((n_true, n_det))
+    sizes = rng.choice([1.0, 2.0, 3.0], n_true) if sized else np.zeros(n_true)
+    got = match_spikes(detected, true, 3.0, *((channels, masks) if spatial else ()),
+                       true_amplitudes=sizes if sized else None)
+    np.testing.assert_array_equal(got, _reference_matches(detected, true, 3.0, seen, sizes))
 
 
 def test_match_spikes_prefers_the_closest_and_the_right_place():

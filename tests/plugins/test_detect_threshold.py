@@ -235,6 +235,46 @@ def test_transform_detect_equals_the_separate_steps(mode, n_samples, n_channels,
     np.testing.assert_array_equal(got[2], thresholder.detect(data_t.astype(np.float64), "strong"))
 
 
+def _unpack_bits(bits, n_samples):
+    """The bool (n_samples, n_channels) array of a time-major crossing bitmap, in numpy."""
+    shifts = np.arange(8, dtype=np.uint8)
+    per_sample = (bits[:, None, :] >> shifts[None, :, None]) & 1  # (bytes, 8, channels)
+    full = per_sample.reshape(-1, bits.shape[1]).astype(bool)
+    assert not full[n_samples:].any()  # no bit past the last sample
+    return full[:n_samples]
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(["positive", "negative", "both"]),
+       n_samples=st.integers(1, 40), n_channels=st.integers(1, 9),
+       per_channel=st.booleans(), seed=st.integers(0, 2**16))
+def test_transform_bits_equals_the_separate_steps(mode, n_samples, n_channels, per_channel,
+                                                  seed):
+    # Bit t % 8 of byte [t // 8, c] is the crossing (t, c) of `detect`, ties included; the
+    # preallocated bitmaps may hold garbage (the first sample of each byte assigns it).
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-6, 7, size=(n_samples, n_channels)).astype(np.float32)
+    if per_channel:
+        weak = rng.integers(0, 3, n_channels).astype(float)
+        strong = weak + rng.integers(1, 4, n_channels)
+    else:
+        weak, strong = 2.0, 4.0
+    thresholder = Thresholder(mode, thresholds={"weak": weak, "strong": strong})
+    data_t = thresholder.transform(data)
+    shape = ((n_samples + 7) // 8, n_channels)
+    out = (np.full_like(data, np.nan), np.full(shape, 255, np.uint8),
+           np.full(shape, 255, np.uint8))
+    for got in (thresholder.transform_bits(data), thresholder.transform_bits(data, out=out)):
+        np.testing.assert_array_equal(got[0], data_t)
+        for bits, name in zip(got[1:], ("weak", "strong"), strict=True):
+            assert bits.dtype == np.uint8 and bits.shape == shape
+            np.testing.assert_array_equal(_unpack_bits(bits, n_samples),
+                                          thresholder.detect(data_t, name))
+    assert thresholder.transform_bits(data, out=out)[2] is out[2]
+    with pytest.raises(ThresholdError, match="float32"):
+        thresholder.transform_bits(data.astype(np.float64))
+
+
 def _parts_medians(parts, single):
     """The exact medians of |parts| through their brackets, as the runner's workers do."""
     from phy_detect.threshold import (

@@ -212,6 +212,39 @@ def test_extractor_stage_and_groups():
     assert ext.component_group(np.array([0.8, 0.0, 0.2, 0.1])) == 0
 
 
+def test_masks_only_and_projection_without_stored_waveforms():
+    # extract_all(waveforms=False) gives the same times and masks; aligning and projecting
+    # each spike in cache (`align_project_kwx_rows`) gives the bits of projecting the
+    # stored waveforms (`project_kwx_rows`), which match a float64 projection.
+    from phy_detect.shared_rows import align_project_kwx_rows, project_kwx_rows
+
+    rng = np.random.default_rng(5)
+    n_s, n_c = 500, 7
+    data = rng.normal(0, 1, (n_s, n_c)).astype(np.float32)
+    for t0, c in [(5.0, 0), (80.3, 1), (200.7, 4), (330.2, 6), (496.0, 3)]:
+        data += _gauss_spike(n_s, n_c, t0, channels={c: 1.0, max(c - 1, 0): 0.6})
+    data_t = -data
+    comps = FloodFillDetector({c: [c + 1] for c in range(n_c - 1)}, 1)(
+        data_t > WEAK, data_t > STRONG)
+    ext = WaveformExtractor(8, 12, 2, thresholds={"weak": WEAK, "strong": STRONG})
+    full = ext.extract_all(comps, data, data_t)
+    light = ext.extract_all(comps, data, data_t, waveforms=False)
+    assert light.waveforms is None and len(full.deferred) == 2  # the spikes at 5 and 496
+    np.testing.assert_array_equal(light.spike_samples, full.spike_samples)
+    np.testing.assert_array_equal(light.masks, full.masks)
+    np.testing.assert_array_equal(light.kept, full.kept)
+    pcs = rng.normal(size=(3, 20, n_c)).astype(np.float32)
+    index = np.array([2, 0, 1], dtype=np.int64)  # rows in any order
+    expected = np.empty((3, n_c * 3, 2), np.float32)
+    project_kwx_rows(full.waveforms, index, pcs, full.masks[index], expected)
+    got = np.full_like(expected, np.nan)
+    align_project_kwx_rows(data, full.spike_samples, index, 8, 12, pcs, full.masks[index], got)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    features = np.einsum("nsc,fsc->ncf", full.waveforms[index].astype(np.float64), pcs)
+    np.testing.assert_allclose(got[..., 0], features.reshape(3, -1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got[..., 1], np.repeat(full.masks[index], 3, axis=1))
+
+
 def test_extract_all_output_buffer():
     n_s, n_c = 100, 2
     ext = WaveformExtractor(10, 10, thresholds={"weak": WEAK, "strong": STRONG})
