@@ -5,23 +5,26 @@
 reading only the rows and columns asked:
 
 - spike times and clusters, the spikes of each cluster;
-- one pass over the masks (in blocks of spikes) gives each cluster's mean
-  masks and mean features, and for each channel the spikes whose mask is
-  non-zero there (to find the spikes near a cluster);
+- one pass over the masks (numba kernels on the ``.kwx`` memory map, else
+  blocks of spikes) gives each cluster's mean masks and mean features, and
+  for each channel the spikes whose mask is non-zero there (to find the
+  spikes near a cluster);
 - features of chosen spikes on chosen channels (from the ``.kwx`` memory map
   directly when there is one, touching only those columns);
 - per-spike template amplitudes when the sorting has them (template
   directories), band-passed waveforms of chosen spikes on chosen channels,
-  and the noise of each channel, from the raw traces when there are any.
+  and the noise of chosen channels, from the raw traces when there are any
+  (a `NoiseCache` shares the noise between sortings of one recording).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 
-from phy_core.arrays import ChannelSubset, SpikeWindows
+from phy_core.arrays import ChannelSubset, SpikeWindows, flat_binary_source
 
 logger = logging.getLogger("phy")
 
@@ -36,7 +39,10 @@ NOISE_EXCERPTS = 10
 NOISE_EXCERPT_S = 0.2
 
 
+@functools.lru_cache(maxsize=8)
 def _bandpass(sample_rate: float):
+    """``(sos, margin)`` of the band-pass (designed once per sample rate: the design costs
+    more than filtering a cluster's windows)."""
     from scipy.signal import butter
 
     high = min(FILTER_HIGH_FACTOR * sample_rate, 0.49 * sample_rate)
@@ -58,12 +64,84 @@ def _columns(traces, channels: np.ndarray):
     return traces, channels
 
 
+@functools.lru_cache(maxsize=8)
+def _filtfilt_constants(sample_rate: float) -> tuple[np.ndarray, int]:
+    """``(zi, padding)`` of scipy's ``sosfiltfilt`` with the band-pass: the sections'
+    steady states (``sosfilt_zi``) and the odd padding at each end."""
+    from scipy.signal import sosfilt_zi
+
+    sos, _ = _bandpass(sample_rate)
+    n_taps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    return sosfilt_zi(sos), 3 * n_taps
+
+
+#: Trace types the window kernel reads (numba has no float16; native byte order only).
+_NUMBA_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                            np.uint16, np.uint32, np.uint64, np.float32,
+                                            np.float64))
+
+
+def _filtered_windows(traces, columns: np.ndarray, samples: np.ndarray, n_before: int,
+                      n_after: int, sample_rate: float) -> np.ndarray | None:
+    """Band-passed windows ``(n, n_before + n_after, len(columns))`` of an in-memory or
+    memory-mapped array (None for other arrays), as `SpikeWindows` with the
+    ``sosfiltfilt`` band-pass gives them (the same numbers, float32).
+
+    Only these rows and columns are read (`SpikeWindows` reads whole rows, spike by
+    spike), and numba filters all the windows' columns together.
+    """
+    if not isinstance(traces, np.ndarray) or traces.ndim != 2 \
+            or traces.dtype.newbyteorder("=") != traces.dtype or traces.dtype not in _NUMBA_DTYPES:
+        return None
+    from .kernels import filtered_windows
+
+    sos, margin = _bandpass(sample_rate)
+    zi, padding = _filtfilt_constants(sample_rate)
+    if n_before + n_after + 2 * margin <= padding:  # too short to pad: scipy says why
+        return None
+    starts = np.asarray(samples, dtype=np.int64) - n_before
+    return filtered_windows(traces, starts, np.asarray(columns, dtype=np.int64),
+                            n_before + n_after, margin, sos, zi, padding)
+
+
 def _add_by_row(sums: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """``sums[rows[i]] += values[i]`` for every i (a sort and a segmented sum)."""
     order = np.argsort(rows, kind="stable")
     unique, starts = np.unique(rows[order], return_index=True)
     if len(unique):
         sums[unique] += np.add.reduceat(values[order], starts, axis=0)
+
+
+class NoiseCache:
+    """Noise estimates of the columns of raw data files, shared by several sortings.
+
+    A Kwik file and the template directory made from it read the same
+    recording: with one `NoiseCache` given to both `SortingSource` objects, each
+    channel's noise is estimated once. Keyed by the files, their layout and the
+    column, so sortings of other recordings (or channel maps) never mix.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple, float] = {}
+
+    @staticmethod
+    def recording_key(traces, sample_rate: float) -> tuple | None:
+        """What identifies the raw data of `traces`, with its file columns; None if the
+        traces are not flat binary files."""
+        source = flat_binary_source(traces)
+        if source is None:
+            return None
+        return (tuple(source["files"]), source["dtype"], source["offset"],
+                source["n_channels"], int(traces.shape[0]), float(sample_rate)), \
+            np.asarray(source["channels"], dtype=np.int64)
+
+    def get(self, recording: tuple, columns: np.ndarray) -> np.ndarray:
+        """The cached noise of `columns` (NaN where unknown)."""
+        return np.array([self._values.get((recording, int(c)), np.nan) for c in columns])
+
+    def put(self, recording: tuple, columns: np.ndarray, values: np.ndarray) -> None:
+        for c, v in zip(columns, values):
+            self._values[(recording, int(c))] = float(v)
 
 
 class SortingSource:
@@ -79,10 +157,14 @@ class SortingSource:
         present.
     waveform_ms : (float, float)
         Milliseconds before and after the spike time in waveform windows.
+    noise_cache : NoiseCache or None
+        Noise estimates shared with other sortings of the same recording.
     """
 
-    def __init__(self, model, waveform_ms: tuple[float, float] = (1.0, 1.5)) -> None:
+    def __init__(self, model, waveform_ms: tuple[float, float] = (1.0, 1.5),
+                 noise_cache: NoiseCache | None = None) -> None:
         self.model = model
+        self.noise_cache = noise_cache
         self.sample_rate = float(model.sample_rate)
         self.spike_samples = np.asarray(model.spike_samples, dtype=np.int64)
         self.spike_clusters = np.asarray(model.spike_clusters, dtype=np.int64)
@@ -109,6 +191,12 @@ class SortingSource:
 
     def _scan_masks(self) -> None:
         """Mean masks and features per cluster; the spikes unmasked on each channel."""
+        fm = getattr(self.model, "features_masks", None)
+        if (isinstance(fm, np.ndarray) and fm.ndim == 3 and fm.dtype == np.float32
+                and self.n_features_per_channel
+                and fm.shape[1] == self.n_channels * self.n_features_per_channel):
+            self._scan_kwx(fm)
+            return
         n_clusters, nc, nfpc = len(self.cluster_ids), self.n_channels, self.n_features_per_channel
         mask_sums = np.zeros((n_clusters, nc))
         feature_sums = np.zeros((n_clusters, nc * nfpc))
@@ -134,6 +222,22 @@ class SortingSource:
         order = np.argsort(cols, kind="stable")
         self._channel_spikes = np.split(rows[order], np.searchsorted(cols[order],
                                                                      np.arange(1, nc)))
+
+    def _scan_kwx(self, fm: np.ndarray) -> None:
+        """`_scan_masks` on the ``.kwx`` memory map: read once in place by numba kernels."""
+        from .kernels import channel_spikes, cluster_sums
+
+        cluster_rows = np.searchsorted(self.cluster_ids, self.spike_clusters)
+        nfpc = self.n_features_per_channel
+        mask_sums, feature_sums, counts = cluster_sums(fm, cluster_rows,
+                                                       len(self.cluster_ids), nfpc)
+        n = np.bincount(cluster_rows, minlength=len(self.cluster_ids)).astype(np.float64)
+        n = np.maximum(n, 1.0)[:, None]
+        self.mean_masks = mask_sums / n
+        self.mean_features = feature_sums / n
+        offsets, spikes = channel_spikes(fm, nfpc, counts)
+        self._channel_spikes = [spikes[offsets[c]:offsets[c + 1]]
+                                for c in range(self.n_channels)]
 
     def channel_strength(self, cluster_id: int) -> np.ndarray:
         """How strongly a cluster is seen on each channel, ``(n_channels,)``.
@@ -207,8 +311,13 @@ class SortingSource:
         """Band-passed windows ``(n, n_before + n_after, len(channels))`` (float64)."""
         from scipy.signal import sosfiltfilt
 
-        sos, margin = _bandpass(self.sample_rate)
         traces, columns = _columns(self.traces, np.asarray(channels, dtype=np.int64))
+        spike_ids = np.asarray(spike_ids, dtype=np.int64)
+        block = _filtered_windows(traces, columns, self.spike_samples[spike_ids],
+                                  self.n_before, self.n_after, self.sample_rate)
+        if block is not None:
+            return block.astype(np.float64)
+        sos, margin = _bandpass(self.sample_rate)
         windows = SpikeWindows(traces, self.spike_samples, self.n_before, self.n_after,
                                channels=columns,
                                filter=lambda x: sosfiltfilt(sos, x, axis=-2), margin=margin)
@@ -234,24 +343,54 @@ class SortingSource:
             self._basis = vectors[:, ::-1][:, :n_pcs].copy()
         return self._basis[:, :n_pcs]
 
-    def noise_std(self) -> np.ndarray | None:
-        """Noise std of each channel of the band-passed traces (None without traces)."""
+    def noise_std(self, channels=None) -> np.ndarray | None:
+        """Noise std of channels of the band-passed traces (None without traces).
+
+        Of every channel by default, else of `channels` only: each channel's
+        estimate is its own (the same number whichever others are asked with),
+        so only the channels not estimated yet are read and filtered.
+        """
         if self.traces is None:
             return None
+        all_channels = channels is None
+        channels = np.arange(self.n_channels) if all_channels else \
+            np.asarray(channels, dtype=np.int64).ravel()
         if self._noise is None:
-            from scipy.signal import sosfiltfilt
+            self._noise = np.full(self.n_channels, np.nan)
+        missing = np.unique(channels[np.isnan(self._noise[channels])])
+        shared = NoiseCache.recording_key(self.traces, self.sample_rate) \
+            if self.noise_cache is not None and len(missing) else None
+        if shared is not None:
+            recording, file_columns = shared
+            self._noise[missing] = self.noise_cache.get(recording, file_columns[missing])
+            missing = missing[np.isnan(self._noise[missing])]
+        if len(missing):
+            self._noise[missing] = self._estimate_noise(missing)
+            if shared is not None:
+                self.noise_cache.put(recording, file_columns[missing], self._noise[missing])
+        return self._noise.copy() if all_channels else self._noise[channels]
 
-            from .metrics import noise_std
+    def _estimate_noise(self, channels: np.ndarray) -> np.ndarray:
+        """The median over excerpts of each channel's median-based noise std."""
+        from scipy.signal import sosfiltfilt
 
-            sos, margin = _bandpass(self.sample_rate)
-            n_samples = int(self.traces.shape[0])
-            length = min(int(NOISE_EXCERPT_S * self.sample_rate), n_samples)
-            starts = np.unique(np.linspace(0, max(n_samples - length, 0), NOISE_EXCERPTS)
-                               .astype(np.int64))
-            estimates = []
-            for start in starts:
-                lo, hi = max(int(start) - margin, 0), min(int(start) + length + margin, n_samples)
-                chunk = sosfiltfilt(sos, np.asarray(self.traces[lo:hi], dtype=np.float64), axis=0)
-                estimates.append(noise_std(chunk[start - lo:start - lo + length]))
-            self._noise = np.median(estimates, axis=0)
-        return self._noise
+        from .kernels import sosfiltfilt_columns
+        from .metrics import noise_std
+
+        sos, margin = _bandpass(self.sample_rate)
+        zi, padding = _filtfilt_constants(self.sample_rate)
+        traces, columns = _columns(self.traces, channels)
+        n_samples = int(self.traces.shape[0])
+        length = min(int(NOISE_EXCERPT_S * self.sample_rate), n_samples)
+        starts = np.unique(np.linspace(0, max(n_samples - length, 0), NOISE_EXCERPTS)
+                           .astype(np.int64))
+        estimates = []
+        for start in starts:
+            lo, hi = max(int(start) - margin, 0), min(int(start) + length + margin, n_samples)
+            chunk = np.asarray(np.asarray(traces[lo:hi])[:, columns], dtype=np.float64)
+            if chunk.shape[0] > padding:  # else scipy explains why it cannot filter
+                chunk = sosfiltfilt_columns(sos, zi, np.ascontiguousarray(chunk), padding)
+            else:
+                chunk = sosfiltfilt(sos, chunk, axis=0)
+            estimates.append(noise_std(chunk[start - lo:start - lo + length]))
+        return np.median(estimates, axis=0)

@@ -16,6 +16,8 @@ from phy_masked_em.command import checkpoint_path, find_checkpoints, save_checkp
 from phy_spikesort import spikesort
 from phy_spikesort.pipeline import (
     SpikeSortError,
+    _channel_groups,
+    _group_counts,
     _resume_plan,
     detection_identity,
     sort_recording,
@@ -113,6 +115,20 @@ def test_interrupted_sort_resumes(recording, sorted_once, tmp_path, caplog):
     np.testing.assert_array_equal(_clusters(kwik)[0], _clusters(sorted_once)[0])
     assert result.n_clusters == len(np.unique(_clusters(kwik)[0]))
     assert not state_path(kwik).exists() and find_checkpoints(kwik) == []
+    assert result.label_cpu_s > 0 and result.n_good >= 1
+
+
+def test_groups_and_counts_read_without_a_model(sorted_once, tmp_path):
+    sorted_once, _ = sorted_once
+    with KwikModel(sorted_once) as model:
+        assert _channel_groups(sorted_once) == list(model.channel_groups) == [0]
+        assert _group_counts(sorted_once, 0) == (model.n_spikes, model.n_clusters)
+    assert _group_counts(sorted_once, 0)[1] > 2  # the masked EM's clusters, not detection's
+    # Not a Kwik file: the model says what is wrong.
+    bad = tmp_path / "bad.kwik"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(Exception, match="bad.kwik"):
+        _channel_groups(bad)
 
 
 def test_resume_plan(recording, sorted_once, tmp_path):

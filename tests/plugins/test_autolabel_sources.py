@@ -1,0 +1,139 @@
+"""The quality metrics' reading of a sorting: the fast paths give the numbers of the plain ones.
+
+`phy_autolabel.kernels` filters windows and reads the ``.kwx`` with numba; each
+is checked here against scipy / numpy on the same data, to the last bit where
+the arithmetic is the same (the labels must not change with the speed-ups).
+"""
+
+import numpy as np
+import pytest
+from scipy.signal import butter, sosfiltfilt
+
+from phy_autolabel.kernels import WINDOW_BATCH, filtered_windows, sosfiltfilt_columns
+from phy_autolabel.sources import (
+    NoiseCache,
+    SortingSource,
+    _bandpass,
+    _filtfilt_constants,
+)
+from phy_core.arrays import SpikeWindows
+from phy_kwik.model import KwikModel
+
+RATE = 30000.0
+
+
+@pytest.fixture(scope="module")
+def kwik(tmp_path_factory):
+    """A real detection of a short synthetic 32-channel recording."""
+    from phy_detect.executors import SerialExecutor
+    from phy_detect.runner import detect
+    from phy_synthetic.recording import synthesize_recording
+
+    folder = tmp_path_factory.mktemp("autolabel_sources")
+    rec = synthesize_recording(folder / "rec", name="rec", probe="linear32", duration_s=3,
+                               seed=3, n_units=6)
+    kwik = detect(rec.prm_path, output_dir=folder / "out", executor=SerialExecutor())
+    # Some clusters, so that the per-cluster sums mean something.
+    with KwikModel(kwik) as model:
+        clusters = (np.arange(model.n_spikes) * 7919) % 5 + 2
+        model.save(clusters, {int(c): 3 for c in np.unique(clusters)})
+    return kwik
+
+
+def test_sosfiltfilt_columns_is_scipy_to_the_bit():
+    sos, _ = _bandpass(RATE)
+    zi, padding = _filtfilt_constants(RATE)
+    x = np.random.default_rng(0).normal(size=(400, 37)) * 30
+    np.testing.assert_array_equal(sosfiltfilt_columns(sos, zi, x, padding),
+                                  sosfiltfilt(sos, x, axis=0))
+    # Another filter (its padding from the same rule): the kernel is not tied to ours.
+    other = butter(2, [300, 6000], btype="bandpass", fs=RATE, output="sos")
+    from scipy.signal import sosfilt_zi
+
+    np.testing.assert_array_equal(sosfiltfilt_columns(other, sosfilt_zi(other), x, 15),
+                                  sosfiltfilt(other, x, axis=0))
+
+
+def test_filtered_windows_are_spike_windows_to_the_bit():
+    rng = np.random.default_rng(1)
+    traces = (rng.normal(size=(5000, 9)) * 200).astype(np.int16)
+    # Spikes near both ends (zero-padded windows) and more than one batch of them.
+    samples = np.sort(np.concatenate([[3, 40, 4990, 4999],
+                                      rng.integers(0, 5000, 2 * WINDOW_BATCH + 5)]))
+    columns = np.array([7, 2, 3])
+    n_before, n_after = 30, 45
+    sos, margin = _bandpass(RATE)
+    zi, padding = _filtfilt_constants(RATE)
+    fast = filtered_windows(traces, samples - n_before, columns, n_before + n_after, margin,
+                            sos, zi, padding)
+    plain = SpikeWindows(traces, samples, n_before, n_after, channels=columns,
+                         filter=lambda x: sosfiltfilt(sos, x, axis=-2), margin=margin)
+    expected = plain[np.arange(len(samples))]
+    assert fast.dtype == np.float32 and fast.shape == expected.shape
+    np.testing.assert_array_equal(fast, expected)
+
+
+def test_kwx_scan_matches_numpy(kwik):
+    with KwikModel(kwik) as model:
+        source = SortingSource(model)
+        assert isinstance(model.features_masks, np.ndarray)  # the numba path ran
+        masks = np.asarray(model.masks[:], dtype=np.float64)
+        features = np.asarray(model.features[:], dtype=np.float64)
+        clusters = np.asarray(model.spike_clusters)
+    for i, c in enumerate(source.cluster_ids):
+        mine = clusters == c
+        np.testing.assert_allclose(source.mean_masks[i], masks[mine].mean(axis=0),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(source.mean_features[i], features[mine].mean(axis=0),
+                                   rtol=1e-9, atol=1e-9)
+    for channel in range(masks.shape[1]):
+        np.testing.assert_array_equal(source._channel_spikes[channel],
+                                      np.nonzero(masks[:, channel] > 0)[0])
+    # spikes_near: the union over channels.
+    near = source.spikes_near([0, 5, 6])
+    np.testing.assert_array_equal(near, np.nonzero((masks[:, [0, 5, 6]] > 0).any(axis=1))[0])
+
+
+def test_noise_of_some_channels_and_shared_between_sortings(kwik, monkeypatch):
+    with KwikModel(kwik) as model:
+        every = SortingSource(model).noise_std()
+        some = SortingSource(model).noise_std([4, 1, 4])
+        np.testing.assert_array_equal(some, every[[4, 1, 4]])
+        assert np.all(every > 0)
+
+        cache = NoiseCache()
+        first = SortingSource(model, noise_cache=cache)
+        np.testing.assert_array_equal(first.noise_std([3, 8]), every[[3, 8]])
+        # A second sorting of the same recording estimates nothing already known...
+        second = SortingSource(model, noise_cache=cache)
+
+        def no_estimate(self, channels):
+            raise AssertionError(f"channels {channels} estimated again")
+
+        monkeypatch.setattr(SortingSource, "_estimate_noise", no_estimate)
+        np.testing.assert_array_equal(second.noise_std([8, 3]), every[[8, 3]])
+        monkeypatch.undo()
+        # ... and only what is new otherwise.
+        asked = []
+        estimate = SortingSource._estimate_noise
+
+        def counting(self, channels):
+            asked.append(list(channels))
+            return estimate(self, channels)
+
+        monkeypatch.setattr(SortingSource, "_estimate_noise", counting)
+        np.testing.assert_array_equal(second.noise_std([3, 9]), every[[3, 9]])
+        assert asked == [[9]]
+
+
+def test_waveforms_match_spike_windows(kwik):
+    with KwikModel(kwik) as model:
+        source = SortingSource(model)
+        ids = np.arange(0, model.n_spikes, 3)
+        channels = [5, 4, 6]
+        sos, margin = _bandpass(source.sample_rate)
+        plain = SpikeWindows(model.traces, source.spike_samples, source.n_before,
+                             source.n_after, channels=channels,
+                             filter=lambda x: sosfiltfilt(sos, x, axis=-2), margin=margin)
+        np.testing.assert_array_equal(source.waveforms(ids, channels),
+                                      np.asarray(plain[ids], dtype=np.float64))
