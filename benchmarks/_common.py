@@ -178,3 +178,28 @@ def channel_counts(parser, args) -> list[int]:
     if unknown:
         parser.error(f"no built-in probe with {unknown} channels; use {sorted(PROBES)}")
     return channels
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU time of this process and of all its descendants, alive or reaped.
+
+    Not ``getrusage(RUSAGE_CHILDREN)`` alone: it counts only children that have
+    exited and been waited for, and the workers are forked by the forkserver (a
+    child that outlives the run), which reaps them. So each live descendant
+    (the forkserver) counts with its own reaped children (``/proc/<pid>/stat``:
+    utime, stime, cutime, cstime).
+    """
+    import resource
+
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = sum(getattr(resource.getrusage(who), field)
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for field in ("ru_utime", "ru_stime"))
+    for pid in _descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile: counted by its parent's cutime
+            continue
+        cpu += sum(int(v) for v in fields[11:15]) / tick
+    return cpu

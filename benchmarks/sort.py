@@ -63,6 +63,7 @@ from _common import (
     channel_counts,
     machine,
     recording,
+    tree_cpu_seconds,
 )
 
 FALSE_UNIT_ACCURACY = 0.5
@@ -117,18 +118,12 @@ def evaluate_template_dir(path: Path, gt_path: Path) -> dict:
                 tm_false=int((result.cluster_best_accuracy < FALSE_UNIT_THRESHOLD).sum()))
 
 
-def _cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None) -> dict:
     from phy_core.progress import ProgressReporter
     from phy_spikesort.pipeline import sort_recording
 
     matching = False if refine_rounds is None else dict(refine_rounds=refine_rounds)
-    cpu0 = _cpu_seconds()
+    cpu0 = tree_cpu_seconds()
     with TreeMemory() as tree:
         detect_reporter = ProgressReporter()
         # The workers' final high-water marks, read before they exit.
@@ -139,7 +134,7 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
                duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
                tmatch=result.tmatch_s, label=result.label_s, label_cpu=result.label_cpu_s,
                total=result.total_s,
-               cpu=_cpu_seconds() - cpu0,
+               cpu=tree_cpu_seconds() - cpu0,
                rss_parent=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                rss_worker=tree.max_kb / 1024)
     from phy_kwik.model import KwikModel

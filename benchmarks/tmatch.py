@@ -14,9 +14,9 @@ with its ``rec.groundtruth.npz``, as written by ``benchmarks/detect.py``), three
 - ``b+``: the same with templates of the noise and MUA clusters too
   (``--include-noise --include-mua``: the masked EM sometimes puts a clean unit
   there);
-- ``r``: ``b+`` with one round of template refinement (``refine_rounds=1``:
-  split, new templates from the residual, merge, drop; `phy_tmatch.refine`),
-  then the final matching: what ``phy spikesort --template-matching`` does;
+- ``r``: ``b+`` with ``--refine-rounds`` rounds of template refinement (2 by
+  default, as ``phy spikesort --template-matching``: split, new templates from
+  the residual, merge, drop; `phy_tmatch.refine`), then the final matching;
 - ``c``: template matching from the ground-truth clusters (the templates are the
   true units' mean waveforms: an upper bound of what the matching can do, the
   clustering being perfect).
@@ -38,7 +38,8 @@ machine. Columns:
 A last line per recording splits the CPU time of the refined run (``r``) by pass
 (``cpu_*_s`` of its ``tmatch.json``: the workers' jobs of the template, noise and
 matching passes, and the parent's refinement), the rest being the workers'
-start-up and the parent's reading and writing.
+start-up and the parent's reading and writing, and gives the wall-clock time of
+the passes (``elapsed_*_s``: the matching's includes the refinement).
 
 A warm-up run on a 2 s recording comes first (untimed) so that the numba kernels
 are compiled into their on-disk cache.
@@ -83,7 +84,38 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def child(step: str, prm: str, kwik: str, out: str) -> dict:
+def _workers_cpu(executor) -> float:
+    """CPU seconds of a process executor's live workers (before it is closed).
+
+    Its workers may be forked by a forkserver, not by this process: then their
+    time never reaches this process's ``RUSAGE_CHILDREN``; it is read from
+    ``/proc`` instead (0 where that is not available).
+    """
+    pool = getattr(executor, "_pool", None)
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in list(getattr(pool, "_processes", None) or {}):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _forked_by_us(executor) -> bool:
+    """Whether the executor's workers are children of this process (their CPU time then
+    reaches ``RUSAGE_CHILDREN`` when they exit)."""
+    pool = getattr(executor, "_pool", None)
+    pids = list(getattr(pool, "_processes", None) or {})
+    try:
+        with open(f"/proc/{pids[0]}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, IndexError, ValueError):
+        return True
+
+
+def child(step: str, prm: str, kwik: str, out: str, refine_rounds: int = 2) -> dict:
     """Run one step; its wall and CPU seconds (the imports are not timed)."""
     import numpy as np
 
@@ -91,10 +123,16 @@ def child(step: str, prm: str, kwik: str, out: str) -> dict:
 
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
+    workers = 0.0
     if step == "detect":
         from phy_detect.runner import detect
 
-        detect(prm, output_dir=out, overwrite=True)
+        executor = make_executor("processes")
+        try:
+            detect(prm, output_dir=out, overwrite=True, executor=executor)
+            workers = 0.0 if _forked_by_us(executor) else _workers_cpu(executor)
+        finally:
+            executor.close()
     elif step == "cluster":
         from phy_masked_em.command import cluster_kwik
 
@@ -108,20 +146,22 @@ def child(step: str, prm: str, kwik: str, out: str) -> dict:
                 every = step != "tmatch"
                 template_match(prm, kwik, out, executor=executor, overwrite=True,
                                include_noise=every, include_mua=every,
-                               refine_rounds=int(step == "tmatch-refine"))
+                               refine_rounds=refine_rounds if step == "tmatch-refine" else 0)
             else:
                 gt = np.load(Path(prm).with_suffix(".groundtruth.npz"))
                 match_spikes(prm, gt["spike_samples"], gt["spike_clusters"], out,
                              executor=executor, overwrite=True)
+            workers = 0.0 if _forked_by_us(executor) else _workers_cpu(executor)
         finally:
             executor.close()
     else:
         raise ValueError(step)
-    return dict(wall=time.perf_counter() - t0, cpu=_cpu_seconds() - cpu0)
+    return dict(wall=time.perf_counter() - t0, cpu=_cpu_seconds() - cpu0 + workers)
 
 
-def run_child(step: str, prm: Path, kwik: Path, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", step, str(prm), str(kwik), str(out)]
+def run_child(step: str, prm: Path, kwik: Path, out: Path, refine_rounds: int = 2) -> dict:
+    cmd = [sys.executable, __file__, "--child", step, str(prm), str(kwik), str(out),
+           "--refine-rounds", str(refine_rounds)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -178,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recordings", default=",".join(RECORDINGS))
     parser.add_argument("--data-dir", default="/tmp/phy-bench")
     parser.add_argument("--out-dir", default="/tmp/phy-bench-tmatch")
+    parser.add_argument("--refine-rounds", type=int, default=2,
+                        help="refinement rounds of the 'r' sorting (default 2)")
     parser.add_argument("--child", nargs=4, metavar=("STEP", "PRM", "KWIK", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child)))
+        print(json.dumps(child(*args.child, refine_rounds=args.refine_rounds)))
         return 0
 
     out_dir = Path(args.out_dir)
@@ -204,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = run_child("cluster", prm, kwik, work / "a")
         tmatch = run_child("tmatch", prm, kwik, work / "b")
         tmatch_all = run_child("tmatch-all", prm, kwik, work / "b+")
-        refined = run_child("tmatch-refine", prm, kwik, work / "r")
+        refined = run_child("tmatch-refine", prm, kwik, work / "r", args.refine_rounds)
         gt = run_child("gt", prm, kwik, work / "c")
         a_wall, a_cpu = detect["wall"] + cluster["wall"], detect["cpu"] + cluster["cpu"]
         rows = [
@@ -213,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
              a_cpu + tmatch["cpu"]),
             ("b+ with noise/MUA too", work / "b+", tmatch_all["wall"],
              a_wall + tmatch_all["wall"], a_cpu + tmatch_all["cpu"]),
-            ("r b+ refined (1 round)", work / "r", refined["wall"], a_wall + refined["wall"],
-             a_cpu + refined["cpu"]),
+            (f"r b+ refined ({args.refine_rounds} rds)", work / "r", refined["wall"],
+             a_wall + refined["wall"], a_cpu + refined["cpu"]),
             ("c GT templates + match", work / "c", gt["wall"], gt["wall"], gt["cpu"]),
         ]
         for label, sorting, step, total, cpu in rows:
@@ -236,8 +278,11 @@ def cpu_by_pass(template_dir: Path, total: float) -> str:
     passes = {key: float(info.get(f"cpu_{key}_s", 0.0))
               for key in ("templates", "noise", "matching", "refine")}
     rest = total - sum(passes.values())
+    walls = {key: float(info.get(f"elapsed_{key}_s", 0.0))
+             for key in ("templates", "noise", "matching")}
     return ("refined run CPU s by pass: " + ", ".join(f"{k} {v:.1f}" for k, v in passes.items())
-            + f", other (worker start-up, parent I/O) {rest:.1f}")
+            + f", other (worker start-up, parent I/O) {rest:.1f}; wall s: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in walls.items()))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,14 @@ import numpy as np
 
 from phy_core.bunch import Bunch
 
-from .kernels import cross_correlations, dependency_radius, project, pursue, transpose
+from .kernels import (
+    cross_correlations,
+    dependency_radius,
+    project,
+    pursue_in,
+    transpose,
+    transpose_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,23 @@ def amplitude_bounds(norm2: np.ndarray, sigma: np.ndarray,
             (parameters.amplitude_max + spread).astype(np.float32))
 
 
-def channel_major(filtered: np.ndarray, scratch: bool = False) -> np.ndarray:
+def channel_major(filtered: np.ndarray, scratch: bool = False,
+                  columns: np.ndarray | None = None) -> np.ndarray:
     """The chunk ``(n, C)`` as ``(C, n)`` float32 (each channel's samples contiguous).
 
+    With `columns`, only those columns, in that order (``(len(columns), n)``).
     With `scratch`, in the worker's scratch array ``'xt'`` (`phy_tmatch.worker.scratch`).
     """
     from .worker import scratch as scratch_array
 
-    shape = filtered.shape[::-1]
+    filtered = np.ascontiguousarray(filtered, dtype=np.float32)
+    n_rows = filtered.shape[1] if columns is None else len(columns)
+    shape = (n_rows, filtered.shape[0])
     xt = scratch_array("xt", shape) if scratch else np.empty(shape, dtype=np.float32)
-    transpose(np.ascontiguousarray(filtered, dtype=np.float32), xt)
+    if columns is None:
+        transpose(filtered, xt)
+    else:
+        transpose_columns(filtered, np.asarray(columns, dtype=np.int64), xt)
     return xt
 
 
@@ -91,8 +105,17 @@ def projections(filtered: np.ndarray, templates, xt: np.ndarray | None = None,
     shape = (templates.n_templates, m)
     out = scratch_array("b", shape) if scratch else np.empty(shape, dtype=np.float32)
     if m:
-        xt = channel_major(filtered, scratch) if xt is None else xt
-        project(xt, templates.pptr, templates.pidx, templates.pspatial, templates.temporal, out)
+        pidx = templates.pidx
+        if xt is None:
+            # A few templates (the noise of the templates a refinement changed) read
+            # a few channels: only those are made channel-major.
+            used = np.unique(pidx)
+            if 2 * len(used) < filtered.shape[1]:
+                xt = channel_major(filtered, scratch, columns=used)
+                pidx = np.searchsorted(used, pidx)
+            else:
+                xt = channel_major(filtered, scratch)
+        project(xt, templates.pptr, pidx, templates.pspatial, templates.temporal, out)
     return out
 
 
@@ -114,7 +137,7 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
         ``setup.collect``, what `phy_tmatch.residual.collect_events` collects
         for the refinement, else None.
     """
-    from .worker import cached
+    from .worker import cached, scratch
 
     t = setup.templates
     p = setup.parameters
@@ -124,10 +147,12 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
     b = projections(filtered, t, xt, scratch=True)
     sigma = np.asarray(setup.sigma, dtype=np.float32)
     alo, ahi = amplitude_bounds(t.norm2, sigma, p)
-    spikes, amplitudes, n_rounds = pursue(
+    k, m = b.shape
+    spikes, amplitudes, n_rounds = pursue_in(
         b, t.norm2, sigma, np.float32(p.z_threshold), np.float32(p.amplitude_min),
         np.float32(p.amplitude_max), alo, ahi, int(p.refractory), t.nbr_ptr, t.nbr_idx, cc,
-        int(p.max_rounds))
+        int(p.max_rounds), scratch("score", (k, m)), scratch("blocked", (k, m), np.uint8),
+        scratch("search", (m // 2 + 1, 2), np.int64), scratch("marks_search", (m,), np.uint8))
     starts, kinds = spikes[:, 0], spikes[:, 1]
     events = None
     if setup.collect is not None:

@@ -23,8 +23,11 @@ spikes and of the residual's events (`phy_tmatch.residual`); the parent refines
 the templates from them (`phy_tmatch.refine`: splits, new templates, merges,
 drops), and the next pass matches the refined set. A refinement that changes
 nothing ends the rounds early. The noise levels and covariance of pass 1 serve
-every round. Templates that match fewer than the refinement's ``min_spikes``
-spikes in the last pass are left out of the result.
+every round. The templates a refinement left alone are kept as they were
+(`_keep_unchanged`), so pass 2 measures the noise of the others only
+(`_projection_noise`: a template's spread is measured once). Templates that
+match fewer than the refinement's ``min_spikes`` spikes in the last pass are
+left out of the result.
 """
 
 from __future__ import annotations
@@ -306,23 +309,40 @@ def _make_templates(means, n_spikes, cluster_ids, noise_std, covariance, channel
 
 
 def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token, executor,
-                      reporter, n_samples, rate, o: Bunch) -> tuple[np.ndarray, float]:
-    """The spread of each template's projection on noise, from excerpts (float32); CPU s."""
-    setup = Setup(prm_path, channels, filter_, "noise", before=before, n_t=n_t,
-                  templates=templates, token=token)
+                      reporter, n_samples, rate, o: Bunch,
+                      known: dict | None = None) -> tuple[np.ndarray, float]:
+    """The spread of each template's projection on noise, from excerpts (float32); CPU s.
+
+    `known` maps template digests (`TemplateSet.digests`) to the spreads already
+    measured (the same excerpts, so the same values): only the other templates are
+    projected, and `known` is updated with them. A refinement round changes a few
+    templates; the others keep their spread.
+    """
+    known = {} if known is None else known
+    digests = templates.digests()
+    todo = [k for k, d in enumerate(digests) if d not in known]
     excerpts = _excerpt_chunks(n_samples, int(o.n_noise_excerpts),
                                int(round(o.noise_excerpt_s * rate)), filter_.margin_samples)
-    medians_b, cpu_s = [], 0.0
-    for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
-        cpu_s += part.cpu_s
-        if part.n_samples:
-            medians_b.append(part.median_abs)
-        reporter.increment()
-    if not medians_b:
-        raise TemplateMatchingError(f"The recording ({n_samples} samples) is shorter than a "
-                                    f"template ({n_t} samples).")
-    sigma = (np.median(np.stack(medians_b), axis=0) / 0.6744897501960817).astype(np.float32)
-    return np.maximum(sigma, 1e-12), cpu_s
+    cpu_s = 0.0
+    if todo:
+        subset = templates if len(todo) == templates.n_templates else templates.subset(todo)
+        setup = Setup(prm_path, channels, filter_, "noise", before=before, n_t=n_t,
+                      templates=subset, token=token)
+        medians_b = []
+        for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
+            cpu_s += part.cpu_s
+            if part.n_samples:
+                medians_b.append(part.median_abs)
+            reporter.increment()
+        if not medians_b:
+            raise TemplateMatchingError(f"The recording ({n_samples} samples) is shorter "
+                                        f"than a template ({n_t} samples).")
+        sigma = np.median(np.stack(medians_b), axis=0) / 0.6744897501960817
+        for k, value in zip(todo, sigma):
+            known[digests[k]] = np.float32(max(float(value), 1e-12))
+    else:
+        reporter.value = reporter.value + len(excerpts)
+    return np.array([known[d] for d in digests], dtype=np.float32), cpu_s
 
 
 def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_samples,
@@ -343,6 +363,35 @@ def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_
         max_residual_per_channel=max(1, int(np.ceil(int(o.max_residual_per_channel)
                                                     / n_chunks))),
         max_residual=100_000, template_home=None)
+
+
+def _keep_unchanged(old, refined: Bunch, new):
+    """`new` (the refined templates), with the templates the refinement left alone as in `old`.
+
+    A template the refinement kept as it was comes back as its own waveform
+    (`refined.means`), which `_make_templates` decomposes again: the same
+    template up to rounding, unless fewer matched spikes dropped channels. When
+    the channels are the same, the template of `old` is kept as it is, so that
+    its arrays are identical and the spread of its projection on noise is known
+    (`_projection_noise`) rather than measured again.
+    """
+    from .templates import gather_templates
+
+    previous = {int(c): k for k, c in enumerate(old.cluster_ids)}
+    dense = None
+    sources = []
+    for i, cluster in enumerate(new.cluster_ids):
+        k = previous.get(int(cluster))
+        j = int(np.flatnonzero(refined.cluster_ids == cluster)[0])
+        if k is not None and np.array_equal(old.channels(k), new.channels(i)):
+            dense = old.dense() if dense is None else dense
+            if np.array_equal(np.asarray(refined.means[j], dtype=np.float32), dense[k]):
+                sources.append((old, k))
+                continue
+        sources.append((new, i))
+    out = gather_templates(sources, new.n_channels, new.rank, new.n_samples)
+    out.n_spikes = new.n_spikes.copy()  # what the refinement counted
+    return out
 
 
 def _drop_small(result: Bunch, templates, min_spikes: int) -> Bunch:
@@ -443,13 +492,15 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     collect = _collect_options(o, channel_positions, noise_std, covariance, n_t, before,
                                n_samples, chunk_size) if n_rounds else None
     refinements, t_noise, t_matching = [], 0.0, 0.0
+    known_sigma: dict = {}  # digest of a template -> its projection's noise
     next_id = int(max(np.max(spike_clusters, initial=0), np.max(cluster_ids, initial=0))) + 1
     for round_ in range(n_rounds + 1):
         last = round_ == n_rounds
         t_round = time.perf_counter()
         token = uuid.uuid4().hex
         sigma, cpu_s = _projection_noise(prm_path, channels, filter_, before, n_t, templates,
-                                         token, executor, reporter, n_samples, rate, o)
+                                         token, executor, reporter, n_samples, rate, o,
+                                         known=known_sigma)
         cpu.noise += cpu_s
         t_noise += time.perf_counter() - t_round
         t_round = time.perf_counter()
@@ -490,9 +541,10 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                                 ("n_split", "n_new", "n_merged", "n_dropped")}
                                | dict(n_templates=len(refined.cluster_ids)))
             if refined.changed and len(refined.cluster_ids):
-                templates = _make_templates(refined.means, refined.n_spikes,
-                                            refined.cluster_ids, noise_std, covariance,
-                                            channel_positions, o)
+                templates = _keep_unchanged(
+                    templates, refined, _make_templates(refined.means, refined.n_spikes,
+                                                        refined.cluster_ids, noise_std,
+                                                        covariance, channel_positions, o))
             cpu.refine += time.process_time() - cpu_parent
             t_matching += time.perf_counter() - t_round
             if not refined.changed:

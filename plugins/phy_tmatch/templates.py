@@ -136,10 +136,69 @@ class TemplateSet:
             out[k, idx[ptr[k]:ptr[k + 1]]] = spatial[ptr[k]:ptr[k + 1]]
         return out
 
+    def subset(self, keep) -> TemplateSet:
+        """The templates `keep` (indices, in that order), with their projection templates."""
+        return gather_templates([(self, int(k)) for k in keep], n_channels=self.n_channels,
+                                rank=self.rank, n_t=self.n_samples)
+
+    def digests(self) -> list[bytes]:
+        """A digest of each template's arrays (template and projection template).
+
+        Equal digests: the same template, whose measured noise (the spread of its
+        projection, `phy_tmatch.runner`) need not be measured again.
+        """
+        import hashlib
+
+        out = []
+        for k in range(self.n_templates):
+            h = hashlib.blake2b(digest_size=16)
+            for array in (self.temporal[k], self.trough[k:k + 1],
+                          self.idx[self.ptr[k]:self.ptr[k + 1]],
+                          self.spatial[self.ptr[k]:self.ptr[k + 1]],
+                          self.pidx[self.pptr[k]:self.pptr[k + 1]],
+                          self.pspatial[self.pptr[k]:self.pptr[k + 1]]):
+                h.update(np.ascontiguousarray(array).tobytes())
+            out.append(h.digest())
+        return out
+
     def dense(self) -> np.ndarray:
         """``(K, n_t, n_channels)`` float32: the templates on every channel (zeros elsewhere)."""
         return np.einsum("krt,kcr->ktc", self.temporal, self.spatial_dense()).astype(
             np.float32)
+
+
+def gather_templates(sources: list, n_channels: int, rank: int, n_t: int) -> TemplateSet:
+    """A template set made of ``(template_set, k)`` pairs: template ``k`` of each set, in order.
+
+    The arrays are copied as they are (templates and projection templates).
+    """
+    def rows(which: str):
+        ptr_name, idx_name, spatial_name = (("pptr", "pidx", "pspatial") if which == "p"
+                                            else ("ptr", "idx", "spatial"))
+        idx, spatial, ptr = [], [], [0]
+        for t, k in sources:
+            a, b = getattr(t, ptr_name)[k], getattr(t, ptr_name)[k + 1]
+            idx.append(getattr(t, idx_name)[a:b])
+            spatial.append(getattr(t, spatial_name)[a:b])
+            ptr.append(ptr[-1] + b - a)
+        return (np.asarray(ptr, dtype=np.int64),
+                np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64),
+                np.ascontiguousarray(np.concatenate(spatial) if spatial
+                                     else np.zeros((0, rank)), dtype=np.float32))
+
+    ptr, idx, spatial = rows("t")
+    pptr, pidx, pspatial = rows("p")
+
+    def take(name: str, dtype, empty_shape=(0,)):
+        values = [getattr(t, name)[k] for t, k in sources]
+        return np.asarray(values, dtype=dtype) if values else np.zeros(empty_shape, dtype)
+
+    return TemplateSet(
+        cluster_ids=take("cluster_ids", np.int64), ptr=ptr, idx=idx, spatial=spatial,
+        temporal=np.ascontiguousarray(take("temporal", np.float32, (0, rank, n_t))),
+        trough=take("trough", np.int64), n_spikes=take("n_spikes", np.int64),
+        n_channels=int(n_channels), explained=take("explained", np.float64),
+        pptr=pptr, pidx=pidx, pspatial=pspatial)
 
 
 def _csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -125,7 +125,7 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
     with contextlib.suppress(Exception):
         from phy_detect.filtering import warm_up as warm_up_filter
 
-        from .kernels import cross_correlations, project, pursue
+        from .kernels import cross_correlations, project, pursue_in, transpose, transpose_columns
 
         rng = np.random.default_rng(0)
         if filter_arguments is not None:
@@ -139,8 +139,12 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
         project(rng.standard_normal((1, 20)).astype(np.float32), ptr, idx, spatial, temporal, b)
         cc = cross_correlations(temporal, ptr, idx, spatial, spatial[None], ptr, idx)
         one = np.ones(1, dtype=np.float32)
-        pursue(b, one, one, np.float32(1.0), np.float32(0.5), np.float32(1.5), one * 0.4,
-               one * 1.6, 2, ptr, idx, cc, 2)
+        pursue_in(b, one, one, np.float32(1.0), np.float32(0.5), np.float32(1.5), one * 0.4,
+                  one * 1.6, 2, ptr, idx, cc, 2, np.empty_like(b), np.empty(b.shape, np.uint8),
+                  np.empty((9, 2), np.int64), np.empty(17, np.uint8))
+        x = rng.standard_normal((20, 2)).astype(np.float32)
+        transpose(x, np.empty((2, 20), np.float32))
+        transpose_columns(x, np.array([1]), np.empty((1, 20), np.float32))
         from .residual import pooled_residual, residual_troughs, subtract_spikes
 
         xt = rng.standard_normal((1, 20)).astype(np.float32)

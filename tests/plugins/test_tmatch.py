@@ -13,7 +13,7 @@ from phy_detect.evaluation import detection_report, match_spikes
 from phy_detect.executors import SerialExecutor
 from phy_synthetic.recording import synthesize_recording
 from phy_template.model import TemplateModel
-from phy_tmatch.kernels import cross_correlations, project, pursue
+from phy_tmatch.kernels import BLOCK, cross_correlations, project, pursue, pursue_in
 from phy_tmatch.runner import match_spikes as tmatch_spikes
 from phy_tmatch.runner import template_match
 from phy_tmatch.templates import TemplateMatchingError, TemplateSet
@@ -125,6 +125,136 @@ def test_pursuit_resolves_overlapping_spikes_without_noise():
     assert np.abs(b).max() < 0.1 * t.norm2.max()
 
 
+def test_projections_across_blocks_and_channel_groups_match_dense_computations():
+    # Templates on 7 channels (a group of four and three more) and a chunk of several
+    # blocks of the kernel (`BLOCK`), the last one partial.
+    rng = np.random.default_rng(2)
+    n_channels, n_t, n = 12, 13, 2 * BLOCK + 37
+    ptr = np.arange(0, 4 * 7 + 1, 7)
+    idx = np.concatenate([np.sort(rng.choice(n_channels, 7, replace=False)) for _ in range(4)])
+    t = TemplateSet(cluster_ids=np.arange(4), ptr=ptr, idx=idx,
+                    spatial=rng.standard_normal((len(idx), 3)).astype(np.float32),
+                    temporal=rng.standard_normal((4, 3, n_t)).astype(np.float32),
+                    trough=np.zeros(4, dtype=np.int64), n_spikes=np.ones(4, dtype=np.int64),
+                    n_channels=n_channels, explained=np.ones(4))
+    x = rng.standard_normal((n, n_channels)).astype(np.float32)
+    b = np.full((4, n - n_t + 1), np.nan, dtype=np.float32)
+    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), n_t, axis=0)
+    expected = np.einsum("sct,ktc->ks", windows, t.dense().astype(np.float64))
+    np.testing.assert_allclose(b, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_a_subset_of_templates_projects_as_in_the_whole_set():
+    from phy_tmatch.matching import projections
+
+    rng = np.random.default_rng(3)
+    t = _random_templates(rng, n_templates=4, n_channels=12)
+    x = rng.standard_normal((300, 12)).astype(np.float32)
+    sub = t.subset([2, 0])
+    np.testing.assert_array_equal(sub.cluster_ids, t.cluster_ids[[2, 0]])
+    np.testing.assert_array_equal(sub.dense(), t.dense()[[2, 0]])
+    np.testing.assert_array_equal(sub.norm2, t.norm2[[2, 0]])
+    # Two templates read at most 6 of the 12 channels: only those are made channel-major.
+    np.testing.assert_array_equal(projections(x, sub), projections(x, t)[[2, 0]])
+    digests = t.digests()
+    assert sub.digests() == [digests[2], digests[0]] and len(set(digests)) == 4
+    other = t.subset([1])
+    other.temporal[0, 0, 0] += 1.0
+    assert other.digests()[0] != digests[1]
+
+
+def test_pursuit_in_stale_work_arrays_equals_the_pursuit():
+    rng = np.random.default_rng(4)
+    t = _random_templates(rng)
+    x = rng.standard_normal((400, t.n_channels)).astype(np.float32)
+    for s, k in ((40, 0), (43, 1), (200, 2), (203, 0), (330, 1)):
+        x[s:s + t.n_samples] += 4.0 * t.dense()[k]
+    b = np.empty((t.n_templates, 400 - t.n_samples + 1), dtype=np.float32)
+    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
+    cc = cross_correlations(t.temporal, t.ptr, t.idx, t.spatial, t.spatial_dense(True),
+                            t.nbr_ptr, t.nbr_idx)
+    args = (t.norm2, np.full(t.n_templates, 1.0, dtype=np.float32), np.float32(3.0),
+            np.float32(0.5), np.float32(5.0), np.full(3, 0.3, np.float32),
+            np.full(3, 6.0, np.float32), 5, t.nbr_ptr, t.nbr_idx, cc, 10)
+    expected = pursue(b.copy(), *args)
+    assert len(expected[0]) >= 5
+    k, m = b.shape
+    work = (np.full((k, m), np.nan, np.float32), np.ones((k, m), np.uint8),
+            np.full((m // 2 + 1, 2), -7), np.ones(m, np.uint8))
+    for _ in range(2):  # the second time in the arrays the first left
+        got = pursue_in(b.copy(), *args, *work)
+        for a, e in zip(got, expected):
+            np.testing.assert_array_equal(a, e)
+
+
+def test_templates_a_refinement_left_alone_are_kept_as_they_were():
+    from phy_core.bunch import Bunch
+    from phy_tmatch.runner import _keep_unchanged, _make_templates, _options
+
+    rng = np.random.default_rng(5)
+    o = _options({})
+    n_t, n_channels = 20, 8
+    tt = np.arange(n_t)
+    means = np.zeros((3, n_t, n_channels))
+    for k in range(3):
+        shape = -np.exp(-0.5 * ((tt - 8 - k) / 2.0) ** 2) + 0.3 * np.sin(tt / (2.0 + k))
+        means[k, :, 2 * k:2 * k + 3] = 20.0 * shape[:, None] * (1.0 + rng.random(3))
+    noise = np.ones(n_channels)
+    old = _make_templates(means, np.full(3, 200), np.array([5, 6, 7]), noise, None, None, o)
+    # The refinement gives back templates 5 and 7 as they were (their own waveforms, other
+    # counts), changes 6 and adds 9.
+    dense = old.dense().astype(np.float64)
+    changed = dense[1] * 1.2
+    refined = Bunch(means=np.stack([dense[0], changed, dense[2], means[0][::-1]]),
+                    n_spikes=np.array([50, 60, 70, 80]), cluster_ids=np.array([5, 6, 7, 9]))
+    new = _make_templates(refined.means, refined.n_spikes, refined.cluster_ids, noise, None,
+                          None, o)
+    kept = _keep_unchanged(old, refined, new)
+    np.testing.assert_array_equal(kept.cluster_ids, [5, 6, 7, 9])
+    np.testing.assert_array_equal(kept.n_spikes, [50, 60, 70, 80])
+    old_d, new_d, kept_d = old.digests(), new.digests(), kept.digests()
+    assert kept_d == [old_d[0], new_d[1], old_d[2], new_d[3]]
+    np.testing.assert_allclose(kept.dense(), new.dense(), atol=1e-4 * np.abs(dense).max())
+
+
+def test_the_noise_of_known_templates_is_not_measured_again(recording, ground_truth):
+    from phy_core.progress import ProgressReporter
+    from phy_detect.filtering import Filter
+    from phy_tmatch.runner import _options, _projection_noise
+
+    rng = np.random.default_rng(6)
+    rate = float(ground_truth["sample_rate"])
+    n_samples = int(DURATION_S * rate)
+    t = _random_templates(rng, n_templates=4, n_t=30, n_channels=32)
+    o = _options(dict(n_noise_excerpts=2, noise_excerpt_s=0.5))
+    filter_ = Filter(rate, 500.0, 0.475 * rate, precision="float32")
+    executor = SerialExecutor()
+
+    def noise(templates, known):
+        return _projection_noise(str(recording / "rec.prm"), np.arange(32), filter_, 10, 30,
+                                 templates, "token", executor, ProgressReporter(), n_samples,
+                                 rate, o, known=known)
+
+    known = {}
+    sigma, cpu_s = noise(t, known)
+    assert len(known) == 4 and cpu_s > 0 and np.all(sigma > 0)
+    # Measured again for one new template only, the others' values as before.
+    sub = t.subset([3, 1])
+    fresh = _random_templates(np.random.default_rng(7), n_templates=1, n_t=30, n_channels=32)
+    from phy_tmatch.templates import gather_templates
+
+    mixed = gather_templates([(sub, 0), (fresh, 0), (sub, 1)], 32, t.rank, 30)
+    sigma_mixed, cpu_mixed = noise(mixed, known)
+    assert len(known) == 5 and cpu_mixed > 0
+    assert sigma_mixed[0] == sigma[3] and sigma_mixed[2] == sigma[1]
+    # The new template's value is the one a whole measurement gives.
+    assert sigma_mixed[1] == noise(fresh, {})[0][0]
+    sigma_again, cpu_again = noise(mixed, known)
+    np.testing.assert_array_equal(sigma_again, sigma_mixed)
+    assert cpu_again == 0
+
+
 # -- on a synthetic recording with ground truth -----------------------------------------------
 
 
@@ -215,8 +345,11 @@ def test_stale_scratch_arrays_do_not_change_the_result(matched, recording, groun
 
     # Larger than any array of this recording, and NaN: a value read before being written
     # would show in the spikes.
-    for name in ("chunk", "xt", "b"):
+    for name in ("chunk", "xt", "b", "score"):
         worker.scratch(name, (4_000_000,)).fill(np.nan)
+    for name in ("blocked", "marks_search"):  # the pursuit's work arrays
+        worker.scratch(name, (4_000_000,), np.uint8).fill(1)
+    worker.scratch("search", (4_000_000,), np.int64).fill(-7)
     out = _match(recording, ground_truth, tmp_path / "stale")
     for name in ("spike_times.npy", "spike_templates.npy", "amplitudes.npy"):
         np.testing.assert_array_equal(np.load(out / name), np.load(matched / name))
