@@ -425,7 +425,8 @@ def _chunk_key(chunk: Chunk) -> tuple[int, int, int, int]:
 
 
 def _main_pass(executor, setup: GroupSetup, chunks: list[Chunk], detections: dict,
-               n_channels: int, n_pcs: int, writer, with_features: bool = True):
+               n_channels: int, n_pcs: int, writer, with_features: bool = True,
+               traces=None):
     """Run the pass over `chunks`: their ``.kwx`` rows appended to `writer`, in order.
 
     Yields each chunk's spike samples once its rows are written. A chunk that
@@ -433,9 +434,13 @@ def _main_pass(executor, setup: GroupSetup, chunks: list[Chunk], detections: dic
     found then; its job only computes their features (`features_at_times`):
     no thresholds, flood fill or masks twice. With local workers the rows come
     through shared memory (`shared_rows`), else inline. Without
-    `with_features` (no PCA fitted) the features are zeros.
+    `with_features` (no PCA fitted) the features are zeros. With the recording
+    (`traces`), the kernel reads it ahead of the jobs (`readahead`).
     """
+    from .readahead import ReadAhead
+
     row_bytes = n_channels * n_pcs * 2 * 4
+    readahead = ReadAhead(traces, chunks)
     slots = _row_slots(executor, chunks, detections, row_bytes) if with_features else None
     features_setup = replace(setup, task="features")
     parts = [detections.get(_chunk_key(chunk)) for chunk in chunks]
@@ -443,6 +448,7 @@ def _main_pass(executor, setup: GroupSetup, chunks: list[Chunk], detections: dic
     def jobs():  # lazily: a slot is taken when its job is submitted
         for j, (chunk, part) in enumerate(zip(chunks, parts, strict=True)):
             slot = slots.take(j) if slots is not None else None
+            readahead.submitted(j)
             if part is None:
                 yield setup, chunk, slot
                 continue
@@ -477,8 +483,10 @@ def _main_pass(executor, setup: GroupSetup, chunks: list[Chunk], detections: dic
                     features = result.features if with_features \
                         else np.zeros((n, n_channels * n_pcs), np.float32)
                     writer.append(_kwx_rows(features, masks, n_channels, n_pcs))
+            readahead.done(j)
             yield samples
     finally:
+        readahead.close()
         if slots is not None:
             slots.close()
 
@@ -591,7 +599,8 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
     writer = creator.kwx_row_writer(n_features)
     try:
         for chunk_samples in _main_pass(executor, setup, chunks, detections, n_channels,
-                                        n_pcs, writer, with_features=n_fit > 0):
+                                        n_pcs, writer, with_features=n_fit > 0,
+                                        traces=traces):
             samples.append(chunk_samples)
             reporter.increment()
     finally:
