@@ -538,7 +538,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                              o.refine_parameters, covariance=covariance)
             next_id = int(max(next_id, np.max(refined.cluster_ids, initial=0) + 1))
             refinements.append({key: int(refined[key]) for key in
-                                ("n_split", "n_new", "n_merged", "n_dropped")}
+                                ("n_split", "n_new", "n_merged", "n_dropped", "n_rescaled")}
                                | dict(n_templates=len(refined.cluster_ids)))
             if refined.changed and len(refined.cluster_ids):
                 templates = _keep_unchanged(

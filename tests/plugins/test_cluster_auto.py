@@ -157,7 +157,8 @@ def test_interrupted_run_resumes_to_the_same_result(kwik, reference, sig):
          "--checkpoint-every", "0"], capture_output=True, text=True,
         env=dict(os.environ, SIGNAL=str(int(sig))), timeout=120)
     # Ctrl+C: phy's exit code for an interruption; a kill: killed by the signal.
-    assert proc.returncode == (130 if sig == signal.SIGINT else -sig), proc.stderr
+    assert proc.returncode == (130 if sig == signal.SIGINT else -sig), \
+        f"exit code {proc.returncode}: {proc.stderr}"
     with KwikModel(kwik) as model:
         identity = input_identity(model, kwik_parameters(model))
     state = load_checkpoint(ckpt, identity)

@@ -23,12 +23,14 @@ from phy_tmatch.refine import (
     _beyond_scale_and_shift,
     _bisect,
     _compare_snippets,
+    _mean_amplitude,
     _refractory_conflict,
+    refine,
     split_units,
 )
 from phy_tmatch.residual import local_channels, pooling_weights, residual_troughs
 from phy_tmatch.runner import match_spikes
-from phy_tmatch.templates import TemplateMatchingError
+from phy_tmatch.templates import TemplateMatchingError, build_templates
 
 # Seed 1, 8 s on linear32: units 2 (channel 9, SNR 5.0) and 4 (channel 12, SNR 7.1)
 # are neighbours; unit 6 (channel 25, SNR 14.8) has 39 spikes.
@@ -224,3 +226,68 @@ def test_clear_errors_for_refinement_options(recording, truth, tmp_path):
     with pytest.raises(TemplateMatchingError, match="refine_rounds"):
         match_spikes(recording / "rec.prm", s, c, tmp_path / "b", executor=SerialExecutor(),
                      refine_rounds=-1)
+
+
+# -- Rescaling a template to its spikes' amplitude ------------------------------------------
+
+N_T, N_CHANNELS, HOME = 40, 16, 8
+
+
+def _spike(shift: float = 0.0) -> np.ndarray:
+    """A unit's waveform ``(N_T, N_CHANNELS)`` in noise units, delayed by `shift` samples."""
+    t = np.arange(N_T)[:, None] - 15.0 - shift
+    shape = -np.exp(-0.5 * (t / 2.0) ** 2) + 0.4 * np.exp(-0.5 * ((t - 6.0) / 4.0) ** 2)
+    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - HOME) / 2.0) ** 2)
+    return 8.0 * shape * footprint[None, :]
+
+
+def _spikes(rng, n: int, amplitude: float) -> np.ndarray:
+    """`n` spikes of amplitudes ``amplitude * (1 +- 10 %)``, misaligned by up to half a
+    sample, in white noise of unit variance: ``(n, N_T, N_CHANNELS)``."""
+    shifts = rng.uniform(-0.5, 0.5, n)
+    amplitudes = amplitude * (1.0 + 0.1 * rng.standard_normal(n))
+    return np.stack([a * _spike(d) for a, d in zip(amplitudes, shifts)]) + \
+        rng.standard_normal((n, N_T, N_CHANNELS))
+
+
+def test_mean_amplitude_is_the_spikes_amplitude_whatever_their_alignment():
+    rng = np.random.default_rng(3)
+    template = _spike().reshape(-1)
+    slope = np.gradient(_spike(), axis=0).reshape(-1)
+    x = _spikes(rng, 400, 0.6).reshape(400, -1)
+    mean, error = _mean_amplitude(x, template, slope)
+    assert abs(mean - 0.6) < 3 * error and error < 0.01
+    assert abs(_mean_amplitude(x[:40], template, slope)[0] - 0.6) < 0.05
+
+
+def _refine_one(template_scale: float, rng) -> tuple:
+    """Refine one template, `template_scale` times the unit's mean waveform, from 80 of the
+    unit's spikes (white noise, independent channels)."""
+    positions = np.c_[np.zeros(N_CHANNELS), 20.0 * np.arange(N_CHANNELS)]
+    templates = build_templates((template_scale * _spike())[None], np.array([80]),
+                                np.array([7]), np.ones(N_CHANNELS))
+    local = local_channels(positions, N_CHANNELS)
+    snippets = _spikes(rng, 80, 1.0)[:, :, local[HOME]]
+    events = dict(samples=np.arange(80) * 3000, labels=np.zeros(80, np.int64),
+                  homes=np.full(80, HOME), snippets=snippets.astype(np.float32))
+    from phy_core.bunch import Bunch
+
+    out = refine(templates, Bunch(events), np.array([80]), np.ones(N_CHANNELS), local,
+                 positions, 80 * 3000, 30000.0, next_id=8)
+    return out, templates
+
+
+def test_a_template_larger_than_its_spikes_is_rescaled_to_their_mean():
+    rng = np.random.default_rng(4)
+    # A weak unit's cluster holds the spikes that crossed the detection threshold: its
+    # mean is too large.
+    out, templates = _refine_one(1.2, rng)
+    assert out.changed and out.n_rescaled == 1 and out.n_split == 0
+    assert out.cluster_ids.tolist() == [7]  # the same cluster, rescaled
+    ratio = np.linalg.norm(out.means[0]) / np.linalg.norm(_spike())
+    assert 0.95 < ratio < 1.05
+    # A template that is its spikes' mean is left alone, and so is one whose spikes are
+    # beyond `rescale_max_change` from it.
+    for scale in (1.0, 1.6):
+        out, _ = _refine_one(scale, rng)
+        assert not out.changed and out.n_rescaled == 0
