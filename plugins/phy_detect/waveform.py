@@ -145,20 +145,26 @@ def _times_kernel(points, offsets, data_t, weak, strong, power, fraction, times)
 
 
 @njit(cache=True)
+def _component_mask(points, offsets, i, data_t, weak, strong, mask):
+    """Component `i`'s mask, into `mask` (zeros): each channel's normalised peak."""
+    for p in range(offsets[i], offsets[i + 1]):
+        s = points[p, 0]
+        c = points[p, 1]
+        x = (data_t[s, c] - weak[c]) / (strong[c] - weak[c])
+        # The mask is the normalised peak (the clip is monotonic).
+        x = min(max(x, 0.0), 1.0)
+        if x > mask[c]:
+            mask[c] = x
+
+
+@njit(cache=True)
 def _masks_waveforms_kernel(points, offsets, rows, times, data, data_t, weak, strong,
                             before, after, masks, waveforms):
     """Masks and aligned waveforms of the components `rows` (into row r of the outputs)."""
     n_out = before + after
     for r in range(rows.shape[0]):
         i = rows[r]
-        for p in range(offsets[i], offsets[i + 1]):
-            s = points[p, 0]
-            c = points[p, 1]
-            x = (data_t[s, c] - weak[c]) / (strong[c] - weak[c])
-            # The mask is the normalised peak (the clip is monotonic).
-            x = min(max(x, 0.0), 1.0)
-            if x > masks[r, c]:
-                masks[r, c] = x
+        _component_mask(points, offsets, i, data_t, weak, strong, masks[r])
         t = times[i]
         s0 = int(np.floor(t))
         _align_kernel(data[s0 - before - 1:s0 + after + 2], t - s0, n_out, waveforms[r])
@@ -168,14 +174,7 @@ def _masks_waveforms_kernel(points, offsets, rows, times, data, data_t, weak, st
 def _masks_kernel(points, offsets, rows, data_t, weak, strong, masks):
     """The masks of `_masks_waveforms_kernel` alone."""
     for r in range(rows.shape[0]):
-        i = rows[r]
-        for p in range(offsets[i], offsets[i + 1]):
-            s = points[p, 0]
-            c = points[p, 1]
-            x = (data_t[s, c] - weak[c]) / (strong[c] - weak[c])
-            x = min(max(x, 0.0), 1.0)
-            if x > masks[r, c]:
-                masks[r, c] = x
+        _component_mask(points, offsets, rows[r], data_t, weak, strong, masks[r])
 
 
 # -- helpers ---------------------------------------------------------------------
