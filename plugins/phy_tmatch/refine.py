@@ -61,6 +61,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from phy_core.bunch import Bunch
 
@@ -131,25 +132,102 @@ def _fit_gaussian(y: np.ndarray, weights: np.ndarray, reg: float):
 
 def _two_gaussians(y: np.ndarray, labels: np.ndarray, reg: float,
                    n_iter: int = 60) -> tuple[np.ndarray, float]:
-    """EM of a two-component Gaussian mixture from hard `labels`; (labels, log-likelihood)."""
-    resp = np.stack([labels == 0, labels == 1], axis=1).astype(np.float64)
+    """EM of a two-component Gaussian mixture from hard `labels`; (labels, log-likelihood).
+
+    The iterations run in `_two_gaussians_em` (compiled: in numpy, the calls on
+    ``(n, 3)`` arrays cost more than their arithmetic, half of the refinement).
+    """
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    out, ll, ok = _two_gaussians_em(y, np.asarray(labels, dtype=np.int64), float(reg),
+                                    int(n_iter))
+    if not ok:
+        raise np.linalg.LinAlgError("Refinement: a mixture covariance is not positive definite")
+    if ll == -np.inf:
+        return labels, ll
+    return out, ll
+
+
+@njit(cache=True)
+def _two_gaussians_em(y, labels, reg, n_iter):  # pragma: no cover - compiled
+    """The EM of `_two_gaussians`: (labels, log-likelihood or -inf, covariances were PD).
+
+    Each step as the numpy formulas `_fit_gaussian` and `_gaussian_loglik`
+    (weighted mean and covariance plus ``reg I``, Cholesky factor, forward
+    substitution), equal to them up to rounding.
+    """
+    n, d = y.shape
+    resp = np.zeros((n, 2))
+    for i in range(n):
+        resp[i, labels[i]] = 1.0
+    logp = np.empty((n, 2))
+    total = np.empty(n)
+    mean = np.empty(d)
+    cov = np.empty((d, d))
+    chol = np.empty((d, d))
+    z = np.empty(d)
+    log_2pi = 0.5 * d * np.log(2 * np.pi)
     ll = -np.inf
     for _ in range(n_iter):
-        logp = np.empty_like(resp)
         for j in range(2):
-            if resp[:, j].sum() < y.shape[1] + 1:
-                return labels, -np.inf
-            mean, cov = _fit_gaussian(y, resp[:, j], reg)
-            logp[:, j] = np.log(resp[:, j].mean()) + _gaussian_loglik(y, mean, cov)
-        top = logp.max(axis=1, keepdims=True)
-        total = top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))
-        new_ll = float(total.sum())
-        resp = np.exp(logp - total[:, None])
+            wsum = 0.0
+            for i in range(n):
+                wsum += resp[i, j]
+            if wsum < d + 1:
+                return labels, -np.inf, True
+            scale = 1.0 / max(wsum, 1e-12)
+            for a in range(d):
+                acc = 0.0
+                for i in range(n):
+                    acc += resp[i, j] * scale * y[i, a]
+                mean[a] = acc
+            for a in range(d):
+                for b in range(a + 1):
+                    acc = 0.0
+                    for i in range(n):
+                        acc += (y[i, a] - mean[a]) * resp[i, j] * scale * (y[i, b] - mean[b])
+                    cov[a, b] = acc
+                    cov[b, a] = acc
+                cov[a, a] += reg
+            # Cholesky factor (lower).
+            for a in range(d):
+                for b in range(a + 1):
+                    acc = cov[a, b]
+                    for c in range(b):
+                        acc -= chol[a, c] * chol[b, c]
+                    if a == b:
+                        if acc <= 0.0:
+                            return labels, -np.inf, False
+                        chol[a, a] = np.sqrt(acc)
+                    else:
+                        chol[a, b] = acc / chol[b, b]
+            log_det = 0.0
+            for a in range(d):
+                log_det += np.log(chol[a, a])
+            log_weight = np.log(wsum / n)
+            for i in range(n):
+                sq = 0.0
+                for a in range(d):
+                    acc = y[i, a] - mean[a]
+                    for c in range(a):
+                        acc -= chol[a, c] * z[c]
+                    z[a] = acc / chol[a, a]
+                    sq += z[a] * z[a]
+                logp[i, j] = log_weight - 0.5 * sq - log_det - log_2pi
+        new_ll = 0.0
+        for i in range(n):
+            top = max(logp[i, 0], logp[i, 1])
+            total[i] = top + np.log(np.exp(logp[i, 0] - top) + np.exp(logp[i, 1] - top))
+            new_ll += total[i]
+            resp[i, 0] = np.exp(logp[i, 0] - total[i])
+            resp[i, 1] = np.exp(logp[i, 1] - total[i])
         if new_ll - ll < 1e-6 * abs(new_ll):
             ll = new_ll
             break
         ll = new_ll
-    return resp.argmax(axis=1), ll
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = 1 if resp[i, 1] > resp[i, 0] else 0
+    return out, ll, True
 
 
 def _beyond_scale_and_shift(m_a: np.ndarray, m_b: np.ndarray, n_t: int, dims: np.ndarray,
@@ -320,14 +398,16 @@ class SnippetWhitener:
             if len(snippets) < 2:
                 continue
             y = (snippets - snippets.mean(axis=0)) @ self.spatial(home).T  # (m, n_t, L)
-            acc += np.einsum("mtl,msl->ts", y, y)
+            # sum over m, l of y[m, t, l] y[m, s, l], as one BLAS product (einsum's own
+            # loops took a third of the refinement).
             n += y.shape[0] * y.shape[2]
+            y = np.ascontiguousarray(y.transpose(1, 0, 2)).reshape(n_t, -1)
+            acc += y @ y.T
         self.temporal = _inverse_sqrt(acc / n) if n else np.eye(n_t)
 
     def __call__(self, snippets: np.ndarray, home: int) -> np.ndarray:
         y = snippets @ self.spatial(home).T
-        y = np.einsum("ts,msl->mtl", self.temporal, y)
-        return y.reshape(len(snippets), -1)
+        return (self.temporal @ y).reshape(len(snippets), -1)
 
     def on_channels(self, snippets: np.ndarray, chans: np.ndarray) -> np.ndarray:
         """Snippets ``(n, n_t, len(chans))`` on the channels `chans`, whitened, same shape."""
@@ -338,7 +418,7 @@ class SnippetWhitener:
             else:
                 self._spatial[key] = _inverse_sqrt(self.covariance[np.ix_(chans, chans)])
         y = snippets @ self._spatial[key].T
-        return np.einsum("ts,msl->mtl", self.temporal, y)
+        return self.temporal @ y  # (n_t, n_t) @ (n, n_t, L): the temporal whitening
 
 
 # -- Merging ----------------------------------------------------------------------------------

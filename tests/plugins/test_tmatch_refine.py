@@ -25,6 +25,7 @@ from phy_tmatch.refine import (
     _compare_snippets,
     _mean_amplitude,
     _refractory_conflict,
+    _two_gaussians,
     refine,
     split_units,
 )
@@ -124,6 +125,74 @@ def test_bisection_splits_two_gaussians_and_not_one():
     assert abs(int(labels[:80].sum()) - int(labels[80:].sum())) >= 80 - 2
     small = np.concatenate([one[:110], rng.standard_normal((p.min_spikes - 1, dim)) + other])
     assert _bisect(small, p) is None  # a part smaller than min_spikes is not a unit
+
+
+def _numpy_em(y, labels, reg, n_iter=60):
+    """A two-Gaussian mixture's EM in plain numpy (scipy-free), the reference of the kernel."""
+    resp = np.stack([labels == 0, labels == 1], axis=1).astype(np.float64)
+    ll = -np.inf
+    for _ in range(n_iter):
+        logp = np.empty_like(resp)
+        for j in range(2):
+            w = resp[:, j] / resp[:, j].sum()
+            mean = w @ y
+            cov = (y - mean).T @ ((y - mean) * w[:, None]) + reg * np.eye(y.shape[1])
+            sign, log_det = np.linalg.slogdet(cov)
+            maha = np.einsum("nd,de,ne->n", y - mean, np.linalg.inv(cov), y - mean)
+            logp[:, j] = (np.log(resp[:, j].mean()) - 0.5 * maha - 0.5 * log_det
+                          - 0.5 * y.shape[1] * np.log(2 * np.pi))
+        total = np.logaddexp(logp[:, 0], logp[:, 1])
+        new_ll = float(total.sum())
+        resp = np.exp(logp - total[:, None])
+        done = new_ll - ll < 1e-6 * abs(new_ll)
+        ll = new_ll
+        if done:
+            break
+    return resp.argmax(axis=1), ll
+
+
+def test_compiled_mixture_em_is_the_numpy_em():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((70, 3)) @ np.array([[1.0, 0.3, 0], [0, 0.8, 0.2], [0, 0, 0.5]])
+    y = np.concatenate([a, rng.standard_normal((40, 3)) * 0.7 + [2.5, -1.0, 0.5]])
+    start = (y[:, 1] > np.median(y[:, 1])).astype(np.int64)  # a poor start
+    labels, ll = _two_gaussians(y, start, 1e-3)
+    ref_labels, ref_ll = _numpy_em(y, start, 1e-3)
+    assert np.array_equal(labels, ref_labels)
+    assert ll == pytest.approx(ref_ll, rel=1e-9)
+    assert min(np.bincount(labels)) >= 35  # and it found the two clusters
+    # Too few points for a component's covariance: the start comes back, with -inf.
+    few = np.zeros(len(y), dtype=np.int64)
+    few[:3] = 1
+    labels, ll = _two_gaussians(y, few, 1e-3)
+    assert ll == -np.inf and labels is few
+
+
+def test_snippet_whitening_is_the_separable_whitening():
+    rng = np.random.default_rng(4)
+    n_t, n_channels, n_local = 9, 6, 4
+    mixing = rng.standard_normal((n_channels, n_channels))
+    covariance = mixing @ mixing.T + np.eye(n_channels)
+    sigma = np.sqrt(np.diag(covariance))
+    local = local_channels(np.c_[np.zeros(n_channels), 20.0 * np.arange(n_channels)], n_local)
+    whitener = SnippetWhitener(covariance, sigma, local)
+    groups = [(rng.standard_normal((30, n_t, n_local)), 2), (rng.standard_normal((1, n_t,
+                                                                                   n_local)), 3)]
+    whitener.fit_temporal(groups)
+    # The temporal covariance, from its definition, sum over spikes and channels.
+    x, home = groups[0]
+    y = np.stack([(s - x.mean(axis=0)) @ whitener.spatial(home).T for s in x])
+    s_t = sum(y[m] @ y[m].T for m in range(len(y))) / (len(y) * n_local)
+    assert np.allclose(np.linalg.inv(whitener.temporal @ whitener.temporal), s_t, rtol=1e-6)
+    # A snippet whitened is (W_t (x) W_c) vec(x), row-major.
+    out = whitener(x[:5], home)
+    kron = np.kron(whitener.temporal, whitener.spatial(home))
+    assert np.allclose(out, x[:5].reshape(5, -1) @ kron.T, rtol=1e-10, atol=1e-12)
+    chans = local[home][[0, 2, 3]]
+    out = whitener.on_channels(x[:5][:, :, [0, 2, 3]], chans)
+    kron = np.kron(whitener.temporal, whitener._spatial[tuple(int(c) for c in chans)])
+    assert np.allclose(out.reshape(5, -1), x[:5][:, :, [0, 2, 3]].reshape(5, -1) @ kron.T,
+                       rtol=1e-10, atol=1e-12)
 
 
 def test_snippet_comparison_joins_a_weak_units_residual_events_but_not_another_unit():
