@@ -56,6 +56,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -331,9 +332,10 @@ def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
     without sending every value to this process (at 1024 channels, 256 MB
     pickled, then a median over 2**26 values here): each excerpt first
     reports its lower and upper middle values (`threshold.median_bracket`),
-    then, filtered again, only how many of its values fall below the merged
-    bracket and those inside it (`threshold.values_in_bracket`); the exact
-    medians follow (`threshold.medians_from_parts`).
+    then only how many of its values fall below the merged bracket and those
+    inside it (`threshold.values_in_bracket`), from the filtered excerpt its
+    worker kept (filtered again only if no worker kept it); the exact medians
+    follow (`threshold.medians_from_parts`).
     """
     from .threshold import _MAD_TO_STD, _std_factors, medians_from_parts, merge_brackets
 
@@ -344,14 +346,28 @@ def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
     chunks = [Chunk(i, a, b, a, b) for i, (a, b) in enumerate(ranges)]
     # A few excerpts per job (small jobs: fewer round trips), each job's in a list.
     batches = [chunks[i::THRESHOLD_JOBS] for i in range(min(THRESHOLD_JOBS, len(chunks)))]
-    setup = replace(setup, task="threshold", single_threshold=single)
+    # The run's name lets a worker keep the excerpts it filtered for the second round.
+    setup = replace(setup, task="threshold", single_threshold=single,
+                    threshold_run=uuid.uuid4().hex)
     bracket = merge_brackets(part for results in executor.imap(
         run_job, [(setup, *batch) for batch in batches]) for part in results)
-    setup = replace(setup, task="threshold_values", threshold_bracket=bracket)
-    parts = (part for results in executor.imap(run_job, [(setup, *batch) for batch in batches])
-             for part in results)
+    # Second round: each worker reports the excerpts it kept (each once, whichever job it
+    # runs), then the excerpts no worker had (a worker that ran no such job, or a full
+    # cache) are filtered again. The parts' order does not change the medians.
+    setup = replace(setup, task="threshold_kept", threshold_bracket=bracket)
+    parts = {}
+    for results in executor.imap(run_job, [(setup,)] * len(batches)):
+        parts.update(results)
+    missing = [c for c in chunks if (c.keep_start, c.keep_stop) not in parts]
+    if missing:
+        setup = replace(setup, task="threshold_values")
+        batches = [missing[i::THRESHOLD_JOBS] for i in range(min(THRESHOLD_JOBS, len(missing)))]
+        for batch, results in zip(batches, executor.imap(
+                run_job, [(setup, *batch) for batch in batches]), strict=True):
+            parts.update(((c.keep_start, c.keep_stop), part)
+                         for c, part in zip(batch, results, strict=True))
     n_values = sum(b - a for a, b in ranges) * (len(setup.channels) if single else 1)
-    median = medians_from_parts(n_values, parts)
+    median = medians_from_parts(n_values, (parts[a, b] for a, b in ranges))
     factors = _std_factors((float(sd["threshold_weak_std_factor"]),
                             float(sd["threshold_strong_std_factor"])))
     if single:

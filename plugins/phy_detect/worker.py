@@ -29,7 +29,8 @@ class GroupSetup:
     for the PCA fit), ``'features'`` (`features_at_times`: the features of spikes
     found by a ``'pca'`` job), ``'threshold'`` (the `median_bracket` of an excerpt's
     |filtered| values) or ``'threshold_values'`` (its `values_in_bracket` for
-    `threshold_bracket`). `single_threshold`: one median over all channels.
+    `threshold_bracket`; ``'threshold_kept'``: for the excerpts this process kept from the
+    first round). `single_threshold`: one median over all channels.
     """
 
     prm_path: str
@@ -42,6 +43,9 @@ class GroupSetup:
     task: str = "detect"
     single_threshold: bool = True
     threshold_bracket: np.ndarray | None = None  # (2, rows), for 'threshold_values'
+    #: Names one `compute_thresholds` call: its workers keep the excerpts they filtered in
+    #: the first round under it, for the second (`threshold_job`). Empty: keep nothing.
+    threshold_run: str = ""
 
 
 #: Tuning arguments a stage factory receives only if its signature names them (or takes
@@ -512,29 +516,112 @@ def _accepts_out(filter_) -> bool:
     return isinstance(filter_, Filter)
 
 
+#: Bound on the filtered threshold excerpts a process keeps between the two rounds: the
+#: runner's excerpts hold at most 2**26 float32 values in all (`THRESHOLD_MAX_VALUES`).
+EXCERPT_CACHE_BYTES = 2**28
+
+
+class _ExcerptCache:
+    """The filtered threshold excerpts this process kept from the first round.
+
+    Keyed by ``(threshold_run, keep_start, keep_stop)``. An excerpt is taken
+    out when its second round uses it; the second round of an excerpt may run
+    in another process (the pool picks the worker), which then filters it
+    again, so entries left behind are dropped when another run starts, by any
+    job of another task, or by `clear_buffers`. Thread-safe (Dask threads).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: dict[tuple[str, int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(a.nbytes for a in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: tuple[str, int, int], filtered: np.ndarray) -> None:
+        """Keep `filtered` under `key` (a copy if it views a larger array), within the
+        bound; the entries of other runs are dropped first."""
+        with self._lock:
+            for other in [k for k in self._entries if k[0] != key[0]]:
+                del self._entries[other]
+            used = sum(a.nbytes for a in self._entries.values())
+            if used + filtered.nbytes > self.max_bytes:
+                return
+            if filtered.base is not None:
+                filtered = filtered.copy()  # do not hold the margins' array
+            self._entries[key] = filtered
+
+    def take(self, key: tuple[str, int, int]) -> np.ndarray | None:
+        with self._lock:
+            return self._entries.pop(key, None)
+
+    def take_run(self, run: str) -> list[tuple[tuple[int, int], np.ndarray]]:
+        """All of `run`'s entries, taken out: ``[((keep_start, keep_stop), filtered)]``."""
+        with self._lock:
+            keys = [k for k in self._entries if k[0] == run]
+            return [(k[1:], self._entries.pop(k)) for k in keys]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_EXCERPTS = _ExcerptCache(EXCERPT_CACHE_BYTES)
+
+
 def threshold_job(setup: GroupSetup, chunk: Chunk):
     """An excerpt's part in the exact medians of |filtered| (see `threshold.median_bracket`).
 
     Rows are the channels, or one row of all the values for a single
     threshold. Small results: two values per row, then the few values inside
-    the bracket; the excerpt is filtered again for the second look (cheaper
-    than sending every value, and the same values).
+    the bracket. With a `threshold_run`, the first round keeps the filtered
+    excerpt in this process and the second uses it if it runs here (the same
+    values: the filter is deterministic); otherwise the excerpt is filtered
+    again (still cheaper than sending every value).
     """
     from .threshold import median_bracket, values_in_bracket
 
-    filtered = threshold_excerpt(setup, chunk)
+    key = (setup.threshold_run, chunk.keep_start, chunk.keep_stop)
     if setup.task == "threshold":
+        filtered = threshold_excerpt(setup, chunk)
+        if setup.threshold_run:
+            _EXCERPTS.put(key, filtered)
         return median_bracket(filtered, setup.single_threshold)
+    filtered = _EXCERPTS.take(key) if setup.threshold_run else None
+    if filtered is None:
+        filtered = threshold_excerpt(setup, chunk)
     return values_in_bracket(filtered, setup.single_threshold, setup.threshold_bracket)
+
+
+def kept_threshold_values(setup: GroupSetup) -> list:
+    """The second round for the excerpts this process kept from the first (none is
+    filtered again): ``[((keep_start, keep_stop), values_in_bracket)]``, each excerpt
+    once: they are taken out of the cache."""
+    from .threshold import values_in_bracket
+
+    return [(span, values_in_bracket(filtered, setup.single_threshold, setup.threshold_bracket))
+            for span, filtered in _EXCERPTS.take_run(setup.threshold_run)]
 
 
 def run_job(job: tuple):
     """Run one job: ``(setup, chunk[, slot])``; ``(setup, chunk, spike_times[, pairs,
     slot])`` for the ``'features'`` task (`features_at_times`); ``(setup, *excerpts)``
-    for the threshold tasks (a list of `threshold_job` results)."""
-    setup, chunk, *extra = job
+    for the threshold tasks (a list of `threshold_job` results); ``(setup,)`` for
+    ``'threshold_kept'`` (`kept_threshold_values`)."""
+    setup, *chunks = job
+    if setup.task == "threshold_kept":
+        return kept_threshold_values(setup)
     if setup.task in ("threshold", "threshold_values"):
-        return [threshold_job(setup, c) for c in (chunk, *extra)]
+        return [threshold_job(setup, c) for c in chunks]
+    chunk, *extra = chunks
+    if len(_EXCERPTS):  # the thresholds are done: the excerpts left here are not needed
+        _EXCERPTS.clear()
     if setup.task == "features":
         return features_at_times(setup, chunk, *extra)
     return detect_chunk(setup, chunk, *extra)
@@ -545,6 +632,7 @@ def clear_buffers() -> None:
     from .shared_rows import unmap_all
 
     _BUFFERS.__dict__.clear()
+    _EXCERPTS.clear()
     unmap_all()
 
 

@@ -189,6 +189,90 @@ def test_thresholds_in_the_workers_equal_the_serial_ones(recording, monkeypatch,
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("kept", ["all", "some", "none"])
+def test_threshold_excerpts_are_filtered_once_when_kept(recording, monkeypatch, kept):
+    """The second round uses the excerpts kept from the first; those not kept (a full
+    cache) are filtered again: the thresholds are the same either way."""
+    from phy_detect import runner, worker
+    from phy_detect.threshold import compute_threshold_from_traces
+    from phy_rawdata.model import open_traces
+    from phy_rawdata.prm import read_prm
+
+    traces = open_traces(read_prm(recording / "rec.prm"))
+    f, channels = _filter(), np.arange(32)
+    expected = compute_threshold_from_traces(
+        traces, f, n_excerpts=7, excerpt_size_samples=6000, single_threshold=False,
+        std_factor=(2.0, 4.5), channels=channels)
+    excerpt_bytes = 6000 * 32 * 4
+    max_bytes = {"all": 2**30, "some": 3 * excerpt_bytes, "none": 0}[kept]
+    monkeypatch.setattr(worker._EXCERPTS, "max_bytes", max_bytes)
+    filtered = []
+    real = worker.threshold_excerpt
+    monkeypatch.setattr(worker, "threshold_excerpt",
+                        lambda setup, chunk: filtered.append(chunk.keep_start) or real(setup,
+                                                                                      chunk))
+    setup = runner.GroupSetup(str(recording / "rec.prm"), channels, f, None, None, None, None)
+    sd = dict(n_excerpts=7, excerpt_size_seconds=0.2, use_single_threshold=False,
+              threshold_weak_std_factor=2.0, threshold_strong_std_factor=4.5)
+    got = runner.compute_thresholds(SerialExecutor(), setup, traces.shape[0], sd, 30000.0)
+    np.testing.assert_array_equal(got, expected)
+    n_kept = {"all": 7, "some": 3, "none": 0}[kept]
+    assert len(filtered) == 7 + (7 - n_kept)  # first round, then the excerpts not kept
+    assert len(filtered) == 7 or len(set(filtered[7:])) == 7 - n_kept
+    assert len(worker._EXCERPTS) == 0  # every kept excerpt was taken out
+
+
+def test_thresholds_with_worker_processes_equal_the_serial_ones(recording):
+    from phy_detect import runner
+    from phy_detect.threshold import compute_threshold_from_traces
+    from phy_rawdata.model import open_traces
+    from phy_rawdata.prm import read_prm
+
+    traces = open_traces(read_prm(recording / "rec.prm"))
+    f, channels = _filter(), np.arange(32)
+    sd = dict(n_excerpts=20, excerpt_size_seconds=0.1, use_single_threshold=False,
+              threshold_weak_std_factor=2.0, threshold_strong_std_factor=4.5)
+    expected = compute_threshold_from_traces(
+        traces, f, n_excerpts=20, excerpt_size_samples=3000, single_threshold=False,
+        std_factor=(2.0, 4.5), channels=channels)
+    setup = runner.GroupSetup(str(recording / "rec.prm"), channels, f, None, None, None, None)
+    executor = make_executor("processes", n_workers=2)
+    try:
+        for _ in range(2):  # the second run's workers still hold nothing of the first
+            got = runner.compute_thresholds(executor, setup, traces.shape[0], sd, 30000.0)
+            np.testing.assert_array_equal(got, expected)
+    finally:
+        executor.close()
+
+
+def test_excerpt_cache_is_bounded_and_forgets_other_runs():
+    from phy_detect.worker import _ExcerptCache, clear_buffers
+
+    cache = _ExcerptCache(max_bytes=2 * 800 + 100)  # two of `a`
+    a = np.arange(200, dtype=np.float32).reshape(100, 2)
+    cache.put(("run1", 0, 100), a)
+    margins = np.zeros((300, 2), np.float32)
+    cache.put(("run1", 100, 200), margins[100:200])  # a view: kept as a copy
+    assert len(cache) == 2 and cache.nbytes == 2 * 800
+    cache.put(("run1", 200, 300), a)  # over the bound: not kept
+    assert len(cache) == 2
+    assert cache.take(("run1", 200, 300)) is None
+    kept = cache.take(("run1", 100, 200))
+    assert kept.base is None and np.shares_memory(kept, margins) is False
+    cache.put(("run2", 0, 100), a)  # another run: the first run's entries are dropped
+    assert cache.take(("run1", 0, 100)) is None and len(cache) == 1
+    cache.put(("run2", 100, 200), 2 * a)
+    spans = dict(cache.take_run("run2"))
+    assert sorted(spans) == [(0, 100), (100, 200)] and len(cache) == 0
+    np.testing.assert_array_equal(spans[100, 200], 2 * a)
+    assert cache.take_run("run2") == []
+    from phy_detect import worker
+
+    worker._EXCERPTS.put(("run3", 0, 100), a)
+    clear_buffers()
+    assert len(worker._EXCERPTS) == 0
+
+
 def test_read_float32_and_release_pages(recording):
     from phy_core.arrays import ChannelSubset, ConcatenatedArrays
     from phy_detect.worker import _memmaps, read_float32, release_pages
