@@ -211,23 +211,32 @@ def project_kwx_rows(waveforms, index, pcs, masks, out):
     waveform read once for all `F` PCs (`_project` reads it once per PC), and
     written straight in the ``.kwx`` layout.
     """
-    n_f, n_s, n_c = pcs.shape
+    n_f, n_c = pcs.shape[0], pcs.shape[2]
     acc = np.empty((n_f, n_c), dtype=np.float32)
     for i in range(index.shape[0]):
-        r = index[i]
-        acc[:, :] = 0.0
-        for s in range(n_s):
-            w = waveforms[r, s]
-            for f in range(n_f):
-                p = pcs[f, s]
-                a = acc[f]
-                for c in range(n_c):
-                    a[c] += w[c] * p[c]
-        for c in range(n_c):
-            m = masks[i, c]
-            for f in range(n_f):
-                out[i, c * n_f + f, 0] = acc[f, c]
-                out[i, c * n_f + f, 1] = m
+        _project_row(waveforms[index[i]], pcs, masks[i], acc, out[i])
+
+
+@njit(cache=True)
+def _project_row(w, pcs, mask, acc, row):
+    """One spike's ``.kwx`` row: waveform `w` ``(n_s, n_c)`` on `pcs`, with its `mask`.
+
+    Each sum in float32 in the order of `pca._project`; `acc` is scratch ``(F, n_c)``.
+    """
+    n_f, n_s, n_c = pcs.shape
+    acc[:, :] = 0.0
+    for s in range(n_s):
+        ws = w[s]
+        for f in range(n_f):
+            p = pcs[f, s]
+            a = acc[f]
+            for c in range(n_c):
+                a[c] += ws[c] * p[c]
+    for c in range(n_c):
+        m = mask[c]
+        for f in range(n_f):
+            row[c * n_f + f, 0] = acc[f, c]
+            row[c * n_f + f, 1] = m
 
 
 @njit(cache=True)
@@ -249,16 +258,4 @@ def align_project_kwx_rows(data, times, index, before, after, pcs, masks, out):
         t = times[index[i]]
         s0 = int(np.floor(t))
         _align_kernel(data[s0 - before - 1:s0 + after + 2], t - s0, n_s, w)
-        acc[:, :] = 0.0
-        for s in range(n_s):
-            ws = w[s]
-            for f in range(n_f):
-                p = pcs[f, s]
-                a = acc[f]
-                for c in range(n_c):
-                    a[c] += ws[c] * p[c]
-        for c in range(n_c):
-            m = masks[i, c]
-            for f in range(n_f):
-                out[i, c * n_f + f, 0] = acc[f, c]
-                out[i, c * n_f + f, 1] = m
+        _project_row(w, pcs, masks[i], acc, out[i])

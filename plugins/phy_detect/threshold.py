@@ -518,6 +518,16 @@ _MODES = {"positive": 0, "negative": 1, "both": 2}
 
 
 @njit(cache=True, fastmath=True)
+def _transformed(x, mode):
+    """The mode transform of one value (`_MODES`: as is, negated, absolute)."""
+    if mode == 1:
+        return -x
+    if mode == 2:
+        return abs(x)
+    return x
+
+
+@njit(cache=True, fastmath=True)
 def _crossings_kernel(data, mode, weak, strong, data_t, weak_out, strong_out):
     """`data_t` (the mode transform) and its weak/strong crossings, in one pass.
 
@@ -529,11 +539,7 @@ def _crossings_kernel(data, mode, weak, strong, data_t, weak_out, strong_out):
     for t in range(n):
         row, row_t, w_row, s_row = data[t], data_t[t], weak_out[t], strong_out[t]
         for c in range(nc):
-            x = row[c]
-            if mode == 1:
-                x = -x
-            elif mode == 2:
-                x = abs(x)
+            x = _transformed(row[c], mode)
             row_t[c] = x
             w_row[c] = x > weak[c]
             s_row[c] = x > strong[c]
@@ -557,21 +563,13 @@ def _crossing_bits_kernel(data, mode, weak, strong, data_t, weak_bits, strong_bi
         w_words, s_words = weak_bits[t >> 3], strong_bits[t >> 3]
         if shift == 0:
             for c in range(nc):
-                x = row[c]
-                if mode == 1:
-                    x = -x
-                elif mode == 2:
-                    x = abs(x)
+                x = _transformed(row[c], mode)
                 row_t[c] = x
                 w_words[c] = np.uint8(x > weak[c])
                 s_words[c] = np.uint8(x > strong[c])
         else:
             for c in range(nc):
-                x = row[c]
-                if mode == 1:
-                    x = -x
-                elif mode == 2:
-                    x = abs(x)
+                x = _transformed(row[c], mode)
                 row_t[c] = x
                 w_words[c] |= np.uint8(x > weak[c]) << shift
                 s_words[c] |= np.uint8(x > strong[c]) << shift
