@@ -539,7 +539,10 @@ class _ExcerptCache:
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return sum(a.nbytes for a in self._entries.values())
+            return self._used()
+
+    def _used(self) -> int:
+        return sum(a.nbytes for a in self._entries.values())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -550,8 +553,7 @@ class _ExcerptCache:
         with self._lock:
             for other in [k for k in self._entries if k[0] != key[0]]:
                 del self._entries[other]
-            used = sum(a.nbytes for a in self._entries.values())
-            if used + filtered.nbytes > self.max_bytes:
+            if self._used() + filtered.nbytes > self.max_bytes:
                 return
             if filtered.base is not None:
                 filtered = filtered.copy()  # do not hold the margins' array
