@@ -159,29 +159,12 @@ def _save_template(model, result: GroupLabels, labels: dict, marks: dict[int, st
     write_cluster_tsv(model.path / "cluster_group.tsv", "group", group_values(groups))
 
 
-def _kwik_channel_groups(path: Path) -> list[int]:
-    """The channel groups of a Kwik file, read without opening a `KwikModel` (which
-    reads every channel's attributes: a tenth of a second at 384 channels)."""
-    from phy_kwik.h5 import open_h5
-    from phy_kwik.model import KwikModel
-
-    try:
-        with open_h5(path, "r") as f:
-            groups = sorted(int(c) for c in f.children("/channel_groups") if c.isdigit())
-    except Exception:  # noqa: BLE001 - let the model report what is wrong with the file
-        groups = []
-    if groups:
-        return groups
-    with KwikModel(path) as model:
-        return list(model.channel_groups)
-
-
 def _open(path: Path, channel_group: int | None):
     """``(kind, [models])`` for a Kwik file (one model per channel group) or template dir."""
     if path.suffix == ".kwik":
-        from phy_kwik.model import KwikModel
+        from phy_kwik.model import KwikModel, kwik_channel_groups
 
-        groups = _kwik_channel_groups(path)
+        groups = kwik_channel_groups(path)
         if channel_group is not None:
             if channel_group not in groups:
                 raise AutoLabelError(f"{path}: no channel group {channel_group}; available: "

@@ -126,26 +126,10 @@ def _resume_plan(kwik_path: Path, identity: dict,
 
 
 def _channel_groups(kwik_path: Path) -> list[int]:
-    """The channel groups of a Kwik file, from its HDF5 groups.
+    """The channel groups of a Kwik file (a light read, without a `KwikModel`)."""
+    from phy_kwik.model import kwik_channel_groups
 
-    Without a `KwikModel`: opening one reads every channel's attributes (0.1 s of
-    CPU at 384 channels, seconds of wall-clock time on a loaded machine), and the
-    sort needs only these numbers. The model reads the file when it is not what
-    we expect, to say what is wrong with it.
-    """
-    from phy_kwik.h5 import open_h5
-
-    try:
-        with open_h5(kwik_path, "r") as f:
-            groups = sorted(int(c) for c in f.children("/channel_groups") if c.isdigit())
-    except Exception:  # noqa: BLE001 - the model below reports the problem
-        groups = []
-    if groups:
-        return groups
-    from phy_kwik.model import KwikModel
-
-    with KwikModel(kwik_path) as model:
-        return list(model.channel_groups)
+    return kwik_channel_groups(kwik_path)
 
 
 def _check_channel_group(prm, channel_group: int | None) -> None:
@@ -161,27 +145,10 @@ def _check_channel_group(prm, channel_group: int | None) -> None:
 
 
 def _group_counts(kwik_path: Path, group: int) -> tuple[int, int]:
-    """(spikes, clusters) of the ``main`` clustering of a channel group.
+    """(spikes, clusters) of the ``main`` clustering of a channel group (a light read)."""
+    from phy_kwik.model import clustering_counts
 
-    Read from its spike-cluster dataset (see `_channel_groups` for why not through
-    a `KwikModel`, which is used when the dataset is not there).
-    """
-    import numpy as np
-
-    from phy_kwik.h5 import open_h5
-
-    path = f"/channel_groups/{group}/spikes/clusters/main"
-    try:
-        with open_h5(kwik_path, "r") as f:
-            clusters = f.read(path)[()] if f.exists(path) else None
-    except Exception:  # noqa: BLE001 - the model below reports the problem
-        clusters = None
-    if clusters is not None and clusters.ndim == 1:
-        return int(len(clusters)), int(len(np.unique(clusters)))
-    from phy_kwik.model import KwikModel
-
-    with KwikModel(kwik_path, channel_group=group) as model:
-        return int(model.n_spikes), int(model.n_clusters)
+    return clustering_counts(kwik_path, group)
 
 
 def _recording_duration(prm) -> float:
