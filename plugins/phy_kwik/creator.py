@@ -283,14 +283,15 @@ class KwikCreator:
             raise KwikError("add_spikes: give both features and masks, or neither.")
         self._write_features_masks(group, n_spikes, features, masks, n_channels, n_features)
 
-    def kwx_row_writer(self, n_columns: int) -> KwxRowWriter:
+    def kwx_row_writer(self, n_columns: int, direct: bool = True) -> KwxRowWriter:
         """A writer of features_masks rows straight into the ``.kwx`` (see `kwx_rows`).
 
         Pass it to `add_spikes` as `features_masks` once every row is written;
-        nothing else may write to the ``.kwx`` in between.
+        nothing else may write to the ``.kwx`` in between. `direct`: with direct
+        I/O where the file system takes it (the default).
         """
         self._check_exists()
-        return KwxRowWriter(self.kwx_path, n_columns)
+        return KwxRowWriter(self.kwx_path, n_columns, direct=direct)
 
     def _write_interleaved(self, group, n_spikes, features_masks, n_channels, n_features):
         fm_path = f"/channel_groups/{group:d}/features_masks"

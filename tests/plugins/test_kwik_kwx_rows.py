@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 from phy_kwik import kwx_rows
 from phy_kwik.creator import KwikCreator
 from phy_kwik.errors import KwikError
-from phy_kwik.kwx_rows import ALIGNMENT, _move
+from phy_kwik.kwx_rows import ALIGNMENT, KwxRowWriter, _move
 from phy_kwik.model import KwikModel
 
 N_CHANNELS, N_PCS = 8, 3
@@ -116,3 +119,89 @@ def test_move_is_memmove(tmp_path_factory, size, source, destination):
     expected[destination:destination + size] = data[source:source + size]
     got = np.frombuffer(path.read_bytes(), np.uint8)
     np.testing.assert_array_equal(got[:len(expected)], expected)
+
+
+def _direct_io_works(directory) -> bool:
+    """Whether this file system takes direct writes from aligned memory."""
+    path = directory / "probe-direct"
+    path.write_bytes(b"")
+    fd = kwx_rows._open_direct(path)
+    if fd is None:
+        return False
+    try:
+        kwx_rows._pwrite_all(fd, kwx_rows._aligned_buffer(kwx_rows.BLOCK), 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_channels=st.sampled_from([8, 64, 384, 1024]),
+       sizes=st.lists(st.integers(0, 40), min_size=1, max_size=8),
+       misalign=st.lists(st.sampled_from([0, 0, 4, 512]), min_size=8, max_size=8),
+       direct=st.booleans())
+def test_rows_in_any_pieces_read_back(tmp_path_factory, n_channels, sizes, misalign, direct):
+    # Whatever the pieces (partial blocks carried over, memory not aligned for direct
+    # I/O, direct writes on or off), the file holds exactly the rows appended.
+    directory = tmp_path_factory.mktemp("pieces")
+    n_columns = n_channels * N_PCS
+    rng = np.random.default_rng(sum(sizes))
+    rows = rng.normal(size=(sum(sizes), n_columns, 2)).astype(np.float32)
+    path = directory / "rec.kwx"
+    path.write_bytes(b"\1" * 100)
+    writer = KwxRowWriter(path, n_columns, direct=direct)
+    bounds = np.cumsum([0, *sizes])
+    for (a, b), shift in zip(zip(bounds[:-1], bounds[1:]), misalign):
+        # The piece at an address `shift` bytes past an aligned one.
+        buffer = kwx_rows._aligned_buffer(rows[a:b].nbytes + shift)
+        piece = buffer[shift:]
+        piece[:] = rows[a:b].reshape(-1).view(np.uint8)
+        writer.append(piece.data)  # bytes, as from the runner's shared memory
+    writer.close()
+    data = np.fromfile(path, np.uint8)
+    assert np.all(data[:100] == 1)
+    got = data[writer.start:].view(np.float32).reshape(-1, n_columns, 2)
+    np.testing.assert_array_equal(got, rows)
+    assert writer.n_rows == len(rows)
+    if not direct:
+        assert writer.direct_bytes == 0
+
+
+def test_whole_blocks_go_direct_where_the_file_system_takes_them(tmp_path):
+    if not _direct_io_works(tmp_path):
+        pytest.skip("no direct I/O on this file system")
+    n_columns = 384 * N_PCS  # 9216-byte rows: blocks and rows do not line up
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(1000, n_columns, 2)).astype(np.float32)
+    path = tmp_path / "rec.kwx"
+    path.write_bytes(b"")
+    writer = KwxRowWriter(path, n_columns)
+    for part in np.array_split(rows, 13):
+        piece = kwx_rows._aligned_buffer(part.nbytes)  # as the runner's shared memory is
+        piece[:] = part.reshape(-1).view(np.uint8)
+        writer.append(piece.data)
+    writer.close()
+    # Everything but the last partial block went direct (the carried-over blocks too).
+    assert writer.direct_bytes > rows.nbytes - kwx_rows.BLOCK
+    got = np.fromfile(path, np.uint8)[writer.start:].view(np.float32)
+    np.testing.assert_array_equal(got.reshape(rows.shape), rows)
+
+
+def test_a_file_system_without_direct_io_gets_the_same_bytes(tmp_path):
+    # /dev/shm (tmpfs) refuses O_DIRECT on most kernels; either way the bytes are right.
+    directory = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    path = directory / f"phy-test-{os.getpid()}.kwx"
+    rows = np.random.default_rng(5).normal(size=(300, 64 * N_PCS, 2)).astype(np.float32)
+    try:
+        path.write_bytes(b"")
+        writer = KwxRowWriter(path, 64 * N_PCS)
+        for part in np.array_split(rows, 7):
+            writer.append(part)
+        writer.close()
+        got = np.fromfile(path, np.uint8)[writer.start:].view(np.float32)
+        np.testing.assert_array_equal(got.reshape(rows.shape), rows)
+    finally:
+        path.unlink(missing_ok=True)
