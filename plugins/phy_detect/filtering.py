@@ -299,6 +299,18 @@ class Filter:
         filtfilt(x, y, self._kernel, self.padlen, self.n_threads)
         return y
 
+    def load_range(self, n: int, start: int, end: int,
+                   margin: int | None = None) -> tuple[int, int]:
+        """The samples ``(a, b)`` `filter_chunk` reads to filter ``start:end`` of `n`."""
+        if not 0 <= start < end <= n:
+            raise FilterError(f"Filter: bad chunk {start}:{end} of a recording of {n} samples.")
+        m = self.margin_samples if margin is None else int(margin)
+        a, b = max(0, start - m), min(n, end + m)
+        # A chunk shorter than the padding cannot be filtered on its own: widen it.
+        while b - a <= self.padlen and (a > 0 or b < n):
+            a, b = max(0, a - self.padlen), min(n, b + self.padlen)
+        return a, b
+
     def filter_chunk(
         self, traces, start: int, end: int, margin: int | None = None, channels=None
     ) -> np.ndarray:
@@ -309,14 +321,7 @@ class Filter:
         and keeping ``start:end``, to float32 precision. `channels`, if
         given, selects columns before filtering.
         """
-        n = traces.shape[0]
-        if not 0 <= start < end <= n:
-            raise FilterError(f"Filter: bad chunk {start}:{end} of a recording of {n} samples.")
-        m = self.margin_samples if margin is None else int(margin)
-        a, b = max(0, start - m), min(n, end + m)
-        # A chunk shorter than the padding cannot be filtered on its own: widen it.
-        while b - a <= self.padlen and (a > 0 or b < n):
-            a, b = max(0, a - self.padlen), min(n, b + self.padlen)
+        a, b = self.load_range(traces.shape[0], start, end, margin)
         data = np.asarray(traces[a:b])
         if channels is not None:
             data = data[:, channels]
@@ -338,6 +343,10 @@ def warm_up(precision: str = "float64") -> None:
     x = np.zeros((64, 17), dtype=np.float32)  # a whole block of channels and a partial one
     filtfilt(x, x, kernel, padlen=9)
     filtfilt(np.zeros(x.shape, np.int16), x, kernel, padlen=9)  # int16 traces
+    # And read-only ones (a memory-mapped recording): numba types them apart.
+    raw = np.zeros(x.shape, np.int16)
+    raw.flags.writeable = False
+    filtfilt(raw, x, kernel, padlen=9)
 
 
 def _make_filter(**parameters) -> Filter:

@@ -453,7 +453,8 @@ class FloodFillDetector:
         if not np.all(strong > weak):
             raise DetectionError("FloodFillDetector: the strong threshold must be above the "
                                  "weak threshold on every channel.")
-        return np.ascontiguousarray(weak), np.ascontiguousarray(strong)
+        # Copies (writable, whatever the thresholds were): one array type for the kernels.
+        return np.array(weak, order="C"), np.array(strong, order="C")
 
     def detect_flat(
         self, weak_crossings: np.ndarray, strong_crossings: np.ndarray | None = None,

@@ -28,12 +28,29 @@ BUILTIN_STAGES = {
 }
 
 
+#: What `preload` warmed up (`BUILTIN_STAGES`), once it succeeded: a worker forked from
+#: here whose run asks for the same (`worker.warm_up`) has nothing left to load.
+WARMED: dict | None = None
+
+
+def builtin_factories(stages: dict) -> dict:
+    """`stages` (kind -> (name, arguments)) with each name replaced by the factory of the
+    built-in stage of that name: no plugin manager (no entry points read, no plugin
+    imported). KeyError if a name is not a built-in stage."""
+    from . import phy_register_stages
+
+    builtin = {(stage.kind, stage.name): stage.factory for stage in phy_register_stages()}
+    return {kind: (builtin[kind, name], arguments) for kind, (name, arguments) in stages.items()}
+
+
 def preload() -> None:
     """Import the worker's modules and load the built-in stages' kernels (best effort)."""
+    global WARMED
     with contextlib.suppress(Exception):
         from . import worker
 
-        worker._warm_up_stages(BUILTIN_STAGES)
+        worker._warm_up_stages(builtin_factories(BUILTIN_STAGES))
+        WARMED = BUILTIN_STAGES
 
 
 preload()

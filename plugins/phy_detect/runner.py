@@ -36,7 +36,8 @@ The workers start first, in the background (`ProcessExecutor.warm_up`: forked
 from a forkserver that has loaded the modules and numba kernels once, then
 `phy_detect.worker.warm_up` opens the recording), while this process loads
 the plugins and the probe and designs the filter; the Kwik files are created
-in a thread while the workers compute the thresholds. The PCA fit sums the
+in a thread while the workers compute the thresholds, and this process loads
+its own numba kernels (the PCA fit's) in another (`_warm_up_parent`). The PCA fit sums the
 excerpts' pair moments batch by batch on one thread
 (`pca.statistics_from_pair_batches`), without concatenating them.
 
@@ -55,6 +56,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -183,7 +185,7 @@ def detect(
     own_executor = executor is None
     executor = executor or make_executor("processes")
     t0 = time.perf_counter()
-    tmp_dir = None
+    tmp_dir = warm = None
     background = ThreadPoolExecutor(1, thread_name_prefix="phy-kwik")
     try:
         # The workers start (in the background) while this process loads the plugins,
@@ -232,6 +234,10 @@ def detect(
             else probe
         kwik_files = background.submit(_create_kwik_files, creator, channel_groups, prm, sd,
                                        starts, n_file_channels)
+        # This process's own kernels load meanwhile too, while it waits for the workers.
+        warm = threading.Thread(target=_warm_up_parent, name="phy-warm-up", daemon=True,
+                                args=(stages, bool(sd["use_single_threshold"])))
+        warm.start()
         n_total = 0
         phases = dict(setup=time.perf_counter() - t0, thresholds=0.0, pca=0.0, chunks=0.0,
                       kwik=0.0)
@@ -252,6 +258,8 @@ def detect(
         os.replace(partial.with_suffix(".kwik"), kwik_path)
         fsync_directory(out_dir)
     finally:
+        if warm is not None:
+            warm.join()
         background.shutdown(wait=True)  # the Kwik files are written before removed
         if own_executor:
             executor.close()
@@ -285,6 +293,24 @@ def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> N
     }
     executor.warm_up(warm_up, str(prm.path),
                      {kind: (stages[kind], arguments[kind]) for kind in arguments})
+
+
+def _warm_up_parent(stages: dict, single_threshold: bool) -> None:
+    """Load the numba kernels this process runs with the built-in stages (best effort).
+
+    The PCA fit's moments (`pca.warm_up_fit`) and the per-channel medians'
+    grouping: the first numba kernel loaded here also loads numba's
+    registries (~0.4 s of CPU, scipy.linalg's import included), which the
+    fit used to pay while the workers waited for its PCs. Run in a thread while the workers
+    start and compute the thresholds, when this process only waits.
+    """
+    from . import pca, threshold
+
+    with contextlib.suppress(Exception):
+        if stages["features"].factory is pca._make_pca:
+            pca.warm_up_fit()
+        if not single_threshold:
+            threshold.warm_up_medians()
 
 
 def _create_kwik_files(creator, channel_groups, prm, sd: dict, starts: np.ndarray,

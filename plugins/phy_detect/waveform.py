@@ -171,6 +171,27 @@ def _masks_waveforms_kernel(points, offsets, rows, times, data, data_t, weak, st
 
 
 @njit(cache=True)
+def _pair_waveforms_kernel(data, times, channels, before, after, out):
+    """Row k of `out`: the aligned waveform of a spike at ``times[k]`` on ``channels[k]``.
+
+    Channel ``channels[k]`` of what `_masks_waveforms_kernel` writes for that
+    spike: the same weights and the same sum, term by term (no fastmath), so
+    the same bits.
+    """
+    n_out = before + after
+    for k in range(times.shape[0]):
+        t = times[k]
+        s0 = int(np.floor(t))
+        w0, w1, w2, w3 = _cubic_weights(t - s0)
+        c = channels[k]
+        base = s0 - before - 1
+        row = out[k]
+        for j in range(n_out):
+            row[j] = (w0 * data[base + j, c] + w1 * data[base + j + 1, c]
+                      + w2 * data[base + j + 2, c] + w3 * data[base + j + 3, c])
+
+
+@njit(cache=True)
 def _masks_kernel(points, offsets, rows, data_t, weak, strong, masks):
     """The masks of `_masks_waveforms_kernel` alone."""
     for r in range(rows.shape[0]):
@@ -490,6 +511,27 @@ class WaveformExtractor:
                                 self._extract_before, self._extract_after,
                                 np.zeros((n, n_channels), dtype=np.float32), waveforms)
         return waveforms
+
+    def pair_waveforms(self, times: np.ndarray, channels: np.ndarray,
+                       data: np.ndarray) -> np.ndarray:
+        """The aligned waveforms of (spike, channel) pairs: ``(P, before + after)`` float32.
+
+        Row k is channel ``channels[k]`` of the waveform `extract_all` returns
+        for a spike at ``times[k]`` (samples in `data`, the filtered chunk):
+        the same bits, without writing every channel of every spike's waveform
+        (at 1000+ channels a spike is seen on a few percent of them; what a
+        per-channel PCA fit needs). Every window must lie inside `data`.
+        """
+        times = np.ascontiguousarray(times, dtype=np.float64)
+        channels = np.ascontiguousarray(channels, dtype=np.int64)
+        if times.shape != channels.shape or times.ndim != 1:
+            raise ExtractionError(f"WaveformExtractor.pair_waveforms: times {times.shape} and "
+                                  f"channels {channels.shape} must be the same (P,).")
+        out = np.empty((len(times), self.n_samples_waveforms), dtype=np.float32)
+        _pair_waveforms_kernel(np.ascontiguousarray(data, dtype=np.float32), times, channels,
+                               self._extract_before, self._extract_after, out)
+        return out
+
 
 def _make_extractor(**parameters) -> WaveformExtractor:
     return WaveformExtractor(**parameters)

@@ -180,10 +180,29 @@ def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
     """One threshold excerpt, filtered: ``(n_samples, n_channels)`` float32.
 
     The same values as `compute_threshold_from_traces` filters (the filter's
-    `filter_chunk`, with its margins).
+    `filter_chunk`, with its margins). With the built-in filter, a view of
+    this thread's excerpt buffer, valid until the next call (`_ExcerptCache`
+    keeps a copy): int16 recordings go to the filter as they are, other
+    types are filtered in place; no fresh array per excerpt (a float32 read
+    and the filtered excerpt with its margins, whose fresh pages cost this VM
+    tens of ms of system time per 100 MB).
     """
     traces = _traces(setup.prm_path)
     f = setup.filter
+    if _accepts_out(f):
+        start, stop, channels = chunk.keep_start, chunk.keep_stop, setup.channels
+        a, b = f.load_range(int(traces.shape[0]), start, stop)
+        raw = traces[a:b]
+        out = _reused("excerpt", (b - a, len(channels)), np.float32)
+        if getattr(raw, "dtype", None) == np.int16:
+            raw = np.asarray(raw)
+            if not _is_all_columns(channels, int(traces.shape[1])):
+                raw = np.take(raw, channels, axis=1)
+            data = f(raw, out=out)
+        else:
+            data = f(read_float32(traces, a, b, channels, out=out), out=out)
+        release_pages(traces)
+        return data[start - a:stop - a]
     if hasattr(f, "filter_chunk"):
         data = f.filter_chunk(_GroupTraces(traces, setup.channels), chunk.keep_start,
                               chunk.keep_stop)
@@ -245,7 +264,11 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk, slot=None) -> Bunch:
     """
     data = _read_filtered(setup, chunk)
     fused = slot is not None and setup.task != "pca" and _aligns_and_projects(setup)
-    extracted = _detect(setup, data, waveforms=not fused)
+    # The PCA fit needs the unmasked pairs' waveforms only: the built-in extractor gives
+    # them without every channel's (`pair_waveforms`: at 1024 channels ~60 MB of waveforms
+    # a chunk written, ~9 MB used).
+    pairs_only = setup.task == "pca" and _is_builtin_extractor(setup.extractor)
+    extracted = _detect(setup, data, waveforms=not (fused or pairs_only))
     samples = extracted.spike_samples + chunk.load_start
     keep = (np.floor(samples) >= chunk.keep_start) & (np.floor(samples) < chunk.keep_stop)
     order = np.argsort(samples[keep], kind="stable")
@@ -261,8 +284,12 @@ def detect_chunk(setup: GroupSetup, chunk: Chunk, slot=None) -> Bunch:
         # (`features_at_times`): the masks are nonzero exactly on the pairs.
         out.pair_masks = masks[spikes, channels].astype(np.float32)
         out.spike_times = np.asarray(extracted.spike_samples[rows], dtype=np.float64)
-        out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
-                                        dtype=np.float32)
+        if pairs_only:
+            out.pair_waveforms = setup.extractor.pair_waveforms(
+                extracted.spike_samples[all_rows[spikes]], channels, data)
+        else:
+            out.pair_waveforms = np.asarray(extracted.waveforms[all_rows[spikes], :, channels],
+                                            dtype=np.float32)
         return out
     if fused:
         return _align_project_rows(out, setup, data, extracted.spike_samples, _row_index(rows),
@@ -556,7 +583,7 @@ class _ExcerptCache:
             if self._used() + filtered.nbytes > self.max_bytes:
                 return
             if filtered.base is not None:
-                filtered = filtered.copy()  # do not hold the margins' array
+                filtered = filtered.copy()  # do not hold the margins' array (or a buffer)
             self._entries[key] = filtered
 
     def take(self, key: tuple[str, int, int]) -> np.ndarray | None:
@@ -652,8 +679,24 @@ def warm_up(prm_path: str, stages: dict[str, tuple[Any, dict]]) -> None:
     """
     with contextlib.suppress(Exception):
         _traces(prm_path)
+    if _preloaded(stages):
+        return  # forked from a forkserver that loaded these kernels (`phy_detect.preload`)
     with contextlib.suppress(Exception):
         _warm_up_stages(stages)
+
+
+def _preloaded(stages: dict[str, tuple[Any, dict]]) -> bool:
+    """Whether this process was forked from a `phy_detect.preload` that warmed up the same
+    stages by name, with the same filter precision (the other arguments do not change the
+    kernels' types)."""
+    import sys
+
+    warmed = getattr(sys.modules.get(__package__ + ".preload"), "WARMED", None)
+    if not warmed or set(stages) != set(warmed):
+        return False
+    if any(stages[kind][0] != warmed[kind][0] for kind in stages):
+        return False
+    return stages["filter"][1].get("precision") == warmed["filter"][1].get("precision")
 
 
 def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
@@ -703,7 +746,10 @@ def _warm_up_stages(stages: dict[str, tuple[Any, dict]]) -> None:
             and setup.extractor is not None:
         data = read_float32(raw, 0, n_samples, columns)
         _extract(setup, data)
-        _detect(setup, data, waveforms=False)  # the extraction without waveforms
+        extracted = _detect(setup, data, waveforms=False)  # the extraction without waveforms
+        if _is_builtin_extractor(setup.extractor):  # and the PCA excerpts' pair waveforms
+            setup.extractor.pair_waveforms(extracted.spike_samples, np.zeros(
+                len(extracted.spike_samples), np.int64), data)
     # The kernels of the .kwx rows (`write_kwx_rows`, `_align_project_rows`).
     from .shared_rows import align_project_kwx_rows, project_kwx_rows
 

@@ -245,6 +245,32 @@ def test_masks_only_and_projection_without_stored_waveforms():
     np.testing.assert_array_equal(got[..., 1], np.repeat(full.masks[index], 3, axis=1))
 
 
+def test_pair_waveforms_are_the_pairs_of_extract_all():
+    # The PCA excerpts send the unmasked (spike, channel) pairs' waveforms: taken one
+    # channel at a time they are the bits of extract_all's waveforms on those channels,
+    # and at a whole-sample time the window itself (an independent reference).
+    rng = np.random.default_rng(7)
+    n_s, n_c = 400, 9
+    data = rng.normal(0, 1, (n_s, n_c)).astype(np.float32)
+    for t0, c in [(60.3, 0), (140.0, 2), (210.7, 5), (300.45, 8)]:
+        data += _gauss_spike(n_s, n_c, t0, channels={c: 1.0, max(c - 1, 0): 0.7})
+    data_t = -data
+    comps = FloodFillDetector({c: [c + 1] for c in range(n_c - 1)}, 1)(
+        data_t > WEAK, data_t > STRONG)
+    ext = WaveformExtractor(8, 12, 2, thresholds={"weak": WEAK, "strong": STRONG})
+    full = ext.extract_all(comps, data, data_t)
+    spikes, channels = np.nonzero(full.masks > 0)
+    assert len(full.spike_samples) == 4 and len(np.unique(channels)) > 4
+    got = ext.pair_waveforms(full.spike_samples[spikes], channels, data)
+    np.testing.assert_array_equal(got.view(np.uint32),
+                                  full.waveforms[spikes, :, channels].view(np.uint32))
+    whole = ext.pair_waveforms(np.array([100.0, 50.0]), np.array([3, 0]), data)
+    np.testing.assert_array_equal(whole, [data[92:112, 3], data[42:62, 0]])
+    assert ext.pair_waveforms(np.zeros(0), np.zeros(0, np.int64), data).shape == (0, 20)
+    with pytest.raises(ExtractionError, match="pair_waveforms"):
+        ext.pair_waveforms(np.zeros(2), np.zeros(3, np.int64), data)
+
+
 def test_extract_all_output_buffer():
     n_s, n_c = 100, 2
     ext = WaveformExtractor(10, 10, thresholds={"weak": WEAK, "strong": STRONG})
