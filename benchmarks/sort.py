@@ -28,6 +28,8 @@ that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
   assignment of units to clusters), as ``k/n``; ``EM`` for the masked EM
   clustering (the Kwik file), ``TM`` for the final sorting (the template
   matching's directory: `phy_spikesort.pipeline.template_dir`).
+- ``cluster CPU``: CPU time of the clustering phase (the masked EM, in the sorting
+  process: opening the Kwik file, reading the features, the algorithm, saving).
 - ``label s``: wall-clock time of the automatic "good" labels of the Kwik
   file and of the template directory (the sort's last step,
   `phy_autolabel.label_clusters`: quality metrics of every cluster, then a
@@ -133,6 +135,7 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
     out = dict(channels=0, spikes=result.n_spikes, clusters=result.n_clusters,
                duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
                tmatch=result.tmatch_s, label=result.label_s, label_cpu=result.label_cpu_s,
+               cluster_cpu=result.cluster_cpu_s,
                total=result.total_s,
                cpu=tree_cpu_seconds() - cpu0,
                rss_parent=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -161,7 +164,8 @@ def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | No
 
 
 HEADER = (f"{'channels':>8} {'duration s':>10} {'spikes':>7} {'clusters':>8} {'detect s':>8} "
-          f"{'cluster s':>9} {'tmatch s':>8} {'total s':>7} {'label s':>7} {'label CPU':>9} "
+          f"{'cluster s':>9} {'cluster CPU':>11} {'tmatch s':>8} {'total s':>7} {'label s':>7} "
+          f"{'label CPU':>9} "
           f"{'x RT':>5} "
           f"{'CPU s':>6} "
           f"{'RSS MB parent/worker':>20} {'EM snr>=5':>9} {'EM snr>=3':>9} {'TM snr>=5':>9} "
@@ -178,7 +182,8 @@ def row(r: dict) -> str:
     false = ratio("tm_false", "tm_clusters") if "tm_false" in r else \
         ratio("n_false_clusters", "n_unit_clusters")
     return (f"{r['channels']:>8} {r['duration']:>10g} {r['spikes']:>7} {r['clusters']:>8} "
-            f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r['tmatch']:>8.1f} {r['total']:>7.1f} "
+            f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r.get('cluster_cpu', float('nan')):>11.2f} "
+            f"{r['tmatch']:>8.1f} {r['total']:>7.1f} "
             f"{r['label']:>7.1f} {r.get('label_cpu', float('nan')):>9.2f} "
             f"{r['duration'] / r['total']:>5.2f} {r['cpu']:>6.1f} {rss:>20} "
             f"{ratio('n_accurate_5', 'n_units_5'):>9} {ratio('n_accurate_3', 'n_units_3'):>9} "

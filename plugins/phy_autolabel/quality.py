@@ -228,13 +228,13 @@ def _peak_amplitudes(waveforms, mean, column, sample_rate: float, jitter_ms: flo
 
 def _nearest_cluster(source: SortingSource, f_in, f_out, ids_out) -> int:
     """The cluster of the other spikes that weighs most in the L-ratio."""
-    from scipy.stats import chi2
+    from .metrics import chi2_sf
 
     mean = f_in.mean(axis=0)
     cov = np.cov(f_in, rowvar=False) + 1e-6 * np.eye(f_in.shape[1])
     d = f_out - mean
     d2 = np.einsum("ij,ij->i", d @ np.linalg.pinv(cov), d)
-    score = chi2.sf(d2, f_in.shape[1])
+    score = chi2_sf(d2, f_in.shape[1])
     clusters = source.spike_clusters[ids_out]
     unique, inverse = np.unique(clusters, return_inverse=True)
     return int(unique[np.argmax(np.bincount(inverse, weights=score))])

@@ -42,8 +42,13 @@ NOISE_EXCERPT_S = 0.2
 @functools.lru_cache(maxsize=8)
 def _bandpass(sample_rate: float):
     """``(sos, margin)`` of the band-pass (designed once per sample rate: the design costs
-    more than filtering a cluster's windows)."""
-    from scipy.signal import butter
+    more than filtering a cluster's windows).
+
+    Designed by `phy_detect.butterworth` (scipy's ``butter``, the same sections to the
+    last bit at the usual sample rates, tested), which spares the sort's process the
+    import of ``scipy.signal``.
+    """
+    from phy_detect.butterworth import butter
 
     high = min(FILTER_HIGH_FACTOR * sample_rate, 0.49 * sample_rate)
     sos = butter(FILTER_ORDER, [FILTER_LOW_HZ, high], btype="bandpass", fs=sample_rate,
@@ -68,7 +73,7 @@ def _columns(traces, channels: np.ndarray):
 def _filtfilt_constants(sample_rate: float) -> tuple[np.ndarray, int]:
     """``(zi, padding)`` of scipy's ``sosfiltfilt`` with the band-pass: the sections'
     steady states (``sosfilt_zi``) and the odd padding at each end."""
-    from scipy.signal import sosfilt_zi
+    from phy_detect.butterworth import sosfilt_zi
 
     sos, _ = _bandpass(sample_rate)
     n_taps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
@@ -309,14 +314,14 @@ class SortingSource:
 
     def waveforms(self, spike_ids, channels) -> np.ndarray:
         """Band-passed windows ``(n, n_before + n_after, len(channels))`` (float64)."""
-        from scipy.signal import sosfiltfilt
-
         traces, columns = _columns(self.traces, np.asarray(channels, dtype=np.int64))
         spike_ids = np.asarray(spike_ids, dtype=np.int64)
         block = _filtered_windows(traces, columns, self.spike_samples[spike_ids],
                                   self.n_before, self.n_after, self.sample_rate)
         if block is not None:
             return block.astype(np.float64)
+        from scipy.signal import sosfiltfilt
+
         sos, margin = _bandpass(self.sample_rate)
         windows = SpikeWindows(traces, self.spike_samples, self.n_before, self.n_after,
                                channels=columns,
@@ -372,25 +377,57 @@ class SortingSource:
 
     def _estimate_noise(self, channels: np.ndarray) -> np.ndarray:
         """The median over excerpts of each channel's median-based noise std."""
-        from scipy.signal import sosfiltfilt
-
-        from .kernels import sosfiltfilt_columns
-        from .metrics import noise_std
-
-        sos, margin = _bandpass(self.sample_rate)
-        zi, padding = _filtfilt_constants(self.sample_rate)
         traces, columns = _columns(self.traces, channels)
-        n_samples = int(self.traces.shape[0])
-        length = min(int(NOISE_EXCERPT_S * self.sample_rate), n_samples)
-        starts = np.unique(np.linspace(0, max(n_samples - length, 0), NOISE_EXCERPTS)
-                           .astype(np.int64))
-        estimates = []
-        for start in starts:
-            lo, hi = max(int(start) - margin, 0), min(int(start) + length + margin, n_samples)
-            chunk = np.asarray(np.asarray(traces[lo:hi])[:, columns], dtype=np.float64)
-            if chunk.shape[0] > padding:  # else scipy explains why it cannot filter
-                chunk = sosfiltfilt_columns(sos, zi, np.ascontiguousarray(chunk), padding)
-            else:
-                chunk = sosfiltfilt(sos, chunk, axis=0)
-            estimates.append(noise_std(chunk[start - lo:start - lo + length]))
-        return np.median(estimates, axis=0)
+        return estimate_noise(traces, columns, self.sample_rate)
+
+
+def estimate_noise(traces, columns: np.ndarray, sample_rate: float) -> np.ndarray:
+    """The median over `NOISE_EXCERPTS` excerpts of the median-based noise std of each
+    column of the band-passed `traces` ``(n_samples, n_columns)``.
+
+    Each column's estimate is its own: the same number whichever columns are asked
+    with it (what lets `NoiseCache` share them).
+    """
+    from .kernels import sosfiltfilt_columns
+    from .metrics import noise_std
+
+    sos, margin = _bandpass(sample_rate)
+    zi, padding = _filtfilt_constants(sample_rate)
+    n_samples = int(traces.shape[0])
+    length = min(int(NOISE_EXCERPT_S * sample_rate), n_samples)
+    starts = np.unique(np.linspace(0, max(n_samples - length, 0), NOISE_EXCERPTS)
+                       .astype(np.int64))
+    estimates = []
+    for start in starts:
+        lo, hi = max(int(start) - margin, 0), min(int(start) + length + margin, n_samples)
+        chunk = np.asarray(np.asarray(traces[lo:hi])[:, columns], dtype=np.float64)
+        if chunk.shape[0] > padding:  # else scipy explains why it cannot filter
+            chunk = sosfiltfilt_columns(sos, zi, np.ascontiguousarray(chunk), padding)
+        else:
+            from scipy.signal import sosfiltfilt
+
+            chunk = sosfiltfilt(sos, chunk, axis=0)
+        estimates.append(noise_std(chunk[start - lo:start - lo + length]))
+    return np.median(estimates, axis=0)
+
+
+def recording_noise(prm_path) -> tuple | None:
+    """The noise (`estimate_noise`) of every channel of a PRM file's recording, as
+    ``(recording, file_columns, values)`` for `NoiseCache.put`; None when the traces are
+    not flat binary files.
+
+    `phy spikesort` runs it in a worker process while the masked EM runs, so that the
+    labels find the noise estimated.
+    """
+    from phy_rawdata.model import open_traces
+    from phy_rawdata.prm import read_prm
+
+    prm = read_prm(prm_path)
+    traces = open_traces(prm)
+    sample_rate = float(prm.traces.sample_rate)
+    shared = NoiseCache.recording_key(traces, sample_rate)
+    if shared is None:
+        return None
+    recording, file_columns = shared
+    array, columns = _columns(traces, np.arange(traces.shape[1]))
+    return recording, file_columns, estimate_noise(array, columns, sample_rate)

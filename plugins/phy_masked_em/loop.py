@@ -30,7 +30,7 @@ from phy_rawdata.prm import KLUSTAKWIK2_DEFAULTS
 from .data import MaskedEMError, prepare_data
 from .em import FIRST_GAUSSIAN, MaskedEM
 from .merge import merge_similar
-from .splits import try_splits
+from .splits import SplitCache, try_splits
 from .starts import mask_starts
 from .weak import weak_to_mua
 
@@ -105,6 +105,8 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
         labels = mask_starts(data, int(p["num_starting_clusters"])) + FIRST_GAUSSIAN
     threshold = float(p["num_changed_threshold"]) * n
     split_first, split_every = int(p["split_first"]), max(int(p["split_every"]), 1)
+    # The split trials of the clusters unchanged since the last split step are reused.
+    split_cache = SplitCache()
     if reporter is not None:
         reporter.value = min(int(start_iteration), max_iterations)
     for iteration in range(int(start_iteration), max_iterations):
@@ -125,7 +127,7 @@ def masked_em(features, masks, parameters: dict | None = None, reporter=None, *,
         stop = False
         if converged or due:
             labels, n_merged = merge_similar(data, labels, p["merge_similarity"])
-            labels, n_split = try_splits(em, labels)
+            labels, n_split = try_splits(em, labels, split_cache)
             stop = n_split == 0 and n_merged == 0 and converged
         if on_iteration is not None:
             on_iteration(iteration, labels)

@@ -123,17 +123,15 @@ def halves_alike(data: MaskedData, halves: np.ndarray, threshold: float | None) 
 
 
 def _candidate_pairs(stats: WaveformStats, clusters: np.ndarray) -> set:
-    """Pairs of clusters sharing at least one strong feature."""
-    by_feature: dict[int, list[int]] = {}
-    for c in clusters:
-        for f in np.flatnonzero(stats.strong(c)):
-            by_feature.setdefault(int(f), []).append(int(c))
-    pairs = set()
-    for members in by_feature.values():
-        for i, a in enumerate(members):
-            for b in members[i + 1:]:
-                pairs.add((a, b) if a < b else (b, a))
-    return pairs
+    """Pairs ``(a, b)``, ``a < b``, of clusters sharing at least one strong feature."""
+    clusters = np.sort(np.asarray(clusters, dtype=np.int64))
+    if len(clusters) < 2:
+        return set()
+    strong = np.array([stats.strong(int(c)) for c in clusters], dtype=np.float32)
+    # Shared strong features counted by a matrix product (exact: small integers).
+    shared = np.triu(strong @ strong.T > 0, k=1)
+    first, second = np.nonzero(shared)
+    return set(zip(clusters[first].tolist(), clusters[second].tolist()))
 
 
 def merge_similar(data: MaskedData, labels: np.ndarray, threshold: float | None

@@ -202,6 +202,40 @@ class _SharedWorkers:
             self._made = None
 
 
+class _NoiseInBackground:
+    """The labels' noise estimate of the recording (`phy_autolabel.sources.recording_noise`),
+    computed by a worker of the shared pool while this process runs the masked EM.
+
+    The workers wait for the template matching meanwhile, and the EM keeps one core: the
+    labels then find the noise estimated (the same numbers: each channel's estimate is its
+    own). Reads only the raw data, never the Kwik file being written. A failure costs
+    nothing: the labels estimate the noise themselves.
+    """
+
+    def __init__(self, executor, prm_path) -> None:
+        import threading
+
+        self._result: list = []
+        # The executor's ordered map blocks until the result: a thread waits for it.
+        self._thread = threading.Thread(target=self._run, args=(executor, str(prm_path)),
+                                        name="phy-noise", daemon=True)
+        self._thread.start()
+
+    def _run(self, executor, prm_path: str) -> None:
+        from phy_autolabel.sources import recording_noise
+
+        try:
+            self._result.extend(executor.imap(recording_noise, [prm_path]))
+        except Exception as exc:  # noqa: BLE001 - the labels estimate the noise themselves
+            logger.debug("Noise estimate in a worker failed (%s: %s).", type(exc).__name__, exc)
+
+    def into(self, noise_cache) -> None:
+        """Wait for the estimate and put it in `noise_cache` (a `NoiseCache`)."""
+        self._thread.join()
+        if self._result and self._result[0] is not None:
+            noise_cache.put(*self._result[0])
+
+
 #: The template-matching stage's defaults (`phy_tmatch.runner.template_match` options):
 #: every cluster is a seed, the refinement cleans the noise and MUA ones.
 TEMPLATE_MATCHING_DEFAULTS = dict(include_noise=True, include_mua=True, refine_rounds=2)
@@ -311,7 +345,8 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         included), ``groups`` (``{group: (n_spikes, n_clusters)}``),
         ``detect_s``, ``cluster_s``, ``tmatch_s``, ``label_s``, ``total_s``
         (this run's wall-clock times; ``detect_s`` is 0 when resuming),
-        ``label_cpu_s`` (CPU time of the labels, which run in this process),
+        ``cluster_cpu_s`` and ``label_cpu_s`` (CPU times of the clustering and
+        of the labels, which run in this process),
         ``resumed`` (bool), ``template_dirs`` (``{group: Path}`` with template
         matching), ``n_good`` (clusters labelled good, Kwik file and template
         directories together; None without `auto_label`).
@@ -341,6 +376,7 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                     "clustering of channel group(s) %s.", kwik_path,
                     ", ".join(map(str, todo)) or "(none left)")
     workers = _SharedWorkers(executor, n_workers, scheduler)
+    noise, noise_job = _noise_cache() if auto_label else None, None
     try:
         detect_s, resumed = 0.0, todo is not None
         if todo is None:
@@ -361,10 +397,16 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         matched = list(state["matched"]) if state else []
         if channel_group is not None:
             todo = [g for g in todo if g == channel_group]
-        cluster_s = tmatch_s = 0.0
+        cluster_s = tmatch_s = cluster_cpu_s = 0.0
         template_dirs = {}
         for group in todo:
-            t1 = time.perf_counter()
+            t1, cpu1 = time.perf_counter(), time.process_time()
+            if (auto_label and tmatch_options is not None and noise_job is None
+                    and group not in clustered
+                    and getattr(workers.get(), "name", "") != "serial"):
+                # The workers are idle until the template matching: one of them estimates
+                # the labels' noise while the masked EM runs here.
+                noise_job = _NoiseInBackground(workers.get(), prm.path)
             if group not in clustered:
                 if cluster_reporter is not None:
                     cluster_reporter.reset()
@@ -376,8 +418,11 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                 clustered.append(group)
                 if state is not None:
                     _write_state(state_path(kwik_path), identity, clustered, matched)
+            if noise_job is not None:  # before the template matching takes the workers
+                noise_job.into(noise)
             t2 = time.perf_counter()
             cluster_s += t2 - t1
+            cluster_cpu_s += time.process_time() - cpu1
             if tmatch_options is not None and group not in matched:
                 template_dirs[group] = _template_match(prm, kwik_path, group, tmatch_options,
                                                        workers.get(), tmatch_reporter)
@@ -396,7 +441,7 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
     if tmatch_options is not None:
         template_dirs.update({g: template_dir(kwik_path, g) for g in labelled if g in matched})
     t3, cpu3 = time.perf_counter(), time.process_time()
-    n_good = _auto_label(kwik_path, labelled, template_dirs) if auto_label else None
+    n_good = _auto_label(kwik_path, labelled, template_dirs, noise) if auto_label else None
     label_s, label_cpu_s = time.perf_counter() - t3, time.process_time() - cpu3
     groups = {g: _group_counts(kwik_path, g) for g in all_groups
               if channel_group is None or g == channel_group}
@@ -404,19 +449,25 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                  n_spikes=sum(n for n, _ in groups.values()),
                  n_clusters=sum(k for _, k in groups.values()), groups=groups,
                  detect_s=detect_s, cluster_s=cluster_s, tmatch_s=tmatch_s, label_s=label_s,
-                 label_cpu_s=label_cpu_s,
+                 cluster_cpu_s=cluster_cpu_s, label_cpu_s=label_cpu_s,
                  total_s=time.perf_counter() - t0, resumed=resumed,
                  template_dirs=template_dirs, n_good=n_good)
 
 
-def _auto_label(kwik_path: Path, groups: list[int], template_dirs: dict) -> int:
-    """Label the clear single units good (`phy_autolabel`); the number of good clusters."""
-    from phy_autolabel import label_clusters
+def _noise_cache():
     from phy_autolabel.sources import NoiseCache
 
-    # The Kwik file and the template directories read the same recording: its noise is
-    # estimated once.
-    noise = NoiseCache()
+    return NoiseCache()
+
+
+def _auto_label(kwik_path: Path, groups: list[int], template_dirs: dict, noise) -> int:
+    """Label the clear single units good (`phy_autolabel`); the number of good clusters.
+
+    The Kwik file and the template directories read the same recording: its noise is
+    estimated once, in `noise` (a `NoiseCache`, which may hold it already).
+    """
+    from phy_autolabel import label_clusters
+
     results = [r for g in groups
                for r in label_clusters(kwik_path, channel_group=g, noise_cache=noise)]
     results += [r for g in groups if g in template_dirs

@@ -5,6 +5,8 @@ is checked here against scipy / numpy on the same data, to the last bit where
 the arithmetic is the same (the labels must not change with the speed-ups).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt
@@ -15,6 +17,7 @@ from phy_autolabel.sources import (
     SortingSource,
     _bandpass,
     _filtfilt_constants,
+    recording_noise,
 )
 from phy_core.arrays import SpikeWindows
 from phy_kwik.model import KwikModel
@@ -52,6 +55,20 @@ def test_sosfiltfilt_columns_is_scipy_to_the_bit():
 
     np.testing.assert_array_equal(sosfiltfilt_columns(other, sosfilt_zi(other), x, 15),
                                   sosfiltfilt(other, x, axis=0))
+
+
+@pytest.mark.parametrize("rate", [20000.0, 25000.0, 30000.0, 32000.0, 44100.0])
+def test_bandpass_design_is_scipy_to_the_bit(rate):
+    """The labels design their band-pass without scipy.signal (its import costs the sort
+    ~0.4 s): the same sections and steady states as scipy's."""
+    from scipy.signal import sosfilt_zi
+
+    sos, margin = _bandpass(rate)
+    expected = butter(3, [500.0, 0.475 * rate], btype="bandpass", fs=rate, output="sos")
+    np.testing.assert_array_equal(sos, expected)
+    zi, padding = _filtfilt_constants(rate)
+    np.testing.assert_array_equal(zi, sosfilt_zi(expected))
+    assert padding == 21 and margin == int(np.ceil(2 * rate / 500.0))
 
 
 def test_filtered_windows_are_spike_windows_to_the_bit():
@@ -92,6 +109,25 @@ def test_kwx_scan_matches_numpy(kwik):
     # spikes_near: the union over channels.
     near = source.spikes_near([0, 5, 6])
     np.testing.assert_array_equal(near, np.nonzero((masks[:, [0, 5, 6]] > 0).any(axis=1))[0])
+
+
+def test_noise_of_the_whole_recording_fills_the_cache(kwik, monkeypatch):
+    """`phy spikesort` estimates the noise of every channel from the PRM file (in a worker,
+    during the masked EM): the labels then find the numbers they would have computed."""
+    prm = Path(kwik).parent.parent / "rec" / "rec.prm"  # the fixture's recording
+    with KwikModel(kwik) as model:
+        every = SortingSource(model).noise_std()
+        recording, file_columns, values = recording_noise(prm)
+        assert len(values) == len(file_columns) >= model.n_channels
+        cache = NoiseCache()
+        cache.put(recording, file_columns, values)
+
+        def no_estimate(self, channels):
+            raise AssertionError(f"channels {channels} estimated again")
+
+        monkeypatch.setattr(SortingSource, "_estimate_noise", no_estimate)
+        np.testing.assert_array_equal(SortingSource(model, noise_cache=cache).noise_std(),
+                                      every)
 
 
 def test_noise_of_some_channels_and_shared_between_sortings(kwik, monkeypatch):

@@ -188,3 +188,52 @@ def test_parallel_e_step_equals_serial():
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(outs[0][0], truth + 2)
+
+
+def test_split_cache_gives_the_same_labels(monkeypatch):
+    """The split trials reused from one split step to the next (`SplitCache`) change
+    nothing: the same labels as trials recomputed every time, with fewer trials run."""
+    import phy_masked_em.loop as loop
+    from phy_masked_em.splits import SplitCache
+
+    caches = []
+
+    class Recorded(SplitCache):
+        def __init__(self):
+            super().__init__()
+            self.reused_halves = 0
+            caches.append(self)
+
+        def get(self, key):
+            trial = super().get(key)
+            self.reused_halves += trial is not None and trial.halves is not None
+            return trial
+
+    class Forgetful(Recorded):
+        def get(self, key):  # never reuses a trial: every one is recomputed
+            self.misses += 1
+            return None
+
+    features, masks, truth = _units(2000, 48, n_units=12, seed=3)
+    # Three units with amplitudes spread over a factor 4: their halves are split
+    # candidates, vetoed (alike, one mode) at every split step.
+    rng = np.random.default_rng(0)
+    unit_features = features.reshape(len(features), 48, 3)
+    for unit in range(3):
+        spikes = np.flatnonzero(truth == unit)
+        unmasked = masks[spikes] > 0
+        x = unit_features[spikes]
+        x[unmasked] *= np.repeat(rng.uniform(0.4, 1.6, len(spikes)), unmasked.sum(1))[:, None]
+        unit_features[spikes] = x
+    p = dict(num_starting_clusters=20, split_first=1, split_every=1)
+    monkeypatch.setattr(loop, "SplitCache", Forgetful)
+    recomputed = masked_em(features, masks, p)
+    monkeypatch.setattr(loop, "SplitCache", Recorded)
+    cached = masked_em(features, masks, p)
+    np.testing.assert_array_equal(cached, recomputed)
+    forgetful, recorded = caches
+    assert forgetful.hits == 0 and forgetful.misses > 40
+    assert recorded.hits + recorded.misses == forgetful.misses
+    # Most clusters keep their spikes between split steps: their trials are reused,
+    # rejected split candidates included.
+    assert recorded.hits > recorded.misses / 2 and recorded.reused_halves >= 2

@@ -93,3 +93,27 @@ def test_spikesort_resumes_at_the_template_matching_stage(recording, tmp_path, c
     # 3. A finished sort (template matching included) is not redone without --overwrite.
     with pytest.raises(SpikeSortError, match="--overwrite"):
         sort_recording(recording.prm_path, output_dir=tmp_path, template_matching=True)
+
+
+def test_noise_estimated_in_a_worker_while_the_clustering_runs(recording):
+    """With template matching, an idle worker estimates the labels' noise during the masked
+    EM: a worker process gives the NoiseCache the numbers computed here."""
+    from phy_autolabel.sources import NoiseCache, recording_noise
+    from phy_detect.executors import make_executor
+    from phy_spikesort.pipeline import _NoiseInBackground
+
+    executor = make_executor("processes", n_workers=1)
+    try:
+        job = _NoiseInBackground(executor, recording.prm_path)
+        cache = NoiseCache()
+        job.into(cache)
+    finally:
+        executor.close()
+    key, columns, values = recording_noise(recording.prm_path)
+    assert len(values) == 32 and np.all(values > 0)
+    np.testing.assert_array_equal(cache.get(key, columns), values)
+    # A failing job costs nothing: the labels estimate the noise themselves.
+    failing = _NoiseInBackground(SerialExecutor(), recording.prm_path.with_name("none.prm"))
+    other = NoiseCache()
+    failing.into(other)
+    assert np.all(np.isnan(other.get(key, columns)))
