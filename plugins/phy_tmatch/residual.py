@@ -30,6 +30,7 @@ from numba import njit
 
 from phy_core.bunch import Bunch
 
+from .kernels import abs_medians
 from .worker import scratch
 
 _MAD_TO_STD = 0.6744897501960817
@@ -93,24 +94,52 @@ def subtract_spikes(xt, starts, kinds, amplitudes, ptr, idx, spatial,
                     row[s + tau] -= w * temporal[k, r, tau]
 
 
+#: `pooled_residual` works on blocks of this many samples (its accumulator stays in L1,
+#: and the rows of nearby channels, which share neighbours, in L2).
+POOL_BLOCK = 4096
+
+
 @njit(cache=True, fastmath=True)
 def pooled_residual(xt, inv_sigma, nbr, weights, out):  # pragma: no cover - compiled
     """``out[c] = sum_p weights[c, p] xt[nbr[c, p]] / sigma[nbr[c, p]]`` (rows: channels).
 
-    Channel-major, so that every inner loop is a contiguous SIMD axpy.
+    Channel-major, so that every inner loop is a contiguous SIMD loop. Blocks of
+    `POOL_BLOCK` samples are the outer loop, and four neighbours are added per
+    pass over the accumulator (each sample's terms still added in the order of
+    `nbr`, so the result is the same as one neighbour at a time).
     """
     n_channels, n = xt.shape
+    n_pool = nbr.shape[1]
     # A buffer of its own: LLVM vectorizes the loop only when it cannot alias `xt`.
-    acc = np.empty(n, dtype=np.float32)
-    for c in range(n_channels):
-        acc[:] = 0.0
-        for p in range(nbr.shape[1]):
-            j = nbr[c, p]
-            w = np.float32(weights[c, p] * inv_sigma[j])
-            row = xt[j]
-            for t in range(n):
-                acc[t] += w * row[t]
-        out[c, :] = acc
+    acc = np.empty(POOL_BLOCK, dtype=np.float32)
+    for t0 in range(0, n, POOL_BLOCK):
+        t1 = min(t0 + POOL_BLOCK, n)
+        nb = t1 - t0
+        for c in range(n_channels):
+            acc[:nb] = 0.0
+            p = 0
+            while p + 4 <= n_pool:
+                j0, j1, j2, j3 = nbr[c, p], nbr[c, p + 1], nbr[c, p + 2], nbr[c, p + 3]
+                w0 = np.float32(weights[c, p] * inv_sigma[j0])
+                w1 = np.float32(weights[c, p + 1] * inv_sigma[j1])
+                w2 = np.float32(weights[c, p + 2] * inv_sigma[j2])
+                w3 = np.float32(weights[c, p + 3] * inv_sigma[j3])
+                r0, r1 = xt[j0, t0:t1], xt[j1, t0:t1]
+                r2, r3 = xt[j2, t0:t1], xt[j3, t0:t1]
+                for t in range(nb):
+                    a = acc[t] + w0 * r0[t]
+                    a = a + w1 * r1[t]
+                    a = a + w2 * r2[t]
+                    acc[t] = a + w3 * r3[t]
+                p += 4
+            while p < n_pool:
+                j = nbr[c, p]
+                w = np.float32(weights[c, p] * inv_sigma[j])
+                row = xt[j, t0:t1]
+                for t in range(nb):
+                    acc[t] += w * row[t]
+                p += 1
+            out[c, t0:t1] = acc[:nb]
 
 
 @njit(cache=True)
@@ -125,25 +154,35 @@ def residual_troughs(z, threshold, nbr, half_width, lo, hi,
     n_channels, n = z.shape
     out = np.empty((max_events, 2), dtype=np.int64)
     count = 0
+    # The minimum of each 64 samples first: most hold none below the threshold.
+    scan = 64
     for c in range(n_channels):
-        for t in range(lo, hi):
-            v = z[c, t]
-            if v >= -threshold:
+        row = z[c]
+        for t0 in range(lo, hi, scan):
+            t1 = min(t0 + scan, hi)
+            low = row[t0]
+            for t in range(t0 + 1, t1):
+                low = min(low, row[t])
+            if low >= -threshold:
                 continue
-            best = True
-            for p in range(nbr.shape[1]):
-                cc = nbr[c, p]
-                for u in range(max(0, t - half_width), min(n, t + half_width + 1)):
-                    w = z[cc, u]
-                    if w < v or (w == v and (u < t or (u == t and cc < c))):
-                        best = False
+            for t in range(t0, t1):
+                v = row[t]
+                if v >= -threshold:
+                    continue
+                best = True
+                for p in range(nbr.shape[1]):
+                    cc = nbr[c, p]
+                    for u in range(max(0, t - half_width), min(n, t + half_width + 1)):
+                        w = z[cc, u]
+                        if w < v or (w == v and (u < t or (u == t and cc < c))):
+                            best = False
+                            break
+                    if not best:
                         break
-                if not best:
-                    break
-            if best and count < max_events:
-                out[count, 0] = t
-                out[count, 1] = c
-                count += 1
+                if best and count < max_events:
+                    out[count, 0] = t
+                    out[count, 1] = c
+                    count += 1
     return out[:count]
 
 
@@ -192,7 +231,7 @@ def collect_events(collect: Bunch, templates, chunk, xt: np.ndarray, starts: np.
     inv_sigma = (1.0 / np.maximum(collect.sigma_channels, 1e-12)).astype(np.float32)
     pooled = scratch("pooled", xt.shape, xt.dtype)  # reused by the worker's next chunk
     pooled_residual(xt, inv_sigma, collect.pool_channels, collect.pool_weights, pooled)
-    spread = np.median(np.abs(pooled[:, ::16]), axis=1) / _MAD_TO_STD
+    spread = abs_medians(pooled, 16) / _MAD_TO_STD  # = np.median(np.abs(pooled[:, ::16]), 1)
     pooled /= np.maximum(spread, 1e-12)[:, None]
     # Troughs whose window fits in the chunk.
     n = xt.shape[1]

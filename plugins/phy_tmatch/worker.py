@@ -125,7 +125,14 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
     with contextlib.suppress(Exception):
         from phy_detect.filtering import warm_up as warm_up_filter
 
-        from .kernels import cross_correlations, project, pursue_in, transpose, transpose_columns
+        from .kernels import (
+            abs_medians,
+            cross_correlations,
+            project,
+            pursue_in,
+            transpose,
+            transpose_columns,
+        )
 
         rng = np.random.default_rng(0)
         if filter_arguments is not None:
@@ -145,6 +152,7 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
         x = rng.standard_normal((20, 2)).astype(np.float32)
         transpose(x, np.empty((2, 20), np.float32))
         transpose_columns(x, np.array([1]), np.empty((1, 20), np.float32))
+        abs_medians(np.ascontiguousarray(x.T), 1)
         from .residual import pooled_residual, residual_troughs, subtract_spikes
 
         xt = rng.standard_normal((1, 20)).astype(np.float32)
@@ -235,11 +243,11 @@ def _run_task(setup: Setup, chunk, payload) -> Bunch:
         return template_job(setup, payload)
     data = filtered_chunk(setup, chunk)
     if setup.task == "noise":
+        from .kernels import abs_medians
         from .matching import projections
 
         b = projections(data, setup.templates, scratch=True)
-        # b is scratch: |b| and the median's partition in place.
-        median_abs = np.median(np.abs(b, out=b), axis=1, overwrite_input=True)
+        median_abs = abs_medians(b, 1)  # np.median(np.abs(b), axis=1)
         return Bunch(median_abs=median_abs, n_samples=b.shape[1])
     if setup.task == "match":
         from .matching import match_chunk

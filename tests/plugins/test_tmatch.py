@@ -255,6 +255,69 @@ def test_the_noise_of_known_templates_is_not_measured_again(recording, ground_tr
     assert cpu_again == 0
 
 
+def test_pooled_residual_over_sample_blocks_matches_a_direct_computation():
+    from phy_tmatch.residual import pooled_residual
+
+    rng = np.random.default_rng(3)
+    n_channels, n_pool, n = 7, 6, 9001  # 6 neighbours: not a multiple of 4; n spans blocks
+    xt = rng.standard_normal((n_channels, n)).astype(np.float32)
+    nbr = np.stack([rng.permutation(n_channels)[:n_pool] for _ in range(n_channels)])
+    weights = rng.uniform(-1, 1, (n_channels, n_pool)).astype(np.float32)
+    inv_sigma = rng.uniform(0.5, 2, n_channels).astype(np.float32)
+    out = np.full((n_channels, n), np.nan, dtype=np.float32)
+    pooled_residual(xt, inv_sigma, nbr, weights, out)
+    expected = np.einsum("cp,cpt->ct", weights.astype(np.float64) * inv_sigma[nbr],
+                         xt[nbr].astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_abs_medians_equal_numpy_medians_and_channel_noise_is_unchanged():
+    from phy_tmatch.kernels import abs_medians
+    from phy_tmatch.templates import channel_noise
+
+    rng = np.random.default_rng(6)
+    for n, step in [(101, 16), (97, 16), (2, 1), (1, 1), (1000, 1), (999, 3)]:
+        # Rows of very different scales (the radix selection works on the bits), zeros,
+        # negative zeros, ties; odd and even counts (the mean of the middle two).
+        x = (rng.standard_normal((6, n)) * np.logspace(-3, 4, 6)[:, None]).astype(np.float32)
+        x[0, ::3], x[1], x[2, ::2] = 0.0, -0.0, 7.25
+        np.testing.assert_array_equal(abs_medians(x, step),
+                                      np.median(np.abs(x[:, ::step]), axis=1))
+    filtered = (rng.standard_normal((403, 7)) * 20).astype(np.float32)
+    np.testing.assert_array_equal(channel_noise(filtered),
+                                  np.median(np.abs(filtered[::4]), axis=0))
+
+
+def _troughs_by_definition(z, threshold, nbr, half_width, lo, hi):
+    found = []
+    for c in range(z.shape[0]):
+        for t in range(lo, hi):
+            v = z[c, t]
+            if v >= -threshold:
+                continue
+            window = [(z[cc, u], u, cc) for cc in nbr[c]
+                      for u in range(max(0, t - half_width), min(z.shape[1], t + half_width + 1))]
+            if min(window) == (v, t, c):  # ties: the earlier sample, then the lower channel
+                found.append([t, c])
+    return found
+
+
+def test_residual_troughs_match_their_definition_across_scan_blocks():
+    from phy_tmatch.residual import local_channels, residual_troughs
+
+    rng = np.random.default_rng(4)
+    positions = np.c_[np.zeros(8), 20.0 * np.arange(8)]
+    nbr = local_channels(positions, 3)
+    z = rng.standard_normal((8, 700)).astype(np.float32)
+    for t, c, v in [(63, 1, -7), (64, 2, -7), (127, 4, -6), (128, 4, -6), (300, 6, -9),
+                    (301, 7, -9), (450, 0, -5.5), (699, 3, -8), (20, 5, -6)]:
+        z[c, t] = v  # at the edges of the kernel's scan blocks, ties in time and channel
+    for lo, hi in [(0, 700), (21, 650), (64, 129)]:
+        troughs = residual_troughs(z, np.float32(5.0), nbr, 10, lo, hi, 1000)
+        assert troughs.tolist() == _troughs_by_definition(z, 5.0, nbr, 10, lo, hi)
+        assert len(troughs) >= 1
+
+
 # -- on a synthetic recording with ground truth -----------------------------------------------
 
 
