@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/detect.py [--channels 32,384,1024] [--duration 20]
                                 [--data-dir /tmp/phy-bench] [--memory-check] [--stages]
+                                [--reference none|local|both] [--out-dir DIR]
 
 For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
 ``dense1024``), a synthetic recording is written with
@@ -55,7 +56,16 @@ skipped when less than 30 GB of disk is free) and prints the ratio of the
 peak memories: with chunked processing it should be close to 1.
 
 ``--stages`` times the stages of `phy_detect.worker.detect_chunk` on one
-1 s chunk (one numba thread, as in a worker) for each channel count.
+1 s chunk (one numba thread, as in a worker) for each channel count: the
+CPU time of the thread (user + system; unlike wall-clock time, not inflated
+when other processes share the cores).
+
+``--reference local`` runs the detection with the local common reference
+(`phy_detect.reference`, PRM ``stages=dict(reference='local')``; rows
+labelled ``+local``), ``both`` without then with it. Its PRM is a copy of
+the cached recording's, in the output folder (``--out-dir``, default
+``<data-dir>/kwik``). With ``--stages``, the reference's own time is the
+``reference`` row (``read + filter`` includes it).
 """
 
 from __future__ import annotations
@@ -156,6 +166,23 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
     return result
 
 
+def with_reference(prm: Path, out_dir: Path, reference: str) -> Path:
+    """`prm`, or for a reference other than ``'none'`` a copy of it in `out_dir` that asks
+    for it (paths made absolute; the ground truth linked next to it)."""
+    if reference == "none":
+        return prm
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = prm.read_text().replace("'rec.", f"'{prm.parent}/rec.")
+    copy = out_dir / "rec.prm"
+    copy.write_text(text.replace("spikedetekt = dict(",
+                                 f"spikedetekt = dict(stages=dict(reference={reference!r}), ",
+                                 1))
+    truth = out_dir / "rec.groundtruth.npz"
+    if not truth.exists():
+        truth.symlink_to(prm.with_name("rec.groundtruth.npz"))
+    return copy
+
+
 def run(prm: Path, out_dir: Path, evaluate: bool = True) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", str(prm), str(out_dir)]
                           + ([] if evaluate else ["--no-eval"]),
@@ -212,9 +239,11 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     times: dict[str, list[float]] = {}
 
     def timed(name, fn, *args):
-        t0 = time.perf_counter()
+        # This thread's CPU time (user + system): on a shared machine, wall-clock times
+        # count the other processes' turns on the cores too.
+        t0 = time.thread_time()
         out = fn(*args)
-        times.setdefault(name, []).append(time.perf_counter() - t0)
+        times.setdefault(name, []).append(time.thread_time() - t0)
         return out
 
     n_spikes = 0
@@ -226,6 +255,8 @@ def child_stages(prm: str, out_dir: str, repeat: int) -> dict:
     for _ in range(repeat + 1):  # the first is a warm-up, dropped below
         # The worker's own path (`worker.detect_chunk`), stage by stage.
         data = timed("read + filter", worker._read_filtered, setup, chunk)
+        if setup.reference is not None:  # its own time, on a copy of the referenced chunk
+            timed("reference", setup.reference, data.copy())
         data_t, weak_bits, strong_bits = timed(
             "thresholder.transform_bits", setup.thresholder.transform_bits, data,
             worker._crossing_bitmaps(data.shape))
@@ -293,6 +324,10 @@ def main() -> None:
                         help="time the stages of detect_chunk on one 1 s chunk")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of --stages timings")
     parser.add_argument("--no-table", action="store_true", help="skip the main table")
+    parser.add_argument("--reference", choices=("none", "local", "both"), default="none",
+                        help="detect with the local common reference (or both)")
+    parser.add_argument("--out-dir", default=None,
+                        help="where the Kwik files go (default: <data-dir>/kwik)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-stages", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
@@ -307,7 +342,8 @@ def main() -> None:
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    out_root = data_dir / "kwik"
+    out_root = Path(args.out_dir) if args.out_dir else data_dir / "kwik"
+    references = ("none", "local") if args.reference == "both" else (args.reference,)
     channels = channel_counts(parser, args)
     print(machine(), flush=True)
 
@@ -321,26 +357,34 @@ def main() -> None:
         print(HEADER, flush=True)
         for c in channels:
             probe = PROBES[c]
-            prm = recording(data_dir, probe, args.duration)
-            r = run(prm, out_root / f"{probe}-{args.duration:g}s")
-            print(row(probe, args.duration, r), flush=True)
+            for reference in references:
+                name = probe if reference == "none" else f"{probe}+{reference}"
+                out = out_root / f"{name}-{args.duration:g}s"
+                prm = with_reference(recording(data_dir, probe, args.duration), out, reference)
+                r = run(prm, out)
+                print(row(name, args.duration, r), flush=True)
         print(f"# {r['n_workers']} worker processes", flush=True)
 
     if args.stages:
         print()
         print("# detect_chunk stages on one 1 s chunk (plus its overlap margins), "
-              f"1 numba thread, best of {args.repeat}, ms")
+              f"1 numba thread, best of {args.repeat}, CPU ms")
         results = []
         for c in channels:
             probe = PROBES[c]
-            prm = recording(data_dir, probe, args.duration)
-            results.append(run_stages(prm, out_root / f"stages-{probe}", args.repeat))
-        names = list(results[0]["stages"])
+            for reference in references:
+                name = probe if reference == "none" else f"{probe}+{reference}"
+                out = out_root / f"stages-{name}"
+                prm = with_reference(recording(data_dir, probe, args.duration), out, reference)
+                results.append(run_stages(prm, out, args.repeat))
+                results[-1]["label"] = f"{c} ch" + ("" if reference == "none" else " +ref")
+        names = list(dict.fromkeys(name for r in results for name in r["stages"]))
         width = max(len(name) for name in names) + 2
-        print(f"{'stage':<{width}}" + "".join(f"{r['channels']:>10} ch" for r in results))
+        print(f"{'stage':<{width}}" + "".join(f"{r['label']:>13}" for r in results))
         for name in names:
-            print(f"{name:<{width}}" + "".join(f"{1e3 * r['stages'][name]:>13.1f}"
-                                               for r in results))
+            print(f"{name:<{width}}" + "".join(
+                f"{1e3 * r['stages'][name]:>13.1f}" if name in r["stages"] else f"{'-':>13}"
+                for r in results))
         for label, key in (("spikes in the chunk", "spikes"), ("samples in the chunk", "samples")):
             print(f"{label:<{width}}" + "".join(f"{r[key]:>13}" for r in results))
 

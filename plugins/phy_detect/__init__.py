@@ -5,9 +5,10 @@ from phy_core import hookimpl
 
 @hookimpl(trylast=True)
 def phy_register_stages():
-    from . import filtering, floodfill, pca, threshold, waveform, whitening
+    from . import filtering, floodfill, pca, reference, threshold, waveform, whitening
 
-    return [stage for module in (filtering, whitening, threshold, floodfill, waveform, pca)
+    return [stage for module in (filtering, reference, whitening, threshold, floodfill,
+                                 waveform, pca)
             for stage in module.STAGES]
 
 

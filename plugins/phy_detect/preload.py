@@ -51,6 +51,10 @@ def preload() -> None:
 
         worker._warm_up_stages(builtin_factories(BUILTIN_STAGES))
         WARMED = BUILTIN_STAGES
+    with contextlib.suppress(Exception):  # the local reference's kernel (an optional stage)
+        from . import reference
+
+        reference.warm_up()
 
 
 preload()

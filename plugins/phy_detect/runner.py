@@ -41,6 +41,11 @@ its own numba kernels (the PCA fit's) in another (`_warm_up_parent`). The PCA fi
 excerpts' pair moments batch by batch on one thread
 (`pca.statistics_from_pair_batches`), without concatenating them.
 
+Everywhere the workers filter (threshold excerpts, PCA excerpts, main pass), the
+``reference`` stage then applies to the filtered data (`worker.apply_reference`):
+``'none'`` by default; ``'local'`` subtracts a local common reference
+(`phy_detect.reference`, built from the group's site positions).
+
 Stages come from plugins (hook `phy_register_stages`), one per kind, chosen
 by name with ``spikedetekt['stages']`` in the PRM (defaults below). A
 stage's factory receives the arguments listed in `STAGE_ARGUMENTS` for its
@@ -75,11 +80,12 @@ from .worker import GroupSetup, clear_buffers, make_stage, run_job
 
 logger = logging.getLogger("phy")
 
-DEFAULT_STAGES = {"filter": "butterworth", "threshold": "mad", "detector": "floodfill",
-                  "extractor": "centroid", "features": "pca"}
+DEFAULT_STAGES = {"filter": "butterworth", "reference": "none", "threshold": "mad",
+                  "detector": "floodfill", "extractor": "centroid", "features": "pca"}
 #: The keyword arguments the runner gives each kind of stage factory.
 STAGE_ARGUMENTS = {
     "filter": ("rate", "low", "high", "order"),
+    "reference": ("channel_positions", "inner_um", "outer_um", "cell_um"),
     "threshold": ("mode", "thresholds"),
     "detector": ("probe_adjacency_list", "join_size"),
     "extractor": ("extract_before", "extract_after", "weight_power", "thresholds"),
@@ -220,6 +226,9 @@ def detect(
         excerpt_ranges = _pca_excerpts(n_samples, sd, rate)
         chunks = plan_chunks_with(n_samples, chunk_size, margin, excerpt_ranges)
         groups = list(probe.channel_groups)
+        # Built for every group now: a group without geometry fails before any work.
+        references = {group: _reference(stages["reference"], probe, group, sd)
+                      for group in groups}
 
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{prm.experiment_name}.", dir=out_dir))
         partial = tmp_dir / prm.experiment_name
@@ -249,7 +258,7 @@ def detect(
                                      f"in data with {n_file_channels} channels.")
             n_total += _detect_group(prm, sd, stages, filter_, traces, probe, group, channels,
                                      chunks, excerpt_ranges, executor, creator, reporter,
-                                     starts, phases, kwik_files)
+                                     starts, phases, kwik_files, references[group])
         reporter.set_complete()
         # Complete: on disk, then moved into place (the .kwx first, the .kwik last).
         for path in (partial.with_suffix(".kwx"), partial.with_suffix(".kwik")):
@@ -272,6 +281,36 @@ def detect(
     logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
                 n_total, n_samples / rate, elapsed, n_samples / rate / max(elapsed, 1e-9))
     return kwik_path
+
+
+#: The local reference's PRM keys (``spikedetekt``) and the factory argument each gives.
+REFERENCE_KEYS = {"reference_inner_um": "inner_um", "reference_outer_um": "outer_um",
+                  "reference_cell_um": "cell_um"}
+
+
+def _reference(stage, probe, group: int, sd: dict):
+    """The reference stage of channel `group` (None for ``'none'``).
+
+    Its factory gets the group's site positions (None if the probe gives the
+    group no geometry) and the PRM's ``reference_*_um`` keys (missing ones take
+    `phy_detect.reference`'s defaults).
+    """
+    from . import reference
+
+    defaults = {"reference_inner_um": reference.DEFAULT_INNER_UM,
+                "reference_outer_um": reference.DEFAULT_OUTER_UM,
+                "reference_cell_um": reference.DEFAULT_CELL_UM}
+    spec = probe.channel_groups[group]
+    positions = None
+    if spec.get("geometry"):
+        probe.change_channel_group(group)
+        positions = probe.positions
+    arguments = {argument: float(sd.get(key, defaults[key]))
+                 for key, argument in REFERENCE_KEYS.items()}
+    try:
+        return _make(stage, channel_positions=positions, **arguments)
+    except PhyError as e:
+        raise DetectionError(f"Channel group {group}: {e}") from None
 
 
 def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> None:
@@ -587,14 +626,14 @@ def _pca_excerpts(n_samples: int, sd: dict, rate: float) -> list[tuple[int, int]
 
 def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chunks,
                   excerpt_ranges, executor, creator, reporter, starts, phases: dict,
-                  kwik_files) -> int:
+                  kwik_files, reference=None) -> int:
     rate = float(prm.traces.sample_rate)
     mode = sd["detect_spikes"]
     n_samples = int(traces.shape[0])
     t0 = time.perf_counter()
     # Thresholds from excerpts filtered in the workers.
     setup = GroupSetup(str(prm.path), channels, filter_, None, None, None, None,
-                       task="threshold")
+                       task="threshold", reference=reference)
     thresholds = compute_thresholds(executor, setup, n_samples, sd, rate)
     weak, strong = thresholds[0], thresholds[1]
     t_thresholds = time.perf_counter()
@@ -614,7 +653,8 @@ def _detect_group(prm, sd, stages, filter_, traces, probe, group, channels, chun
                       weight_power=float(sd["weight_power"]),
                       thresholds={"weak": weak, "strong": strong},
                       centroid_fraction=sd["centroid_fraction"])
-    setup = GroupSetup(str(prm.path), channels, filter_, thresholder, detector, extractor, None)
+    setup = GroupSetup(str(prm.path), channels, filter_, thresholder, detector, extractor, None,
+                       reference=reference)
 
     # PCA on the spikes of excerpts spread through the recording.
     n_pca = int(sd["pca_n_waveforms_max"])

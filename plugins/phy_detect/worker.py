@@ -30,7 +30,8 @@ class GroupSetup:
     found by a ``'pca'`` job), ``'threshold'`` (the `median_bracket` of an excerpt's
     |filtered| values) or ``'threshold_values'`` (its `values_in_bracket` for
     `threshold_bracket`; ``'threshold_kept'``: for the excerpts this process kept from the
-    first round). `single_threshold`: one median over all channels.
+    first round). `single_threshold`: one median over all channels. `reference`: see
+    `apply_reference`.
     """
 
     prm_path: str
@@ -46,6 +47,9 @@ class GroupSetup:
     #: Names one `compute_thresholds` call: its workers keep the excerpts they filtered in
     #: the first round under it, for the second (`threshold_job`). Empty: keep nothing.
     threshold_run: str = ""
+    #: The reference stage (`phy_detect.reference`), applied in place to the filtered
+    #: float32 data everywhere (threshold excerpts, PCA excerpts, main pass); None: none.
+    reference: Any = None
 
 
 #: Tuning arguments a stage factory receives only if its signature names them (or takes
@@ -202,14 +206,28 @@ def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
         else:
             data = f(read_float32(traces, a, b, channels, out=out), out=out)
         release_pages(traces)
-        return data[start - a:stop - a]
+        return apply_reference(setup, data[start - a:stop - a])
     if hasattr(f, "filter_chunk"):
         data = f.filter_chunk(_GroupTraces(traces, setup.channels), chunk.keep_start,
                               chunk.keep_stop)
     else:
         data = f(read_float32(traces, chunk.keep_start, chunk.keep_stop, setup.channels))
     release_pages(traces)
-    return np.ascontiguousarray(data, dtype=np.float32)
+    return apply_reference(setup, np.ascontiguousarray(data, dtype=np.float32))
+
+
+def apply_reference(setup: GroupSetup, data: np.ndarray) -> np.ndarray:
+    """`setup.reference` applied to the filtered `data` (in place when it is a writeable
+    C-contiguous float32 array, as the built-in filter returns; else to a copy); `data`
+    itself without a reference. Each sample is referenced on its own, so the result does
+    not depend on the chunking, and the reference (across channels) commutes with the
+    filter (in time, per channel)."""
+    if setup.reference is None:
+        return data
+    if not (isinstance(data, np.ndarray) and data.dtype == np.float32 and data.ndim == 2
+            and data.flags.c_contiguous and data.flags.writeable):
+        data = np.array(data, dtype=np.float32, order="C")
+    return setup.reference(data)
 
 
 def _read_filtered(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
@@ -235,7 +253,7 @@ def _read_filtered(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
         else:
             data = f(read_float32(traces, start, stop, channels, out=out), out=out)
     release_pages(traces)  # after the filter has read them
-    return data
+    return apply_reference(setup, data)
 
 
 def _rows(keep: np.ndarray, order: np.ndarray):
@@ -478,7 +496,7 @@ def _extract(setup: GroupSetup, data: np.ndarray):
     buffers (the next chunk reuses them): `extract_all` returns new arrays.
     """
     data = setup.filter(data, out=data) if _accepts_out(setup.filter) else setup.filter(data)
-    return _detect(setup, data)
+    return _detect(setup, apply_reference(setup, data))
 
 
 def _detect(setup: GroupSetup, data: np.ndarray, waveforms: bool = True):

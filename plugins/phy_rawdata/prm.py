@@ -88,6 +88,12 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     n_features_per_channel=3,
     pca_n_waveforms_max=10000,
     # phy: choose a stage plugin per kind by name, e.g. dict(filter='butterworth').
+    # phy: the local common reference (stages=dict(reference='local'), phy_detect.reference):
+    # each site minus the mean of the sites in a square ring of cells of reference_cell_um,
+    # reference_inner_um to reference_outer_um away (rounded to whole cells).
+    reference_inner_um=60.,
+    reference_outer_um=200.,
+    reference_cell_um=40.,
     stages=None,
 )
 
