@@ -39,7 +39,12 @@ channels near their home channel. From them, in the parent process:
   their spike trains are not refractory with each other (units have a dead
   time, so a unit split in two has almost no pair of spikes closer than
   `refractory_ms`).
-- **Drop** the templates that matched fewer than `min_spikes` spikes.
+- **Drop** the templates that matched fewer than `min_spikes` spikes, and, after
+  the merges, the groups most of whose spikes are other templates' spikes seen
+  again (`_duplicates`, ``drop_duplicates``): a spike matched by a template of
+  another unit's shape leaves a residual, the difference of the two, that would
+  become a template of the same spikes (most false clusters of the 1024
+  channels).
 - **Rescale** a template that is neither split nor merged to the mean amplitude
   of its matched spikes (`_mean_amplitude`) when that is off 1 by more than its
   standard error allows and by `rescale_min_change` to `rescale_max_change`: a
@@ -83,6 +88,17 @@ class RefineParameters:
     waveform similarity from which the snippets are compared),
     ``fragment_similarity``: what is alike;
     ``refractory_ms``: the window of the refractory test;
+    ``distinct_beyond_scale`` (off: measured, not better on the whole): two groups
+    of matched spikes whose means differ beyond a scale and a shift of up to 1.5
+    samples (`_beyond_scale_and_shift` with ``whole_shift``) by at least
+    ``min_separation`` standard deviations of one spike's noise are two units,
+    however alike their waveforms: a split is not vetoed by the similarity of
+    its parts, nor are they merged by it (two units 4 um apart, of one shape
+    but for a few channels, amplitude ratio 1.2: split cleanly, but the pursuit
+    then gives a fifth of one unit's spikes to the other);
+    ``drop_duplicates``, ``duplicate_fraction``: a group (a template, a part, a
+    group of residual events) more than this fraction of whose spikes fall on
+    the spikes another nearby template matched is dropped (`_duplicates`);
     ``rescale_significance``, ``rescale_min_change``, ``rescale_max_change``: a
     kept template is rescaled to its spikes' mean amplitude when that differs
     from 1 by this many standard errors and by a fraction in ``(min, max]``
@@ -109,6 +125,10 @@ class RefineParameters:
     rescale_significance: float = 3.0
     rescale_min_change: float = 0.1
     rescale_max_change: float = 0.25
+    distinct_beyond_scale: bool = False
+    min_separation: float = 2.0
+    drop_duplicates: bool = True
+    duplicate_fraction: float = 0.5
 
 
 # -- Splitting --------------------------------------------------------------------------------
@@ -231,7 +251,8 @@ def _two_gaussians_em(y, labels, reg, n_iter):  # pragma: no cover - compiled
 
 
 def _beyond_scale_and_shift(m_a: np.ndarray, m_b: np.ndarray, n_t: int, dims: np.ndarray,
-                            noise: float, p: RefineParameters) -> tuple[float, float]:
+                            noise: float, p: RefineParameters,
+                            whole_shift: int = 0) -> tuple[float, float]:
     """How much two whitened means differ beyond a scale and a fraction of a sample.
 
     `m_a`, `m_b`: flat ``(n_t * L,)`` means (time-major); `noise`: the variance of
@@ -239,19 +260,26 @@ def _beyond_scale_and_shift(m_a: np.ndarray, m_b: np.ndarray, n_t: int, dims: np
     least-squares fit by the mean waveform (an amplitude within the merge's
     ratio) and its time derivative (a shift of at most half a sample: events of
     a weak unit are aligned on a noisy trough); (chi-square statistic, bar).
+    With `whole_shift`, `m_b` is first delayed by the number of samples, up to
+    that many, that fits best: the pursuit dates a spike to a whole sample, and
+    a unit whose trough falls between two samples has its spikes dated on either
+    (parts one sample apart, the same unit: 10 false splits of the 1024 channels).
     """
-    mean = 0.5 * (m_a + m_b)
-    slope = np.gradient(mean.reshape(n_t, -1), axis=0).reshape(-1)
-    delta = m_a[dims] - m_b[dims]
-    basis = np.stack([mean[dims], slope[dims]], axis=1)
-    coef = np.linalg.lstsq(basis, delta, rcond=None)[0]
-    # m_a / m_b = (1 + c/2) / (1 - c/2) within the ratio.
-    r = p.merge_amplitude_ratio
-    coef = np.clip(coef, [-2 * (r - 1) / (r + 1), -0.5], [2 * (r - 1) / (r + 1), 0.5])
-    delta = delta - basis @ coef
-    n_free = max(len(dims) - 2, 1)
-    return (float((delta ** 2).sum()) / noise,
-            n_free + p.split_significance * np.sqrt(2.0 * n_free))
+    best = None
+    for lag in range(-whole_shift, whole_shift + 1):
+        b = m_b if lag == 0 else _shift(m_b.reshape(n_t, -1), lag).reshape(-1)
+        mean = 0.5 * (m_a + b)
+        slope = np.gradient(mean.reshape(n_t, -1), axis=0).reshape(-1)
+        delta = m_a[dims] - b[dims]
+        basis = np.stack([mean[dims], slope[dims]], axis=1)
+        coef = np.linalg.lstsq(basis, delta, rcond=None)[0]
+        # m_a / m_b = (1 + c/2) / (1 - c/2) within the ratio.
+        r = p.merge_amplitude_ratio
+        coef = np.clip(coef, [-2 * (r - 1) / (r + 1), -0.5], [2 * (r - 1) / (r + 1), 0.5])
+        stat = float(((delta - basis @ coef) ** 2).sum()) / noise
+        best = stat if best is None else min(best, stat)
+    n_free = max(len(dims) - 2 - (whole_shift > 0), 1)
+    return best, n_free + p.split_significance * np.sqrt(2.0 * n_free)
 
 
 def _bisect(x: np.ndarray, p: RefineParameters, n_t: int | None = None) -> np.ndarray | None:
@@ -324,8 +352,9 @@ def _bisect(x: np.ndarray, p: RefineParameters, n_t: int | None = None) -> np.nd
     m_a, m_b = x[best == 0].mean(axis=0), x[best == 1].mean(axis=0)
     n_a2, n_b2 = float(np.linalg.norm(m_a)), float(np.linalg.norm(m_b))
     cos = float(m_a @ m_b) / max(n_a2 * n_b2, 1e-12)
-    if cos >= p.merge_similarity and max(n_a2, n_b2) <= p.merge_amplitude_ratio * min(n_a2,
-                                                                                      n_b2):
+    similar = cos >= p.merge_similarity and max(n_a2, n_b2) <= p.merge_amplitude_ratio * min(
+        n_a2, n_b2)
+    if similar and not (p.distinct_beyond_scale and n_t is not None):
         return None
     if n_t is not None:
         # The same on every dimension, in the snippets' time order: a unit's spikes
@@ -334,8 +363,11 @@ def _bisect(x: np.ndarray, p: RefineParameters, n_t: int | None = None) -> np.nd
         m_a, m_b = a.mean(axis=0), b.mean(axis=0)
         dims = np.argsort(-energy, kind="stable")[:n_dims]
         stat, bar = _beyond_scale_and_shift(m_a, m_b, n_t, dims, spread * (1 / n_a + 1 / n_b),
-                                            p)
+                                            p, whole_shift=int(p.distinct_beyond_scale))
         if stat < bar:
+            return None
+        # Similar parts (`distinct_beyond_scale`): each spike must tell them apart.
+        if similar and np.sqrt(stat * (1 / n_a + 1 / n_b)) < p.min_separation:
             return None
     return best
 
@@ -490,7 +522,8 @@ def _indistinct(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int, home: int, whi
 
 def _compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int, lag: int,
                       whitener: SnippetWhitener, local: np.ndarray,
-                      p: RefineParameters) -> tuple[bool, float, float]:
+                      p: RefineParameters, separation: bool = False,
+                      whole_shift: int = 0) -> tuple:
     """Whether two groups of snippets have means that differ by no more than their noise.
 
     `x_a`, `x_b`: the groups' snippets ``(n, n_t, L)`` on the local channels of
@@ -504,11 +537,13 @@ def _compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int
     -------
     (indistinct, cosine, ratio)
         The test's verdict, and the cosine similarity and norm ratio of the two
-        means on the dimensions where they stand out of the noise.
+        means on the dimensions where they stand out of the noise; with
+        `separation`, also the difference of the means beyond a scale and a
+        shift in standard deviations of one snippet (0 when not tested).
     """
     common = np.intersect1d(local[home_a], local[home_b])
     if len(common) < 4 or min(len(x_a), len(x_b)) < 3:
-        return False, 0.0, 0.0
+        return (False, 0.0, 0.0, 0.0) if separation else (False, 0.0, 0.0)
     pos_a = np.searchsorted(local[home_a], common, sorter=np.argsort(local[home_a]))
     pos_a = np.argsort(local[home_a])[pos_a]
     pos_b = np.argsort(local[home_b])[np.searchsorted(local[home_b], common,
@@ -530,9 +565,13 @@ def _compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int
     v_b = max(1.0, float(wb[:, dims].var(axis=0, ddof=1).mean()))
     n_a2, n_b2 = float(np.linalg.norm(m_a[dims])), float(np.linalg.norm(m_b[dims]))
     cos = float(m_a[dims] @ m_b[dims]) / max(n_a2 * n_b2, 1e-12)
-    stat, bar = _beyond_scale_and_shift(m_a, m_b, n_t, dims, v_a / len(wa) + v_b / len(wb), p)
+    noise = v_a / len(wa) + v_b / len(wb)
+    stat, bar = _beyond_scale_and_shift(m_a, m_b, n_t, dims, noise, p, whole_shift)
     logger.debug("Refinement: snippet test n=%d/%d: stat %.1f, bar %.1f (%d dims), cosine "
                  "%.3f.", len(wa), len(wb), stat, bar, n_dims, cos)
+    if separation:
+        return (stat < bar, cos, n_a2 / max(n_b2, 1e-12),
+                float(np.sqrt(stat * noise / (0.5 * (v_a + v_b)))))
     return stat < bar, cos, n_a2 / max(n_b2, 1e-12)
 
 
@@ -556,6 +595,58 @@ def _refractory_conflict(s1, s2, window: int, same: int, duration: int) -> bool:
     expected = len(s1) * len(s2) * 2 * (window - same) / max(duration, 1)
     observed = _coincidences(s1, s2, window, same)
     return observed > max(2.0, 0.3 * expected)
+
+
+def _duplicates(groups: list, owners: list, samples: np.ndarray, labels: np.ndarray,
+                counts: np.ndarray, template_homes: np.ndarray, positions: np.ndarray,
+                same: int, p: RefineParameters) -> list[int]:
+    """Indices of the groups whose spikes are mostly other templates' spikes, seen again.
+
+    A spike the pursuit matched with a template of another unit's shape leaves
+    a residual, the difference of the two, which the residual events collect
+    and a later round makes a template of: the same spikes twice, a false
+    unit (most false clusters of the 1024 channels). Independent units rarely
+    fire within `same` samples of each other (a few % of a unit's spikes,
+    whatever their shapes), so a group more than ``p.duplicate_fraction`` of
+    whose spikes are within `same` samples of spikes of templates other than
+    its own (`owners`: the set of templates whose spikes it holds), whose peak
+    channels lie within ``p.merge_radius_um`` of its home, is not a unit (after
+    the merges: a group of a template's own misfits joins that template and
+    makes its waveform better). The groups are taken from
+    the smallest: two copies of one unit's spikes lose the smaller one; a
+    template dropped no longer counts. Matched spikes are a sample of each
+    template's (`counts`: all of them): each counts for the spikes it stands
+    for (``counts / sampled``), so that the count of coincidences is unbiased
+    and a sample does not hide a duplicate.
+    """
+    matched = np.flatnonzero(labels >= 0)
+    order = np.argsort(samples[matched], kind="stable")
+    m_samples, m_kinds = samples[matched][order], labels[matched][order]
+    sampled = np.bincount(m_kinds, minlength=len(counts))
+    weight = np.asarray(counts, dtype=np.float64) / np.maximum(sampled, 1)
+    gone = np.zeros(len(counts), dtype=bool)
+    drop = []
+    for i in sorted(range(len(groups)), key=lambda i: (groups[i][1], i)):
+        g = groups[i]
+        spikes = np.asarray(g[4])
+        if len(spikes) == 0:
+            continue
+        own = np.array(sorted(owners[i]), dtype=np.int64)
+        near = np.linalg.norm(positions[template_homes] - positions[g[3]], axis=1) \
+            <= p.merge_radius_um
+        lo = np.searchsorted(m_samples, spikes - same, side="left")
+        hi = np.searchsorted(m_samples, spikes + same, side="right")
+        # Every matched spike within `same` samples of one of the group's spikes.
+        width = hi - lo
+        index = np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())
+        kinds = m_kinds[index]
+        ok = near[kinds] & ~gone[kinds] & ~np.isin(kinds, own)
+        covered = float(weight[kinds[ok]].sum())
+        if covered > p.duplicate_fraction * len(spikes):
+            drop.append(i)
+            if g[5] < 0:  # not a part of a split (whose parent's other part stays)
+                gone[own] = True
+    return sorted(drop)
 
 
 # -- Amplitude --------------------------------------------------------------------------------
@@ -695,6 +786,9 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     # Merges, most similar pairs first.
     refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
     same = int(round(0.2e-3 * sample_rate))
+    # The templates whose matched spikes each group holds (`_duplicates`).
+    owners = [{g[5]} if g[5] >= 0 else ({int(labels[g[8][0]])} if not g[10] and len(g[8])
+                                         else set()) for g in groups]
     max_lag = int(round(p.merge_max_lag_ms * 1e-3 * sample_rate))
     positions = np.asarray(positions, dtype=np.float64)
     pairs = []
@@ -710,6 +804,16 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             alike = cos >= p.merge_similarity and \
                 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio
             by_snippets = False
+            if alike and p.distinct_beyond_scale and not (groups[i][10] or groups[j][10]):
+                # Alike waveforms, but their spikes may tell two units apart (a split
+                # of a previous round, parts that `_bisect` found beyond a scale and a
+                # shift). Residual events are left to the rules below (their means
+                # are biased by their selection).
+                one, cos_s, _, separation = _compare_snippets(
+                    snippets[groups[i][8]], groups[i][9], snippets[groups[j][8]],
+                    groups[j][9], lag, whitener, local, p, separation=True, whole_shift=1)
+                # cos_s 0: too few spikes or channels to test.
+                alike = one or cos_s == 0.0 or separation < p.min_separation
             if not alike and cos >= p.merge_min_similarity:
                 alike, cos_s, ratio_s = _compare_snippets(
                     snippets[groups[i][8]], groups[i][9], snippets[groups[j][8]],
@@ -765,8 +869,21 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         g[2] = None
         g[4] = np.concatenate([g[4], h[4]])
         alive[small] = False
+        owners[big] |= owners[small]
         n_merged += 1
     kept = [g for g, a in zip(groups, alive) if a]
+    if p.drop_duplicates and kept:
+        # After the merges: a residual group of a template's own misfits (at its spikes)
+        # joined that template, and made its waveform better.
+        kept_owners = [o for o, a in zip(owners, alive) if a]
+        drop = set(_duplicates(kept, kept_owners, samples, labels, counts, template_homes,
+                               positions, same, p))
+        for i in drop:
+            if kept[i][10] and kept[i][2] is None:
+                n_new -= 1
+            else:
+                n_dropped += 1
+        kept = [g for i, g in enumerate(kept) if i not in drop]
     # Rescaled after the merges, which compare the waveforms as the pass matched them:
     # rescaling first moved neighbouring weak units within the merge's amplitude ratio
     # (1024 channels: 5 units lost).

@@ -23,6 +23,7 @@ from phy_tmatch.refine import (
     _beyond_scale_and_shift,
     _bisect,
     _compare_snippets,
+    _duplicates,
     _mean_amplitude,
     _refractory_conflict,
     _two_gaussians,
@@ -258,6 +259,77 @@ def test_means_differing_by_a_scale_and_a_fraction_of_a_sample_are_one_unit():
     assert not verdict(waveform(second=-3.0))
     assert not verdict(waveform(shift=3.0))
     assert not verdict(waveform(scale=2.0))
+
+
+def test_means_one_sample_apart_are_one_unit_with_a_whole_shift():
+    # The pursuit dates a spike to a whole sample: a unit whose trough falls between two
+    # samples has parts one sample apart, which only the whole shift calls one unit; a
+    # second trough stays a second unit.
+    p = RefineParameters()
+    n_t, n = 40, 200
+    t = np.arange(n_t)[:, None]
+
+    def waveform(shift=0.0, second=0.0):
+        trough = -6 * np.exp(-0.5 * ((t - 15 - shift) / 1.5) ** 2)
+        return (trough * np.array([1.0, 0.5, 0.2])
+                + second * np.exp(-0.5 * ((t - 28) / 1.5) ** 2) * np.array([0, 1.0, 0]))
+
+    rng = np.random.default_rng(3)
+
+    def verdict(b, whole_shift):
+        a = waveform().reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
+        b = b.reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
+        dims = np.argsort(-np.maximum(np.abs(a), np.abs(b)))[:30]
+        stat, bar = _beyond_scale_and_shift(a, b, n_t, dims, 2.0 / n, p, whole_shift)
+        return stat < bar
+
+    for shift in (1.0, -1.0, 1.3):
+        assert not verdict(waveform(shift=shift), 0)
+        assert verdict(waveform(shift=shift), 1)
+    assert verdict(waveform(), 1)
+    assert not verdict(waveform(shift=1.0, second=-3.0), 1)
+    assert not verdict(waveform(shift=3.0), 1)
+
+
+def _group(samples, home, parent=-1, residual=False):
+    """A refinement group with what `_duplicates` reads (n, home, samples, parent, residual)."""
+    return [None, len(samples), None, home, np.asarray(samples), parent, len(samples), 1.0,
+            np.arange(0), home, residual, 1.0]
+
+
+def test_a_group_of_another_templates_spikes_seen_again_is_dropped():
+    # Two templates of independent units (homes 0 and 1, 20 um apart), and groups of
+    # residual events: at template 0's spikes (a misfit: dropped), independent of every
+    # spike (a unit: kept), at template 0's spikes but 200 um away (another unit: kept).
+    rng = np.random.default_rng(4)
+    duration, same = 600_000, 6
+    t0 = np.sort(rng.choice(duration, 200, replace=False))
+    t1 = np.sort(rng.choice(duration, 150, replace=False))
+    positions = np.array([[0.0, 0.0], [0.0, 20.0], [0.0, 200.0]])
+    homes = np.array([0, 1, 2])
+    # Only every other spike of template 0 among the events (a sample, as the workers
+    # keep), standing for two.
+    samples = np.concatenate([t0[::2], t1])
+    labels = np.concatenate([np.zeros(100, np.int64), np.ones(150, np.int64)])
+    counts = np.array([200, 150, 0])
+    p = RefineParameters(drop_duplicates=True)
+    misfit = t0[:60] + rng.integers(-3, 4, 60)
+    independent = np.sort(rng.choice(duration, 60, replace=False))
+    groups = [_group(t0[::2], 0), _group(t1, 1), _group(misfit, 1, residual=True),
+              _group(independent, 1, residual=True), _group(misfit, 2, residual=True)]
+    owners = [{0}, {1}, set(), set(), set()]
+    assert _duplicates(groups, owners, samples, labels, counts, homes, positions, same,
+                       p) == [2]
+    # The matched spikes of a group's own template are not another template's.
+    assert _duplicates([groups[2]], [{0}], samples, labels, counts, homes, positions, same,
+                       p) == []
+    # Two templates of the same spikes: the smaller is dropped, and no longer counts
+    # against the larger.
+    samples2 = np.concatenate([t0, t0[:150]])
+    labels2 = np.concatenate([np.zeros(200, np.int64), np.ones(150, np.int64)])
+    copies = [_group(t0, 0), _group(t0[:150], 1)]
+    assert _duplicates(copies, [{0}, {1}], samples2, labels2, np.array([200, 150, 0]), homes,
+                       positions, same, p) == [1]
 
 
 def test_refractory_conflict_counts_pairs_but_not_one_spike_seen_twice():
