@@ -30,12 +30,14 @@ that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
   matching's directory: `phy_spikesort.pipeline.template_dir`).
 - ``cluster CPU``: CPU time of the clustering phase (the masked EM, in the sorting
   process: opening the Kwik file, reading the features, the algorithm, saving).
-- ``label s``: wall-clock time of the automatic "good" labels of the Kwik
-  file and of the template directory (the sort's last step,
-  `phy_autolabel.label_clusters`: quality metrics of every cluster, then a
-  conservative rule); included in ``total s``. ``label CPU``: its CPU time
-  (the labels run in the sorting process; on a loaded machine the wall-clock
-  time is several times more).
+- ``label s``: wall-clock time of the automatic "good" labels after the
+  template matching (`phy_autolabel.label_clusters`: quality metrics of every
+  cluster, then a conservative rule); included in ``total s``. With template
+  matching, a worker decides the Kwik file's labels during the template
+  matching (saved in this step), and the workers compute the template
+  directory's metrics in shares in this step. ``label CPU``: their CPU time,
+  as ``sorting process + workers`` (on a loaded machine the wall-clock time
+  is several times more).
 - ``false good``: clusters labelled good by `phy_autolabel` that match no
   true unit (best accuracy < 0.5), over the clusters labelled good: ``EM``
   for the masked EM's Kwik file, ``TM`` for the template directory.
@@ -135,6 +137,7 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
     out = dict(channels=0, spikes=result.n_spikes, clusters=result.n_clusters,
                duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
                tmatch=result.tmatch_s, label=result.label_s, label_cpu=result.label_cpu_s,
+               label_worker_cpu=result.get("label_worker_cpu_s", 0.0),
                cluster_cpu=result.cluster_cpu_s,
                total=result.total_s,
                cpu=tree_cpu_seconds() - cpu0,
@@ -165,7 +168,7 @@ def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | No
 
 HEADER = (f"{'channels':>8} {'duration s':>10} {'spikes':>7} {'clusters':>8} {'detect s':>8} "
           f"{'cluster s':>9} {'cluster CPU':>11} {'tmatch s':>8} {'total s':>7} {'label s':>7} "
-          f"{'label CPU':>9} "
+          f"{'label CPU':>10} "
           f"{'x RT':>5} "
           f"{'CPU s':>6} "
           f"{'RSS MB parent/worker':>20} {'EM snr>=5':>9} {'EM snr>=3':>9} {'TM snr>=5':>9} "
@@ -177,6 +180,8 @@ def row(r: dict) -> str:
         return f"{r[k]}/{r[n]}" if k in r and n in r else "-"
 
     rss = f"{r['rss_parent']:.0f}/{r['rss_worker']:.0f}"
+    workers = r.get("label_worker_cpu", 0.0)
+    label_cpu = f"{r.get('label_cpu', float('nan')) - workers:.2f}+{workers:.2f}"
     good = ratio("n_false_good", "n_good") + (
         ", " + ratio("tm_false_good", "tm_good") if "tm_good" in r else "")
     false = ratio("tm_false", "tm_clusters") if "tm_false" in r else \
@@ -184,7 +189,7 @@ def row(r: dict) -> str:
     return (f"{r['channels']:>8} {r['duration']:>10g} {r['spikes']:>7} {r['clusters']:>8} "
             f"{r['detect']:>8.1f} {r['cluster']:>9.1f} {r.get('cluster_cpu', float('nan')):>11.2f} "
             f"{r['tmatch']:>8.1f} {r['total']:>7.1f} "
-            f"{r['label']:>7.1f} {r.get('label_cpu', float('nan')):>9.2f} "
+            f"{r['label']:>7.1f} {label_cpu:>10} "
             f"{r['duration'] / r['total']:>5.2f} {r['cpu']:>6.1f} {rss:>20} "
             f"{ratio('n_accurate_5', 'n_units_5'):>9} {ratio('n_accurate_3', 'n_units_3'):>9} "
             f"{ratio('tm_accurate_5', 'n_units_5'):>9} {ratio('tm_accurate_3', 'n_units_3'):>9} "

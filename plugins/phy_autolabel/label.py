@@ -112,15 +112,54 @@ def decide_groups(quality: dict[int, ClusterQuality], groups: dict[int, int],
     return new_groups, failures
 
 
-def _label_model(model, rule, parameters, overwrite_labels, reporter, noise_cache=None):
-    source = SortingSource(model, noise_cache=noise_cache)
-    quality = compute_quality(source, parameters=parameters, reporter=reporter)
+def _label_model(model, rule, parameters, overwrite_labels, reporter, noise_cache=None,
+                 quality=None):
+    if quality is None:
+        source = SortingSource(model, noise_cache=noise_cache)
+        quality = compute_quality(source, parameters=parameters, reporter=reporter)
+    else:
+        _check_quality(model, quality)
     groups = {int(c): int(g) for c, g in (getattr(model, "cluster_groups", None) or {}).items()}
     labels = _model_labels(model)
     new_groups, failures = decide_groups(quality, groups, labels.get(AUTO_LABEL, {}), rule,
                                          overwrite_labels)
     old_groups = {c: int(groups.get(c, UNSORTED)) for c in quality}
     return quality, old_groups, new_groups, failures, labels
+
+
+def _cluster_sizes(model) -> dict[int, int]:
+    ids, counts = np.unique(np.asarray(model.spike_clusters), return_counts=True)
+    return {int(c): int(n) for c, n in zip(ids, counts)}
+
+
+def _check_quality(model, quality: dict) -> None:
+    """Raise `AutoLabelError` unless `quality` has the clusters of `model`, of these sizes."""
+    if _cluster_sizes(model) != {c: int(q.n_spikes) for c, q in quality.items()}:
+        raise AutoLabelError(f"{getattr(model, 'path', 'the sorting')}: the clusters or their "
+                             "spikes changed since the metrics were computed; label it again.")
+
+
+def quality_share(path, part: int, n_parts: int, *, parameters: MetricParameters | None = None,
+                  channel_group: int | None = None,
+                  noise_cache: NoiseCache | None = None) -> dict[int, ClusterQuality]:
+    """The metrics of one share of the clusters of a sorting: every `n_parts`-th cluster
+    (in id order) from the `part`-th.
+
+    Each cluster's metrics depend only on the sorting, not on which others are computed
+    with it: `n_parts` processes compute the shares, and `label_clusters` (its `quality`
+    argument) decides and saves with the shares merged, the same numbers as computed in
+    one process. `path`: as for `label_clusters` (one channel group of a Kwik file).
+    """
+    _, openers = _open(Path(path), channel_group)
+    if len(openers) != 1:
+        raise AutoLabelError(f"{path}: several channel groups; choose one.")
+    model = openers[0][1]()
+    try:
+        source = SortingSource(model, noise_cache=noise_cache)
+        return compute_quality(source, cluster_ids=source.cluster_ids[part::n_parts],
+                               parameters=parameters or MetricParameters())
+    finally:
+        model.close()
 
 
 def _model_labels(model) -> dict[str, dict[int, object]]:
@@ -185,7 +224,8 @@ def label_clusters(path, *, rule: GoodRule | None = None,
                    parameters: MetricParameters | None = None,
                    channel_group: int | None = None, overwrite_labels: bool = False,
                    dry_run: bool = False, reporter=None,
-                   noise_cache: NoiseCache | None = None) -> list[GroupLabels]:
+                   noise_cache: NoiseCache | None = None,
+                   quality: dict[int, ClusterQuality] | None = None) -> list[GroupLabels]:
     """Compute the quality metrics of a sorting, label the clear single units good, save.
 
     Parameters
@@ -210,6 +250,12 @@ def label_clusters(path, *, rule: GoodRule | None = None,
     noise_cache : NoiseCache or None
         Noise estimates shared between calls on sortings of the same recording
         (a Kwik file and its template directory), each estimated once.
+    quality : dict or None
+        The metrics of every cluster, computed elsewhere (`quality_share`:
+        e.g. by worker processes, each a share of the clusters), of one
+        sorting (a template directory, or a Kwik file's `channel_group`):
+        used instead of computing them. `AutoLabelError` if they are not
+        those of the sorting's clusters.
 
     Returns
     -------
@@ -222,22 +268,61 @@ def label_clusters(path, *, rule: GoodRule | None = None,
     if not path.exists():
         raise AutoLabelError(f"{path}: no such file or directory.")
     kind, openers = _open(path, channel_group)
+    if quality is not None and len(openers) != 1:
+        raise AutoLabelError(f"{path}: metrics given for several channel groups; choose one.")
     results = []
     for group, open_model in openers:
         model = open_model()
         try:
             quality, old, new, failures, labels = _label_model(model, rule, parameters,
                                                               overwrite_labels, reporter,
-                                                              noise_cache)
+                                                              noise_cache, quality)
             result = GroupLabels(path=path, channel_group=group, quality=quality,
                                  old_groups=old, new_groups=new, failures=failures)
-            previous = labels.get(AUTO_LABEL, {})
-            marks = auto_marks(result, previous)
-            stale = marks != {c: str(v) for c, v in previous.items() if str(v) == "good"}
-            if not dry_run and (result.changed or stale):
-                save = _save_kwik if kind == "kwik" else _save_template
-                save(model, result, labels, marks)
+            if not dry_run:
+                _save_result(kind, model, result, labels)
             results.append(result)
         finally:
             model.close()
     return results
+
+
+def _save_result(kind: str, model, result: GroupLabels, labels: dict) -> None:
+    """Save `result` in `model` if it changes a group or an ``autolabel`` mark."""
+    previous = labels.get(AUTO_LABEL, {})
+    marks = auto_marks(result, previous)
+    stale = marks != {c: str(v) for c, v in previous.items() if str(v) == "good"}
+    if result.changed or stale:
+        save = _save_kwik if kind == "kwik" else _save_template
+        save(model, result, labels, marks)
+
+
+def save_labels(results: list[GroupLabels]) -> None:
+    """Save labels decided earlier (`label_clusters` with ``dry_run=True``).
+
+    What a dry run decides depends on the groups it read: `phy spikesort`
+    computes the labels of a Kwik file in a worker process while the template
+    matching runs, and saves them here afterwards. A sorting whose groups
+    changed in between (other clusters, spike counts or groups) is an error
+    (label it again instead).
+
+    Raises
+    ------
+    AutoLabelError
+        When a sorting's groups are not those the labels were decided from.
+    """
+    for result in results:
+        kind, openers = _open(Path(result.path), result.channel_group)
+        (_, open_model), = openers
+        model = open_model()
+        try:
+            groups = {int(c): int(g)
+                      for c, g in (getattr(model, "cluster_groups", None) or {}).items()}
+            now = {c: int(groups.get(c, UNSORTED)) for c in result.quality}
+            _check_quality(model, result.quality)
+            if now != result.old_groups:
+                raise AutoLabelError(f"{result.path}: the groups changed since the labels "
+                                     "were decided; label it again.")
+            _save_result(kind, model, result, _model_labels(model))
+        finally:
+            model.close()

@@ -148,6 +148,16 @@ class NoiseCache:
         for c, v in zip(columns, values):
             self._values[(recording, int(c))] = float(v)
 
+    def copy(self) -> NoiseCache:
+        """A cache with the same estimates (e.g. to send to worker processes)."""
+        out = NoiseCache()
+        out._values = dict(self._values)
+        return out
+
+    def update(self, other: NoiseCache) -> None:
+        """Add the estimates of `other` (e.g. a copy filled by a worker process)."""
+        self._values.update(other._values)
+
 
 class SortingSource:
     """Read what the quality metrics need from a phy model.

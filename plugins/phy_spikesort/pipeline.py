@@ -16,6 +16,18 @@ Template matching (optional)
     `TEMPLATE_MATCHING_DEFAULTS`), which writes the template directory
     ``<experiment_name>.templates.<group>`` beside the Kwik file.
 
+Labels (``auto_label``)
+    At the end, `phy_autolabel` labels the clear single units good in the
+    Kwik file and the template directories. With template matching on worker
+    processes, the work the workers would otherwise wait through is theirs:
+    one estimates the recording's noise while the masked EM runs here; one
+    decides the Kwik file's labels while the template matching runs (they
+    depend only on the masked EM; saved here once the template matching has
+    finished, since it seeds from the Kwik file's groups as they were); and
+    once it has finished, they compute the template directory's metrics,
+    each a share of its clusters, which are decided and saved here. The
+    same numbers, labels and files as labelling everything here.
+
 Resuming
     Right after detection, ``<experiment_name>.spikesort.json`` is written
     beside the Kwik file (atomically): what identifies the detection (the
@@ -196,6 +208,10 @@ class _SharedWorkers:
             self._made = make_executor("processes", **self._options)
         return self._made
 
+    def existing(self):
+        """The pool if there is one (given, or made by an earlier `get`), else None."""
+        return self._given if self._given is not None else self._made
+
     def close(self) -> None:
         if self._made is not None:
             self._made.close()
@@ -234,6 +250,61 @@ class _NoiseInBackground:
         self._thread.join()
         if self._result and self._result[0] is not None:
             noise_cache.put(*self._result[0])
+
+
+def _kwik_labels_job(job: tuple) -> tuple:
+    """A worker's share of the labels: decide those of one channel group of a Kwik file
+    (`phy_autolabel.label_clusters`, a dry run), with the noise known so far.
+
+    Returns ``(results, noise_cache, cpu_s)``: the noise cache as the labels left it
+    (with whatever they estimated), and the CPU time spent here.
+    """
+    from phy_autolabel import label_clusters
+
+    kwik_path, group, noise = job
+    cpu = time.process_time()
+    results = label_clusters(kwik_path, channel_group=group, noise_cache=noise, dry_run=True)
+    return results, noise, time.process_time() - cpu
+
+
+class _KwikLabelsInBackground:
+    """The labels of a channel group's masked EM clusters, decided by a worker while the
+    template matching runs (`_kwik_labels_job`), saved by this process afterwards.
+
+    They depend only on the Kwik file, which the template matching only reads (at its
+    start: the labels are saved once it has finished, so that it seeds from the groups it
+    always had); the workers and this process leave a core idle during parts of that
+    stage (this process's refinements, the last pass's tail). The same numbers as
+    labelling here: the same code on the same inputs and noise. A failure costs only the
+    time: the labels are then decided here, as without it.
+    """
+
+    def __init__(self, executor, kwik_path: Path, group: int, noise) -> None:
+        import threading
+
+        self.group = group
+        self._result: list = []
+        # The executor's ordered map blocks until the result: a thread waits for it.
+        self._thread = threading.Thread(target=self._run,
+                                        args=(executor, (str(kwik_path), group, noise)),
+                                        name="phy-kwik-labels", daemon=True)
+        self._thread.start()
+
+    def _run(self, executor, job: tuple) -> None:
+        try:
+            self._result.extend(executor.imap(_kwik_labels_job, [job]))
+        except Exception as exc:  # noqa: BLE001 - the labels are then decided in this process
+            logger.debug("Kwik labels in a worker failed (%s: %s).", type(exc).__name__, exc)
+
+    def wait(self, noise_cache) -> tuple[list, float] | None:
+        """Wait for the worker; ``(results, worker CPU s)``, or None if it failed. The noise
+        it estimated goes into `noise_cache`."""
+        self._thread.join()
+        if not self._result:
+            return None
+        results, noise, cpu = self._result[0]
+        noise_cache.update(noise)
+        return results, cpu
 
 
 #: The template-matching stage's defaults (`phy_tmatch.runner.template_match` options):
@@ -345,11 +416,16 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         included), ``groups`` (``{group: (n_spikes, n_clusters)}``),
         ``detect_s``, ``cluster_s``, ``tmatch_s``, ``label_s``, ``total_s``
         (this run's wall-clock times; ``detect_s`` is 0 when resuming),
-        ``cluster_cpu_s`` and ``label_cpu_s`` (CPU times of the clustering and
-        of the labels, which run in this process),
+        ``cluster_cpu_s`` and ``label_cpu_s`` (CPU times of the clustering, in
+        this process, and of the labels, wherever they ran), ``label_worker_cpu_s``
+        (the labels' CPU time in worker processes: with template matching, the
+        Kwik file's labels are decided by a worker during it, and the template
+        directories' metrics computed by the workers in shares),
         ``resumed`` (bool), ``template_dirs`` (``{group: Path}`` with template
         matching), ``n_good`` (clusters labelled good, Kwik file and template
-        directories together; None without `auto_label`).
+        directories together; None without `auto_label`), ``labels`` (their
+        `phy_autolabel.label.GroupLabels`, metrics included; None without
+        `auto_label`).
     """
     from phy_masked_em.command import (
         CHECKPOINT_EVERY_S,
@@ -397,8 +473,8 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         matched = list(state["matched"]) if state else []
         if channel_group is not None:
             todo = [g for g in todo if g == channel_group]
-        cluster_s = tmatch_s = cluster_cpu_s = 0.0
-        template_dirs = {}
+        cluster_s = tmatch_s = cluster_cpu_s = label_worker_cpu_s = 0.0
+        template_dirs, early_labels = {}, {}
         for group in todo:
             t1, cpu1 = time.perf_counter(), time.process_time()
             if (auto_label and tmatch_options is not None and noise_job is None
@@ -423,26 +499,49 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
             t2 = time.perf_counter()
             cluster_s += t2 - t1
             cluster_cpu_s += time.process_time() - cpu1
+            labels_job = None
+            if (auto_label and tmatch_options is not None and group not in matched
+                    and getattr(workers.get(), "name", "") != "serial"):
+                # A worker decides this group's Kwik labels while the others match.
+                labels_job = _KwikLabelsInBackground(workers.get(), kwik_path, group, noise)
             if tmatch_options is not None and group not in matched:
-                template_dirs[group] = _template_match(prm, kwik_path, group, tmatch_options,
-                                                       workers.get(), tmatch_reporter)
+                try:
+                    template_dirs[group] = _template_match(prm, kwik_path, group,
+                                                           tmatch_options, workers.get(),
+                                                           tmatch_reporter)
+                finally:
+                    # Before anything writes the Kwik file (the next group's clustering).
+                    if labels_job is not None:
+                        early = labels_job.wait(noise)
+                        if early is not None:
+                            early_labels[group], cpu = early
+                            label_worker_cpu_s += cpu
                 matched.append(group)
                 if state is not None:
                     _write_state(state_path(kwik_path), identity, clustered, matched)
             tmatch_s += time.perf_counter() - t2
+        all_groups = _channel_groups(kwik_path)
+        finished = set(clustered) & (set(matched) if tmatch_options is not None
+                                     else set(clustered))
+        if state is not None and set(all_groups) <= finished:
+            state_path(kwik_path).unlink(missing_ok=True)
+        labelled = [g for g in all_groups if g in clustered
+                    and (channel_group is None or g == channel_group)]
+        if tmatch_options is not None:
+            template_dirs.update({g: template_dir(kwik_path, g) for g in labelled
+                                  if g in matched})
+        t3, cpu3 = time.perf_counter(), time.process_time()
+        # The workers (kept until here, idle) compute the template directories' metrics.
+        n_good = labels = None
+        if auto_label:
+            labels, cpu = _auto_label(kwik_path, labelled, template_dirs, noise, early_labels,
+                                      workers.existing())
+            label_worker_cpu_s += cpu
+            n_good = sum(len(r.good) for r in labels)
     finally:
         workers.close()
-    all_groups = _channel_groups(kwik_path)
-    finished = set(clustered) & (set(matched) if tmatch_options is not None else set(clustered))
-    if state is not None and set(all_groups) <= finished:
-        state_path(kwik_path).unlink(missing_ok=True)
-    labelled = [g for g in all_groups if g in clustered
-                and (channel_group is None or g == channel_group)]
-    if tmatch_options is not None:
-        template_dirs.update({g: template_dir(kwik_path, g) for g in labelled if g in matched})
-    t3, cpu3 = time.perf_counter(), time.process_time()
-    n_good = _auto_label(kwik_path, labelled, template_dirs, noise) if auto_label else None
-    label_s, label_cpu_s = time.perf_counter() - t3, time.process_time() - cpu3
+    label_s = time.perf_counter() - t3
+    label_cpu_s = time.process_time() - cpu3 + label_worker_cpu_s
     groups = {g: _group_counts(kwik_path, g) for g in all_groups
               if channel_group is None or g == channel_group}
     return Bunch(kwik_path=kwik_path, duration_s=_recording_duration(prm),
@@ -450,6 +549,7 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                  n_clusters=sum(k for _, k in groups.values()), groups=groups,
                  detect_s=detect_s, cluster_s=cluster_s, tmatch_s=tmatch_s, label_s=label_s,
                  cluster_cpu_s=cluster_cpu_s, label_cpu_s=label_cpu_s,
+                 label_worker_cpu_s=label_worker_cpu_s, labels=labels,
                  total_s=time.perf_counter() - t0, resumed=resumed,
                  template_dirs=template_dirs, n_good=n_good)
 
@@ -460,16 +560,98 @@ def _noise_cache():
     return NoiseCache()
 
 
-def _auto_label(kwik_path: Path, groups: list[int], template_dirs: dict, noise) -> int:
-    """Label the clear single units good (`phy_autolabel`); the number of good clusters.
+def _template_quality_job(job: tuple) -> tuple:
+    """A worker's share of a template directory's metrics (`phy_autolabel.label.quality_share`):
+    ``(quality, cpu_s)``."""
+    from phy_autolabel.label import quality_share
+
+    path, part, n_parts, noise = job
+    cpu = time.process_time()
+    quality = quality_share(path, part, n_parts, noise_cache=noise)
+    return quality, time.process_time() - cpu
+
+
+def _quality_in_workers(executor, path: Path, noise) -> tuple[dict, float] | None:
+    """The metrics of every cluster of a sorting, computed in shares by the workers of
+    `executor` (``(quality, their CPU s)``); None without usable workers or if one failed."""
+    n_parts = int(getattr(executor, "n_workers", 0) or 0)
+    if executor is None or n_parts < 2 or getattr(executor, "name", "") == "serial":
+        return None
+    try:
+        shares = list(executor.imap(_template_quality_job,
+                                    [(str(path), k, n_parts, noise) for k in range(n_parts)]))
+    except Exception as exc:  # noqa: BLE001 - the metrics are then computed here
+        logger.debug("Metrics in the workers failed (%s: %s).", type(exc).__name__, exc)
+        return None
+    quality = {c: q for share, _ in shares for c, q in share.items()}
+    # The clusters in id order, as one process computes them.
+    return dict(sorted(quality.items())), sum(cpu for _, cpu in shares)
+
+
+def _auto_label(kwik_path: Path, groups: list[int], template_dirs: dict, noise,
+                early: dict | None = None, executor=None) -> tuple[list, float]:
+    """Label the clear single units good (`phy_autolabel`).
 
     The Kwik file and the template directories read the same recording: its noise is
-    estimated once, in `noise` (a `NoiseCache`, which may hold it already).
-    """
-    from phy_autolabel import label_clusters
+    estimated once, in `noise` (a `NoiseCache`, which may hold it already). `early`
+    holds the Kwik labels of some groups decided by a worker during the template
+    matching (``{group: [GroupLabels]}``): only saved here. With `executor` (the sort's
+    idle worker pool), the template directories' metrics are computed by its workers,
+    each a share of the clusters (the same numbers), and decided and saved here.
 
-    results = [r for g in groups
-               for r in label_clusters(kwik_path, channel_group=g, noise_cache=noise)]
-    results += [r for g in groups if g in template_dirs
-                for r in label_clusters(template_dirs[g], noise_cache=noise)]
-    return sum(len(r.good) for r in results)
+    Returns
+    -------
+    (results, worker_cpu_s)
+        The `GroupLabels` (Kwik groups, then template directories), and the CPU
+        time spent by the workers here.
+    """
+    import threading
+
+    from phy_autolabel import label_clusters
+    from phy_autolabel.label import AutoLabelError
+
+    early = early or {}
+    results, worker_cpu_s = [], 0.0
+    # The workers start on the template directories' metrics while this process saves
+    # (or decides) the Kwik file's labels; they get the noise known now (a copy: the Kwik
+    # labels may add to `noise` meanwhile).
+    shared: dict = {}
+    todo = [g for g in groups if g in template_dirs]
+    sharing = threading.Thread(
+        target=lambda known: shared.update({g: _quality_in_workers(executor, template_dirs[g],
+                                                                   known) for g in todo}),
+        args=(noise.copy(),), name="phy-label-shares", daemon=True)
+    sharing.start()
+    try:
+        results += _kwik_labels(kwik_path, groups, noise, early)
+    finally:
+        sharing.join()
+    for g in todo:
+        if shared.get(g) is not None:
+            quality, cpu = shared[g]
+            worker_cpu_s += cpu
+            try:
+                results += label_clusters(template_dirs[g], noise_cache=noise, quality=quality)
+                continue
+            except AutoLabelError as exc:
+                logger.warning("%s", exc)
+        results += label_clusters(template_dirs[g], noise_cache=noise)
+    return results, worker_cpu_s
+
+
+def _kwik_labels(kwik_path: Path, groups: list[int], noise, early: dict) -> list:
+    """The Kwik file's labels: those decided `early` saved, the others decided and saved."""
+    from phy_autolabel import label_clusters
+    from phy_autolabel.label import AutoLabelError, save_labels
+
+    results = []
+    for g in groups:
+        if g in early:
+            try:
+                save_labels(early[g])
+                results += early[g]
+                continue
+            except AutoLabelError as exc:  # changed meanwhile: decided again
+                logger.warning("%s", exc)
+        results += label_clusters(kwik_path, channel_group=g, noise_cache=noise)
+    return results

@@ -181,3 +181,70 @@ def test_template_directory_with_one_cluster(kwik, tmp_path):
     assert quality.n_spikes == n
     assert quality.isolation_distance == np.inf and quality.l_ratio == 0
     assert not (out / "cluster_group.tsv").exists()
+
+
+def _metrics(results):
+    """Every metric of every cluster, NaN-safe comparable (repr of each value)."""
+    return [{c: {k: repr(v) for k, v in q.as_dict().items()} for c, q in r.quality.items()}
+            for r in results]
+
+
+@pytest.mark.parametrize("features", [True, False])
+def test_metrics_in_shares_are_those_of_one_process(kwik, tmp_path, features):
+    """`phy spikesort` has its workers compute shares of the clusters' metrics: merged,
+    they are the single computation's to the last bit, and label the same clusters."""
+    from phy_autolabel.label import quality_share
+    from phy_template.writer import write_template_directory
+
+    out = tmp_path / "templates"
+    with KwikModel(kwik) as model:
+        write_template_directory(model, out)
+    if not features:
+        (out / "pc_features.npy").unlink()
+        (out / "pc_feature_ind.npy").unlink()
+    whole = label_clusters(out, dry_run=True)
+    shares = [quality_share(out, k, 3) for k in range(3)]
+    assert sorted(c for s in shares for c in s) == sorted(whole[0].quality)
+    assert all(len(s) >= 2 for s in shares)  # every share has work
+    merged = dict(sorted((c, q) for s in shares for c, q in s.items()))
+    (result,) = label_clusters(out, quality=merged)
+    assert _metrics([result]) == _metrics(whole)
+    assert result.new_groups == whole[0].new_groups and set(result.good) >= SINGLE_GOOD
+    assert {c for c, g in TemplateModel(out).cluster_groups.items() if g == 2} \
+        == set(result.good)
+    # Metrics of another sorting (a cluster missing) are refused.
+    del merged[max(merged)]
+    with pytest.raises(AutoLabelError, match="changed"):
+        label_clusters(out, quality=merged)
+
+
+def test_labels_decided_then_saved_later(kwik, planted, tmp_path):
+    """A dry run's labels saved later (`save_labels`: how `phy spikesort` saves the labels
+    its worker decided during the template matching) are what labelling at once saves;
+    labels of groups changed in between are refused."""
+    from phy_autolabel.label import save_labels
+
+    at_once = tmp_path / "at_once"
+    at_once.mkdir()
+    for suffix in (".kwik", ".kwx"):
+        shutil.copy(kwik.with_suffix(suffix), at_once / f"rec{suffix}")
+    expected = label_clusters(at_once / "rec.kwik")
+    before = _groups(kwik)
+    decided = label_clusters(kwik, dry_run=True)
+    assert _groups(kwik)[0] == before[0]  # a dry run saves nothing
+    save_labels(decided)
+    assert _metrics(decided) == _metrics(expected)
+    groups, marks, clusters, _ = _groups(kwik)
+    want_groups, want_marks, want_clusters, _ = _groups(at_once / "rec.kwik")
+    assert groups == want_groups and marks == want_marks
+    np.testing.assert_array_equal(clusters, want_clusters)
+    assert {c for c, g in groups.items() if g == 2} >= SINGLE_GOOD
+    # Saved again after a hand change of a group: refused, nothing written.
+    decided = label_clusters(kwik, dry_run=True)
+    with KwikModel(kwik) as model:
+        changed = dict(model.cluster_groups)
+        changed[MERGED] = 0
+        model.save(np.asarray(model.spike_clusters), changed)
+    with pytest.raises(AutoLabelError, match="groups changed"):
+        save_labels(decided)
+    assert _groups(kwik)[0][MERGED] == 0

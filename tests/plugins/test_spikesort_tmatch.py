@@ -117,3 +117,26 @@ def test_noise_estimated_in_a_worker_while_the_clustering_runs(recording):
     other = NoiseCache()
     failing.into(other)
     assert np.all(np.isnan(other.get(key, columns)))
+
+
+def test_labels_decided_by_the_workers_are_those_of_this_process(recording, tmp_path):
+    """With template matching on worker processes, a worker decides the Kwik file's labels
+    during the template matching and the workers compute the template directory's metrics
+    in shares; labelling the saved sort again here gives every metric to the last bit and
+    changes no group."""
+    from phy_autolabel import label_clusters
+
+    result = sort_recording(recording.prm_path, output_dir=tmp_path, n_workers=2,
+                            template_matching=dict(refine_rounds=1))
+    assert result.label_worker_cpu_s > 0  # the workers did label
+    kwik, tdir = result.kwik_path, result.template_dirs[0]
+    assert [r.path for r in result.labels] == [kwik, tdir]
+    again = label_clusters(kwik, channel_group=0, dry_run=True) + label_clusters(tdir,
+                                                                                 dry_run=True)
+    for saved, here in zip(result.labels, again):
+        assert {c: repr(q) for c, q in saved.quality.items()} \
+            == {c: repr(q) for c, q in here.quality.items()}
+        assert here.changed == [] and here.new_groups == saved.new_groups
+    assert result.n_good == sum(len(r.good) for r in again) > 0
+    assert {c for c, g in TemplateModel(tdir).cluster_groups.items() if g == 2} \
+        == set(again[1].good)
