@@ -39,7 +39,8 @@ A last line per recording splits the CPU time of the refined run (``r``) by pass
 (``cpu_*_s`` of its ``tmatch.json``: the workers' jobs of the template, noise and
 matching passes, and the parent's refinement), the rest being the workers'
 start-up and the parent's reading and writing, and gives the wall-clock time of
-the passes (``elapsed_*_s``: the matching's includes the refinement).
+the passes (``elapsed_*_s``: the matching's includes the refinement, whose wall
+time, the workers idle, comes from the ``timeline`` of ``tmatch.json``).
 
 A warm-up run on a 2 s recording comes first (untimed) so that the numba kernels
 are compiled into their on-disk cache.
@@ -280,9 +281,13 @@ def cpu_by_pass(template_dir: Path, total: float) -> str:
     rest = total - sum(passes.values())
     walls = {key: float(info.get(f"elapsed_{key}_s", 0.0))
              for key in ("templates", "noise", "matching")}
+    # The parent's refinements, during which the workers wait (the stage's timeline).
+    refining = sum(end - start for who, what, start, end in info.get("timeline", [])
+                   if who == "parent" and what.startswith("refine"))
     return ("refined run CPU s by pass: " + ", ".join(f"{k} {v:.1f}" for k, v in passes.items())
             + f", other (worker start-up, parent I/O) {rest:.1f}; wall s: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in walls.items()))
+            + ", ".join(f"{k} {v:.1f}" for k, v in walls.items())
+            + f" (of which the parent refining, workers idle, {refining:.1f})")
 
 
 if __name__ == "__main__":

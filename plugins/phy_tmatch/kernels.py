@@ -179,7 +179,7 @@ def project(xt, ptr, idx, spatial, temporal, out):  # pragma: no cover - compile
             out[k, b0:b1] = acc[:nb]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: the parent computes it in a thread (`runner`)
 def cross_correlations(temporal, ptr, idx, spatial, pdense, nbr_ptr,
                        nbr_idx):  # pragma: no cover - compiled
     """``cc[e, d + n_t - 1] = sum_{tau, c} P_k'(tau, c) T_k(tau + d, c)`` for each edge.

@@ -141,7 +141,9 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
 
     t = setup.templates
     p = setup.parameters
-    cc = cached(setup.token, lambda: template_cross_correlations(t))
+    cc = setup.cross_correlations
+    if cc is None:
+        cc = cached(setup.token, lambda: template_cross_correlations(t))
     # Scratch arrays (reused by the worker's next chunk): nothing returned refers to them.
     xt = channel_major(filtered, scratch=True) if setup.collect is not None else None
     b = projections(filtered, t, xt, scratch=True)

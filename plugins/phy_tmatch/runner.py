@@ -37,6 +37,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ import numpy as np
 from phy_core.bunch import Bunch
 from phy_core.progress import ProgressReporter
 
-from .matching import MatchParameters, margin_samples
+from .matching import MatchParameters, margin_samples, template_cross_correlations
 from .templates import (
     TemplateMatchingError,
     build_templates,
@@ -309,14 +310,14 @@ def _make_templates(means, n_spikes, cluster_ids, noise_std, covariance, channel
 
 
 def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token, executor,
-                      reporter, n_samples, rate, o: Bunch,
-                      known: dict | None = None) -> tuple[np.ndarray, float]:
+                      reporter, n_samples, rate, o: Bunch, known: dict | None = None,
+                      timeline: list | None = None) -> tuple[np.ndarray, float]:
     """The spread of each template's projection on noise, from excerpts (float32); CPU s.
 
     `known` maps template digests (`TemplateSet.digests`) to the spreads already
     measured (the same excerpts, so the same values): only the other templates are
     projected, and `known` is updated with them. A refinement round changes a few
-    templates; the others keep their spread.
+    templates; the others keep their spread. `timeline` gets the jobs' spans (`_span`).
     """
     known = {} if known is None else known
     digests = templates.digests()
@@ -331,6 +332,7 @@ def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token
         medians_b = []
         for part in executor.imap(run_job, [(setup, c, None) for c in excerpts]):
             cpu_s += part.cpu_s
+            _span(timeline, part, "noise")
             if part.n_samples:
                 medians_b.append(part.median_abs)
             reporter.increment()
@@ -343,6 +345,13 @@ def _projection_noise(prm_path, channels, filter_, before, n_t, templates, token
     else:
         reporter.value = reporter.value + len(excerpts)
     return np.array([known[d] for d in digests], dtype=np.float32), cpu_s
+
+
+def _span(timeline: list | None, part: Bunch, what: str) -> None:
+    """Add a worker job's span (`worker.run_job`: wall-clock start, end, process) to `timeline`."""
+    if timeline is not None and "span" in part:
+        start, end, pid = part.span
+        timeline.append((f"worker {pid}", what, start, end))
 
 
 def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_samples,
@@ -408,7 +417,9 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
 
     from .worker import traces
 
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
+    # Who was busy when (the parent's steps, the workers' jobs): where the stage waits.
+    timeline: list = []
     rate = float(prm.traces.sample_rate)
     sd = prm.spikedetekt
     # The detection's band-pass (same parameters, same precision).
@@ -465,6 +476,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     cpu = Bunch(templates=0.0, noise=0.0, matching=0.0, refine=0.0)
     for part in executor.imap(run_job, jobs):
         cpu.templates += part.cpu_s
+        _span(timeline, part, "templates")
         sums[part.templates] += part.sums
         n_used[part.templates] += part.counts
         medians.extend(part.noise)
@@ -498,9 +510,14 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         last = round_ == n_rounds
         t_round = time.perf_counter()
         token = uuid.uuid4().hex
-        sigma, cpu_s = _projection_noise(prm_path, channels, filter_, before, n_t, templates,
-                                         token, executor, reporter, n_samples, rate, o,
-                                         known=known_sigma)
+        # The pursuit's cross-correlations of the templates, made here while the workers
+        # measure the noise (rather than by every worker at its first chunk of the pass).
+        with ThreadPoolExecutor(1, thread_name_prefix="phy-cc") as pool:
+            cc = pool.submit(template_cross_correlations, templates)
+            sigma, cpu_s = _projection_noise(prm_path, channels, filter_, before, n_t,
+                                             templates, token, executor, reporter, n_samples,
+                                             rate, o, known=known_sigma, timeline=timeline)
+            cc = cc.result()
         cpu.noise += cpu_s
         t_noise += time.perf_counter() - t_round
         t_round = time.perf_counter()
@@ -510,13 +527,14 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             collect.template_home = home_channels(templates)
         setup = Setup(prm_path, channels, filter_, "match", before=before, n_t=n_t,
                       templates=templates, parameters=parameters, sigma=sigma, token=token,
-                      collect=None if last else collect)
+                      collect=None if last else collect, cross_correlations=cc)
         parts, rounds, capped = [], [], 0
         for part in executor.imap(run_job, [(setup, c, None) for c in match_chunks]):
             parts.append(part)
             rounds.append(part.n_rounds)
             capped += part.capped
             cpu.matching += part.cpu_s
+            _span(timeline, part, f"match {round_}")
             reporter.increment()
         if capped:
             logger.warning("Template matching: the pursuit reached max_rounds=%d in %d of %d "
@@ -529,7 +547,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         if not last:
             from .refine import refine
 
-            cpu_parent = time.process_time()
+            cpu_parent, wall_parent = time.process_time(), time.time()
             events = Bunch({key: np.concatenate([p.events[key] for p in parts])
                             for key in ("samples", "labels", "homes", "snippets")})
             counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
@@ -546,6 +564,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                                                         refined.cluster_ids, noise_std,
                                                         covariance, channel_positions, o))
             cpu.refine += time.process_time() - cpu_parent
+            timeline.append(("parent", f"refine {round_}", wall_parent, time.time()))
             t_matching += time.perf_counter() - t_round
             if not refined.changed:
                 reporter.value = reporter.value + n_excerpts + len(match_chunks)  # skipped
@@ -573,5 +592,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         elapsed_noise_s=round(t_noise, 3), elapsed_matching_s=round(t_matching, 3),
         # CPU seconds of the jobs of each pass (all workers; not their start-up), and of
         # the parent's refinement (`refine` and the new templates).
-        **{f"cpu_{key}_s": round(value, 3) for key, value in cpu.items()})
+        **{f"cpu_{key}_s": round(value, 3) for key, value in cpu.items()},
+        # [who, what, start s, end s] from the stage's start (wall clock).
+        timeline=[[who, what, round(a - wall0, 3), round(b - wall0, 3)]
+                  for who, what, a, b in timeline])
     return result, templates, info

@@ -16,6 +16,7 @@ filters it in place (`phy_detect`'s reader and filter), then:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class Setup:
     sigma: Any = None  # (K,) noise of the projections
     token: str = ""  # identifies the templates, for the per-worker cache
     collect: Any = None  # a Bunch: collect events for the refinement (`phy_tmatch.residual`)
+    # The templates' cross-correlations (`matching.template_cross_correlations`), made once
+    # by the parent; None: each worker makes them.
+    cross_correlations: Any = None
 
 
 def traces(prm_path: str):
@@ -231,10 +235,12 @@ def template_job(setup: Setup, parts: list) -> Bunch:
 
 
 def run_job(job: tuple) -> Bunch:
-    """Run one job; the result's ``cpu_s`` is the CPU time it took (this process)."""
-    start = time.process_time()
+    """Run one job; the result's ``cpu_s`` is the CPU time it took (this process), its
+    ``span`` the wall-clock start and end and the process id."""
+    start, wall = time.process_time(), time.time()
     out = _run_task(*job)
     out.cpu_s = time.process_time() - start
+    out.span = (wall, time.time(), os.getpid())  # the stage's timeline (`runner._span`)
     return out
 
 

@@ -421,6 +421,14 @@ def test_stale_scratch_arrays_do_not_change_the_result(matched, recording, groun
     for key in ("cpu_templates_s", "cpu_noise_s", "cpu_matching_s"):
         assert info[key] > 0
     assert info["cpu_refine_s"] == 0  # no refinement round
+    # The timeline: every job of the three passes, in order within each pass.
+    spans = {what: [(a, b) for _, w, a, b in info["timeline"] if w == what]
+             for what in ("templates", "noise", "match 0")}
+    assert all(spans.values()) and not any(w.startswith("refine") for _, w, _, _ in
+                                           info["timeline"])
+    assert all(0 <= a <= b <= info["elapsed_s"] + 0.01 for a, b in sum(spans.values(), []))
+    assert max(b for _, b in spans["templates"]) <= min(a for a, _ in spans["noise"]) \
+        and max(b for _, b in spans["noise"]) <= min(a for a, _ in spans["match 0"])
 
 
 def test_template_match_from_a_kwik_file(kwik, recording, ground_truth, tmp_path, capsys):
@@ -489,3 +497,47 @@ def test_template_sums_from_spike_windows_equal_those_from_whole_chunks(recordin
     np.testing.assert_array_equal(windows.counts, whole.counts)
     np.testing.assert_allclose(windows.sums, whole.sums, atol=1e-3 * np.abs(whole.sums).max())
     assert len(whole.noise) == 1 and whole.xtx[0].shape == (32, 32)
+
+
+def test_a_match_job_given_the_parents_cross_correlations_is_the_job_that_makes_them(
+        recording, ground_truth):
+    # The runner makes the templates' cross-correlations once, while the workers measure
+    # the noise, and sends them with the jobs; a job without them makes its own.
+    from phy_core.progress import ProgressReporter
+    from phy_detect.chunks import plan_chunks
+    from phy_detect.filtering import Filter
+    from phy_tmatch.matching import MatchParameters, template_cross_correlations
+    from phy_tmatch.runner import _options, _projection_noise
+    from phy_tmatch.templates import build_templates, noise_std_from_medians
+    from phy_tmatch.worker import Setup, run_job, template_job
+
+    rate = float(ground_truth["sample_rate"])
+    prm, filter_ = str(recording / "rec.prm"), Filter(rate, 500.0, 0.475 * rate,
+                                                      precision="float32")
+    n_samples = int(DURATION_S * rate)
+    setup = Setup(prm, np.arange(32), filter_, "templates", before=24, n_t=66)
+    chunk = plan_chunks(n_samples, 2 * int(rate), filter_.margin_samples + 66)[0]
+    samples, units = ground_truth["spike_samples"], ground_truth["spike_clusters"]
+    inside = (samples >= chunk.keep_start + 100) & (samples < chunk.keep_stop - 100)
+    sums = template_job(setup, [(chunk, samples[inside], units[inside], True)])
+    t = build_templates(sums.sums / sums.counts[:, None, None], sums.counts, sums.templates,
+                        noise_std_from_medians(sums.noise), channel_fraction=0.1,
+                        significance=4.0, max_channels=64, rank=3)
+    sigma, _ = _projection_noise(prm, np.arange(32), filter_, 24, 66, t, "t", SerialExecutor(),
+                                 ProgressReporter(), n_samples, rate,
+                                 _options(dict(n_noise_excerpts=2, noise_excerpt_s=0.5)))
+    chunk = plan_chunks(n_samples, 2 * int(rate), filter_.margin_samples + 2000)[0]
+
+    def match(cc, token):
+        job = Setup(prm, np.arange(32), filter_, "match", before=24, n_t=66, templates=t,
+                    parameters=MatchParameters(), sigma=sigma, token=token,
+                    cross_correlations=cc)
+        return run_job((job, chunk, None))
+
+    own, given = match(None, "own"), match(template_cross_correlations(t), "given")
+    assert len(own.spike_samples) > 0.8 * inside.sum()
+    for key in ("spike_samples", "spike_templates", "amplitudes"):
+        np.testing.assert_array_equal(own[key], given[key])
+    # They are used: without the interactions, a removed spike's neighbours are not updated.
+    wrong = match(np.zeros_like(template_cross_correlations(t)), "zero")
+    assert not np.array_equal(wrong.spike_samples, own.spike_samples)
