@@ -23,6 +23,9 @@ is that run's. Printed columns:
   (`detect`'s ``timings``: setup, thresholds and PCA excerpt passes), then
   ``(setup thr pca)``: those three. Setup ends before the workers are ready:
   the rest of their start-up falls in the thresholds' pass.
+- ``ready s``: when the last worker was started and warmed up, from the start
+  of `detect` (``timings['workers_ready']``): the forkserver's preload is most
+  of it, and the thresholds' jobs wait for it.
 - ``pass x RT``: recording seconds per second of the pass over the recording
   (``timings['chunks']``), the throughput a long recording tends to.
 - ``kwx s``: copying the features into the ``.kwx`` after the pass.
@@ -139,6 +142,7 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
                   fixed=timings["setup"] + timings["thresholds"] + timings["pca"],
                   setup=timings["setup"], thresholds=timings["thresholds"], pca=timings["pca"],
                   chunks=timings["chunks"], kwik_s=timings["kwik"],
+                  workers_ready=timings.get("workers_ready"),
                   kwx_mb=Path(kwik).with_suffix(".kwx").stat().st_size / 2**20)
     if evaluate:
         from phy_detect.evaluation import detection_report
@@ -292,7 +296,8 @@ def run_stages(prm: Path, out_dir: Path, repeat: int) -> dict:
 # -- Tables ----------------------------------------------------------------------------
 
 HEADER = (f"{'probe':<13} {'channels':>8} {'duration s':>10} {'spikes':>7} {'wall s':>7} "
-          f"{'x RT':>6} {'fixed s':>7} {'(setup':>6} {'thr':>5} {'pca)':>5} {'pass x RT':>9} "
+          f"{'x RT':>6} {'fixed s':>7} {'(setup':>6} {'thr':>5} {'pca)':>5} {'ready s':>7} "
+          f"{'pass x RT':>9} "
           f"{'kwx s':>5} {'CPU s':>6} "
           f"{'RSS parent MB':>13} {'RSS worker MB':>13} {'(anon)':>6} "
           f"{'units snr>=5':>12} "
@@ -307,6 +312,7 @@ def row(probe: str, duration: float, r: dict) -> str:
     return (f"{probe:<13} {r['channels']:>8} {duration:>10g} {r['spikes']:>7} "
             f"{r['wall']:>7.2f} {duration / r['wall']:>6.1f} {r['fixed']:>7.2f} "
             f"{r['setup']:>6.2f} {r['thresholds']:>5.2f} {r['pca']:>5.2f} "
+            f"{f(r.get('workers_ready'), '.2f'):>7} "
             f"{duration / r['chunks']:>9.1f} {r['kwik_s']:>5.2f} {r['cpu']:>6.1f} "
             f"{r['rss_parent']:>13.0f} "
             f"{r['rss_worker']:>13.0f} {r['anon_worker']:>6.0f} {r.get('n_good', '-'):>12} "

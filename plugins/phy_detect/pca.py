@@ -170,6 +170,18 @@ def _add_batch(values, channels, spikes, offset, chosen, count, s1, s2):
             _add_pair(values, k, channels[k], x, count, s1, s2)
 
 
+@njit(cache=True, nogil=True)
+def _add_batch_channels(values, channels, spikes, offset, chosen, count, s1, s2, first, stop):
+    """`_add_batch` for the pairs on channels ``first..stop-1`` only, without the GIL:
+    threads on disjoint channel ranges write disjoint moments, each channel's pairs in
+    the same order (the same sums, bit for bit)."""
+    x = np.empty(values.shape[1])
+    for k in range(values.shape[0]):
+        c = channels[k]
+        if first <= c < stop and chosen[spikes[k] + offset]:
+            _add_pair(values, k, c, x, count, s1, s2)
+
+
 @dataclass
 class PCAStatistics:
     """What `compute_pcs` needs from a batch of spikes: additive (``a + b``).
@@ -245,7 +257,8 @@ def statistics_from_pairs(values: np.ndarray, channels: np.ndarray, n_channels: 
 
 
 def statistics_from_pair_batches(batches, n_channels: int, n_spikes: int,
-                                 selected: np.ndarray | None = None) -> PCAStatistics:
+                                 selected: np.ndarray | None = None,
+                                 n_threads: int = 1) -> PCAStatistics:
     """`statistics_from_pairs` of batches of pairs, concatenated, without concatenating them.
 
     `batches` yields ``(values, channels, spikes, n)``: a batch of `n` spikes,
@@ -257,44 +270,121 @@ def statistics_from_pair_batches(batches, n_channels: int, n_spikes: int,
     ``PCAStatistics.n_spikes`` is their number. One thread, the pairs in the
     same order as `statistics_from_pairs` (serial or parallel, whose sums are
     the same): the same bits. What the runner's fit uses: the per-chunk pairs
-    arrive in batches, and its cores are busy with the workers.
+    arrive in batches, and its cores are busy with the workers. With
+    `n_threads` > 1, each of that many Python threads sums the pairs of a
+    range of channels (about as many pairs each), the batches in order: the
+    same bits, no numba thread pool.
     """
-    n_channels, n_spikes = int(n_channels), int(n_spikes)
-    chosen = np.ones(n_spikes, dtype=np.bool_)
-    if selected is not None:
-        chosen[:] = False
-        chosen[np.asarray(selected, dtype=np.int64)] = True
-    count, s1, s2, n_s = None, None, None, None
-    offset = 0
-    for values, channels, spikes, n in batches:
+    moments = PairBatchMoments(n_channels, n_spikes, selected)
+    if n_threads <= 1:
+        for values, channels, spikes, n in batches:
+            moments.add(values, channels, spikes, n)
+        return moments.statistics()
+    checked = [moments.add(values, channels, spikes, n, accumulate=False)
+               for values, channels, spikes, n in batches]
+    moments.add_by_channel_ranges(checked, int(n_threads))
+    return moments.statistics()
+
+
+class PairBatchMoments:
+    """`statistics_from_pair_batches`, one batch at a time (`add`), as the batches arrive.
+
+    With `n_spikes` None (the number of spikes not known yet), every spike
+    counts (`selected` must be None): the runner adds the PCA excerpts'
+    batches while it waits for the next ones, as long as the fit will take
+    all their spikes (`PCA.subsample` None). The same sums in the same order
+    as `statistics_from_pair_batches`: the same bits.
+    """
+
+    def __init__(self, n_channels: int, n_spikes: int | None = None,
+                 selected: np.ndarray | None = None) -> None:
+        self.n_channels = int(n_channels)
+        self.n_spikes = None if n_spikes is None else int(n_spikes)
+        self._chosen = None
+        if self.n_spikes is not None:
+            self._chosen = np.ones(self.n_spikes, dtype=np.bool_)
+            if selected is not None:
+                self._chosen[:] = False
+                self._chosen[np.asarray(selected, dtype=np.int64)] = True
+        elif selected is not None:
+            raise PCAError("PCA: a selection of spikes needs their number (n_spikes).")
+        self._offset = 0
+        self._count = self._s1 = self._s2 = None
+
+    def add(self, values, channels, spikes, n: int, accumulate: bool = True) -> tuple:
+        """Add a batch of `n` spikes: its pairs' waveforms, channels and spikes (0..n-1).
+
+        Returns the batch checked, with its offset among the spikes. Without
+        `accumulate`, only checks it and counts its spikes: `add_by_channel_ranges`
+        sums such batches later.
+        """
         values = np.ascontiguousarray(values, dtype=np.float32)
         channels = np.ascontiguousarray(channels, dtype=np.int64)
         spikes = np.ascontiguousarray(spikes, dtype=np.int64)
+        n, n_channels = int(n), self.n_channels
         if values.ndim != 2 or channels.shape != (values.shape[0],) \
                 or spikes.shape != channels.shape:
             raise PCAError(f"PCA: expected pair waveforms (P, n_samples), channels (P,) and "
                            f"spikes (P,), got {values.shape}, {channels.shape} and "
                            f"{spikes.shape}.")
-        if count is None:
+        if self._count is None:
             n_s = values.shape[1]
-            count = np.zeros(n_channels)
-            s1 = np.zeros((n_channels, n_s))
-            s2 = np.zeros((n_channels, n_s, n_s))
-        elif values.shape[1] != n_s:
-            raise PCAError(f"PCA: pair waveforms of {values.shape[1]} and {n_s} samples.")
+            self._count = np.zeros(n_channels)
+            self._s1 = np.zeros((n_channels, n_s))
+            self._s2 = np.zeros((n_channels, n_s, n_s))
+        elif values.shape[1] != self._s1.shape[1]:
+            raise PCAError(f"PCA: pair waveforms of {values.shape[1]} and "
+                           f"{self._s1.shape[1]} samples.")
         if len(channels):
             if channels.min() < 0 or channels.max() >= n_channels:
                 raise PCAError(f"PCA: pair channels must be in 0..{n_channels - 1}.")
             if spikes.min() < 0 or spikes.max() >= n:
                 raise PCAError(f"PCA: pair spikes must be in 0..{n - 1}.")
-        if offset + n > n_spikes:
-            raise PCAError(f"PCA: the batches hold more than {n_spikes} spikes.")
-        if len(channels):
-            _add_batch(values, channels, spikes, offset, chosen, count, s1, s2)
-        offset += int(n)
-    if count is None:
-        raise PCAError("PCA: statistics_from_pair_batches needs at least one batch.")
-    return PCAStatistics(int(chosen.sum()), count, s1, s2)
+        if self.n_spikes is not None and self._offset + n > self.n_spikes:
+            raise PCAError(f"PCA: the batches hold more than {self.n_spikes} spikes.")
+        checked = (values, channels, spikes, self._offset, n)
+        if accumulate and len(channels):
+            chosen, offset = (self._chosen, self._offset) if self._chosen is not None \
+                else (np.ones(n, dtype=np.bool_), 0)
+            _add_batch(values, channels, spikes, offset, chosen, self._count, self._s1,
+                       self._s2)
+        self._offset += n
+        return checked
+
+    def add_by_channel_ranges(self, checked: list, n_threads: int) -> None:
+        """Sum batches checked by ``add(..., accumulate=False)``, in order, on `n_threads`
+        threads, each the pairs of a range of channels (about as many pairs each)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        checked = [b for b in checked if len(b[1])]
+        if not checked:
+            return
+        pairs = np.zeros(self.n_channels, dtype=np.int64)
+        for _, channels, _, _, _ in checked:
+            pairs += np.bincount(channels, minlength=self.n_channels)
+        cumulative = np.cumsum(pairs)
+        bounds = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, n_threads)
+                                 / n_threads, side="right")
+        edges = [0, *(int(b) for b in bounds), self.n_channels]
+
+        def add_range(first: int, stop: int) -> None:
+            for values, channels, spikes, offset, n in checked:
+                chosen, at = (self._chosen, offset) if self._chosen is not None \
+                    else (np.ones(n, dtype=np.bool_), 0)
+                _add_batch_channels(values, channels, spikes, at, chosen, self._count,
+                                    self._s1, self._s2, first, stop)
+
+        ranges = [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="phy-pca-fit") as pool:
+            for future in [pool.submit(add_range, a, b) for a, b in ranges]:
+                future.result()
+
+    def statistics(self) -> PCAStatistics:
+        """The `PCAStatistics` of the batches added (of their selected spikes)."""
+        if self._count is None:
+            raise PCAError("PCA: statistics_from_pair_batches needs at least one batch.")
+        n = self._offset if self._chosen is None else int(self._chosen.sum())
+        return PCAStatistics(n, self._count, self._s1, self._s2)
 
 
 def warm_up_fit() -> None:
@@ -304,8 +394,9 @@ def warm_up_fit() -> None:
     ~0.4 s of CPU that the runner spends while it waits for its workers
     rather than during the fit, when they wait for it.
     """
-    statistics_from_pair_batches([(np.zeros((1, 2), np.float32), np.zeros(1, np.int64),
-                                   np.zeros(1, np.int64), 1)], 1, 1)
+    batch = (np.zeros((1, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 1)
+    statistics_from_pair_batches([batch], 1, 1)
+    statistics_from_pair_batches([batch], 1, 1, n_threads=2)  # the fit of a subsample
 
 
 def pcs_from_statistics(stats: PCAStatistics, n_pcs: int = 3) -> np.ndarray:

@@ -163,7 +163,9 @@ def detect(
         the Kwik files are created during the thresholds),
         ``thresholds``, ``pca`` (the excerpt passes; summed over channel
         groups), ``chunks`` (the pass over the recording), ``kwik`` (features
-        copied into the ``.kwx``), ``total``; and ``n_spikes``.
+        copied into the ``.kwx``), ``total``; ``n_spikes``; and with local workers
+        ``workers_ready``, when the last one had started and warmed up (from
+        the start, like the phases: the thresholds' jobs wait for it).
 
     Returns
     -------
@@ -200,7 +202,7 @@ def detect(
         # By name, before the stages' modules (scipy, numba) are imported here: the
         # workers look the stages up in the installed plugins (best effort: a stage
         # known only to `plugin_manager` is not warmed up).
-        _warm_up(executor, prm, sd, names, filter_arguments)
+        ready = _watch_workers(_warm_up(executor, prm, sd, names, filter_arguments))
         if plugin_manager is None:
             from phy_core.plugins import create_plugin_manager
 
@@ -278,6 +280,8 @@ def detect(
     elapsed = time.perf_counter() - t0
     if timings is not None:
         timings.update(phases, total=elapsed, n_spikes=n_total)
+        if ready:  # when the last worker was ready (its warm-up done), from the start
+            timings["workers_ready"] = max(ready) - t0
     logger.info("%d spikes detected in %.1f s of recording in %.1f s (%.1fx real time).",
                 n_total, n_samples / rate, elapsed, n_samples / rate / max(elapsed, 1e-9))
     return kwik_path
@@ -313,15 +317,35 @@ def _reference(stage, probe, group: int, sd: dict):
         raise DetectionError(f"Channel group {group}: {e}") from None
 
 
-def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> None:
-    """Ask the executor's workers to get ready (`phy_detect.worker.warm_up`).
+def _watch_workers(futures) -> list[float]:
+    """When each of the warm-up `futures` completed (`time.perf_counter`), once all have;
+    empty until then (or without futures)."""
+    done: list[float] = []
+    futures = list(futures or [])
+    lock = threading.Lock()
+    times: list[float] = []
+
+    def finished(_future) -> None:
+        with lock:
+            times.append(time.perf_counter())
+            if len(times) == len(futures):
+                done.extend(times)
+
+    for future in futures:
+        future.add_done_callback(finished)
+    return done
+
+
+def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> list:
+    """Ask the executor's workers to get ready (`phy_detect.worker.warm_up`); the futures
+    of their warm-ups (if the executor gives them).
 
     `stages` maps each kind to its factory, or to its name in the installed plugins.
     """
     from .worker import warm_up
 
     if not hasattr(executor, "warm_up"):
-        return
+        return []
     arguments = {
         "filter": filter_arguments,
         "threshold": {"mode": sd["detect_spikes"]},
@@ -330,8 +354,8 @@ def _warm_up(executor, prm, sd: dict, stages: dict, filter_arguments: dict) -> N
                       "extract_after": int(sd["extract_s_after"]),
                       "weight_power": float(sd["weight_power"])},
     }
-    executor.warm_up(warm_up, str(prm.path),
-                     {kind: (stages[kind], arguments[kind]) for kind in arguments})
+    return executor.warm_up(warm_up, str(prm.path),
+                            {kind: (stages[kind], arguments[kind]) for kind in arguments})
 
 
 def _warm_up_parent(stages: dict, single_threshold: bool) -> None:
@@ -421,8 +445,17 @@ def compute_thresholds(executor, setup: GroupSetup, n_samples: int, sd: dict,
     # cache) are filtered again. The parts' order does not change the medians.
     setup = replace(setup, task="threshold_kept", threshold_bracket=bracket)
     parts = {}
-    for results in executor.imap(run_job, [(setup,)] * len(batches)):
+    n_spans = len(set(ranges))
+    kept = executor.imap(run_job, [(setup,)] * len(batches))
+    for results in kept:
         parts.update(results)
+        if len(parts) == n_spans:
+            # Every excerpt is back (usually after one job per worker): the PCA excerpts
+            # need not wait for the other jobs, which would only report nothing. Those
+            # not submitted yet never are; those queued run empty behind the next jobs.
+            break
+    if hasattr(kept, "close"):
+        kept.close()
     missing = [c for c in chunks if (c.keep_start, c.keep_stop) not in parts]
     if missing:
         setup = replace(setup, task="threshold_values")
@@ -458,6 +491,7 @@ def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pc
     and those still in flight when it had its spikes (their jobs run anyway).
     """
     from .executors import single_blas_thread
+    from .pca import PairBatchMoments
     from .worker import _is_builtin_extractor
 
     by_pairs = hasattr(pca, "fit_statistics") and hasattr(pca, "subsample")
@@ -471,10 +505,18 @@ def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pc
                 return
             yield setup, chunk
 
+    # While the fit will take every spike found so far (`pca.subsample` None), the pair
+    # moments are summed as the parts arrive, while the workers detect the next ones:
+    # the same sums in the same order, no longer between the last excerpt and the main pass.
+    moments = PairBatchMoments(n_channels) if by_pairs else None
     results = executor.imap(run_job, jobs())
     for result in results:
         parts.append(result)
         n_fit += len(result.spike_samples)
+        if moments is not None and pca.subsample(n_fit) is None:
+            moments.add(*_pair_batch(result))
+        else:
+            moments = None
         if n_fit >= n_pca:
             enough = True
             break
@@ -489,7 +531,10 @@ def _fit_pca(pca, executor, setup: GroupSetup, excerpt_chunks: list[Chunk], n_pc
         limit = contextlib.nullcontext() \
             if getattr(executor, "runs_jobs_in_threads", False) else single_blas_thread()
         with limit:
-            _fit(pca, parts, n_fit, n_channels, by_pairs)
+            if moments is not None:
+                pca.fit_statistics([moments.statistics()])
+            else:
+                _fit(pca, parts, n_fit, n_channels, by_pairs)
     parts += list(results)  # those in flight, if not cancelled
     if n_fit == 0 or not reusable:
         return n_fit, {}
@@ -607,13 +652,22 @@ def _fit(pca, parts: list, n_fit: int, n_channels: int, by_pairs: bool) -> None:
         pca.fit(np.concatenate([p.waveforms for p in parts]),
                 np.concatenate([p.masks for p in parts]))
         return
-    # Part by part, on one thread: no copy of the ~100 MB of pair waveforms (1024
-    # channels), and no numba thread pool started here (its start cost more than it
-    # saved while the workers hold the cores). The same sums, bit for bit.
-    batches = ((p.pair_waveforms, p.pair_channels, p.pair_spikes, len(p.spike_samples))
-               for p in parts)
+    # Part by part: no copy of the ~100 MB of pair waveforms (1024 channels), and no
+    # numba thread pool started here (its start cost more than it saved while the
+    # workers hold the cores). Here the fit takes a subsample, known only now that all
+    # its parts are in (otherwise `_fit_pca` summed them as they arrived): the workers
+    # soon wait for its PCs, so a thread per core sums a range of channels each (the
+    # same sums, bit for bit).
+    batches = (_pair_batch(p) for p in parts)
+    n_threads = min(os.cpu_count() or 1, 4)
     pca.fit_statistics([statistics_from_pair_batches(batches, n_channels, n_fit,
-                                                     pca.subsample(n_fit))])
+                                                     pca.subsample(n_fit),
+                                                     n_threads=n_threads)])
+
+
+def _pair_batch(part) -> tuple:
+    """A PCA excerpt's pairs as `pca.statistics_from_pair_batches` takes them."""
+    return part.pair_waveforms, part.pair_channels, part.pair_spikes, len(part.spike_samples)
 
 
 def _pca_excerpts(n_samples: int, sd: dict, rate: float) -> list[tuple[int, int]]:

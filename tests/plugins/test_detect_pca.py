@@ -215,3 +215,59 @@ def test_pair_batches_equal_the_pairs_concatenated(subsample):
         statistics_from_pair_batches(iter(batches), 20, 299)
     with pytest.raises(PCAError, match="spikes must be"):
         statistics_from_pair_batches([(np.zeros((1, 24)), [0], [3], 3)], 20, 3)
+
+
+def test_pair_batch_moments_added_as_they_arrive_equal_the_concatenated_pairs():
+    from phy_detect.pca import PairBatchMoments, compute_statistics, statistics_from_pair_batches
+
+    # Batches added one at a time, their number of spikes not known in advance (the
+    # runner's fit while the excerpts arrive): the sparse moments of the concatenated
+    # spikes, bit for bit, and those of `statistics_from_pair_batches`.
+    waveforms, _ = _synthetic(n_spikes=250, n_channels=16, seed=21)
+    masks = _sparse_masks(250, 16, p=0.15, seed=22)
+    batches = []
+    for a, b in ((0, 90), (90, 90), (90, 250)):
+        spikes, channels = np.nonzero(masks[a:b] > 0)
+        batches.append((waveforms[a:b][spikes, :, channels], channels, spikes, b - a))
+    moments = PairBatchMoments(16)
+    for batch in batches:
+        moments.add(*batch)
+    stats = moments.statistics()
+    full = compute_statistics(waveforms, masks)
+    whole = statistics_from_pair_batches(iter(batches), 16, 250)
+    assert stats.n_spikes == full.n_spikes == whole.n_spikes == 250
+    for name in ("count", "s1", "s2"):
+        np.testing.assert_array_equal(getattr(stats, name), getattr(full, name))
+        np.testing.assert_array_equal(getattr(stats, name), getattr(whole, name))
+    with pytest.raises(PCAError, match="needs their number"):
+        PairBatchMoments(16, selected=np.arange(3))
+    with pytest.raises(PCAError, match="at least one batch"):
+        PairBatchMoments(16).statistics()
+    with pytest.raises(PCAError, match="samples"):
+        moments.add(np.zeros((1, 5), np.float32), [0], [0], 1)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 40])
+@pytest.mark.parametrize("subsample", [False, True])
+def test_pair_batches_summed_by_channel_ranges_on_threads(n_threads, subsample):
+    from phy_detect.pca import compute_statistics, statistics_from_pair_batches
+
+    # Threads on ranges of channels (more threads than channels too): the sums of the
+    # concatenated spikes' sparse moments, bit for bit, with or without a subsample.
+    waveforms, _ = _synthetic(n_spikes=260, n_channels=24, seed=31)
+    masks = _sparse_masks(260, 24, p=0.12, seed=32)
+    pca = PCA(3, pca_n_waveforms_max=100 if subsample else 10000, seed=7)
+    selected = pca.subsample(260)
+    batches = []
+    for a, b in ((0, 70), (70, 70), (70, 200), (200, 260)):
+        spikes, channels = np.nonzero(masks[a:b] > 0)
+        batches.append((waveforms[a:b][spikes, :, channels], channels, spikes, b - a))
+    stats = statistics_from_pair_batches(iter(batches), 24, 260, selected,
+                                         n_threads=n_threads)
+    chosen = slice(None) if selected is None else selected
+    full = compute_statistics(waveforms[chosen], masks[chosen])
+    assert stats.n_spikes == full.n_spikes
+    for name in ("count", "s1", "s2"):
+        np.testing.assert_array_equal(getattr(stats, name), getattr(full, name))
+    with pytest.raises(PCAError, match="more than"):
+        statistics_from_pair_batches(iter(batches), 24, 259, n_threads=n_threads)

@@ -484,3 +484,68 @@ def test_transform_rows_equals_the_transform_of_the_rows():
                  np.array([], dtype=np.int64)):
         np.testing.assert_array_equal(_transform_rows(pca, waveforms, rows),
                                       pca.transform(waveforms[rows]))
+
+
+def _recorded_pca_stages():
+    """Two features stages that record the PCs they fit: the built-in PCA (fitted from
+    pair moments, summed as the excerpts arrive when it takes all their spikes) and
+    `WaveformsPCA` (fitted on the concatenated full waveforms, the former path)."""
+    from phy_core import hookimpl
+    from phy_core.descriptors import Stage
+    from phy_detect.pca import PCA
+
+    fitted = {"pairs": [], "waveforms": []}
+
+    class RecordedPCA(PCA):
+        def fit_statistics(self, statistics):
+            statistics = list(statistics) if not hasattr(statistics, "s2") else [statistics]
+            fitted["pairs"].append((sum(s.n_spikes for s in statistics),
+                                    super().fit_statistics(statistics).copy()))
+            return self._pcs
+
+    class RecordedWaveformsPCA(WaveformsPCA):
+        def fit(self, waveforms, masks):
+            fitted["waveforms"].append((len(waveforms), super().fit(waveforms, masks).copy()))
+            return self.pca._pcs
+
+    class LabPlugin:
+        @hookimpl
+        def phy_register_stages(self):
+            return [Stage("recorded-pca", "features", "", RecordedPCA),
+                    Stage("recorded-waveforms-pca", "features", "", RecordedWaveformsPCA)]
+
+    return LabPlugin(), fitted
+
+
+def test_pcs_from_moments_summed_as_the_excerpts_arrive(recording, tmp_path):
+    """The fit sums the pair moments as the PCA excerpts arrive while it takes all their
+    spikes (`pca.subsample` None), else from the parts at the end: either way, the PCs
+    of the fit on the full waveforms of the same spikes, also at the boundary (as many
+    spikes as the fit takes) and one spike over it (a subsample). (To float32 rounding:
+    the full waveforms' dense moments multiply in float32; the sums as the excerpts
+    arrive are those of `statistics_from_pair_batches`, bit for bit, in test_detect_pca.)"""
+    from phy_core.plugins import create_plugin_manager
+
+    plugin, fitted = _recorded_pca_stages()
+    pm = create_plugin_manager(enabled=["detect"])
+    pm.register_plugin(plugin, "lab")
+    text = (recording / "rec.prm").read_text().replace("'rec.", f"'{recording}/rec.")
+
+    def fit_both(n_max):
+        for stage in ("recorded-pca", "recorded-waveforms-pca"):
+            folder = tmp_path / f"{stage}-{n_max}"
+            folder.mkdir()
+            (folder / "rec.prm").write_text(text.replace(
+                "pca_n_waveforms_max=10000", f"pca_n_waveforms_max={n_max}").replace(
+                "spikedetekt = dict(", f"spikedetekt = dict(stages=dict(features='{stage}'), ",
+                1))
+            detect(folder / "rec.prm", output_dir=folder, plugin_manager=pm,
+                   executor=SerialExecutor(), chunk_size_s=1.0)
+        (n_a, a), (n_b, b) = fitted["pairs"].pop(), fitted["waveforms"].pop()
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+        return n_a, n_b
+
+    n_fit, n_found = fit_both(10000)
+    assert n_fit == n_found > 2  # every spike of the excerpts: summed as they arrived
+    assert fit_both(n_fit) == (n_fit, n_fit)  # the boundary: all of them still
+    assert fit_both(n_fit - 1) == (n_fit - 1, n_fit)  # one too many: a subsample
