@@ -196,15 +196,8 @@ def threshold_excerpt(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
     if _accepts_out(f):
         start, stop, channels = chunk.keep_start, chunk.keep_stop, setup.channels
         a, b = f.load_range(int(traces.shape[0]), start, stop)
-        raw = traces[a:b]
-        out = _reused("excerpt", (b - a, len(channels)), np.float32)
-        if getattr(raw, "dtype", None) == np.int16:
-            raw = np.asarray(raw)
-            if not _is_all_columns(channels, int(traces.shape[1])):
-                raw = np.take(raw, channels, axis=1)
-            data = f(raw, out=out)
-        else:
-            data = f(read_float32(traces, a, b, channels, out=out), out=out)
+        data = _filter_into(f, traces, a, b, channels,
+                            _reused("excerpt", (b - a, len(channels)), np.float32))
         release_pages(traces)
         return apply_reference(setup, data[start - a:stop - a])
     if hasattr(f, "filter_chunk"):
@@ -243,17 +236,24 @@ def _read_filtered(setup: GroupSetup, chunk: Chunk) -> np.ndarray:
     if not _accepts_out(f):
         data = f(read_float32(traces, start, stop, channels))
     else:
-        out = _chunk_buffer((stop - start, len(channels)))
-        raw = traces[start:stop]
-        if getattr(raw, "dtype", None) == np.int16:
-            raw = np.asarray(raw)
-            if not _is_all_columns(channels, int(traces.shape[1])):
-                raw = np.take(raw, channels, axis=1)
-            data = f(raw, out=out)
-        else:
-            data = f(read_float32(traces, start, stop, channels, out=out), out=out)
+        data = _filter_into(f, traces, start, stop, channels,
+                            _chunk_buffer((stop - start, len(channels))))
     release_pages(traces)  # after the filter has read them
     return apply_reference(setup, data)
+
+
+def _filter_into(f, traces, start: int, stop: int, channels: np.ndarray,
+                 out: np.ndarray) -> np.ndarray:
+    """Rows ``start:stop`` of the group's columns filtered into `out` (a filter that takes
+    one): int16 recordings go to the filter as they are (it converts them as it copies
+    them into `out`), anything else as float32 first."""
+    raw = traces[start:stop]
+    if getattr(raw, "dtype", None) == np.int16:
+        raw = np.asarray(raw)
+        if not _is_all_columns(channels, int(traces.shape[1])):
+            raw = np.take(raw, channels, axis=1)
+        return f(raw, out=out)
+    return f(read_float32(traces, start, stop, channels, out=out), out=out)
 
 
 def _rows(keep: np.ndarray, order: np.ndarray):
