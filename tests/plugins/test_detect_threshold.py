@@ -206,6 +206,19 @@ def test_local_whitening():
     assert isinstance(stage.factory(scope="local"), LocalWhitening)
 
 
+def _small_ties_case(mode, n_samples, n_channels, per_channel, seed):
+    """Integer-valued traces (many values on the thresholds) and a Thresholder with one
+    threshold pair, or one per channel."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-6, 7, size=(n_samples, n_channels)).astype(np.float32)
+    if per_channel:
+        weak = rng.integers(0, 3, n_channels).astype(float)
+        strong = weak + rng.integers(1, 4, n_channels)
+    else:
+        weak, strong = 2.0, 4.0
+    return data, Thresholder(mode, thresholds={"weak": weak, "strong": strong})
+
+
 @settings(max_examples=40, deadline=None)
 @given(mode=st.sampled_from(["positive", "negative", "both"]),
        n_samples=st.integers(1, 40), n_channels=st.integers(1, 9),
@@ -214,14 +227,7 @@ def test_transform_detect_equals_the_separate_steps(mode, n_samples, n_channels,
                                                     seed):
     # The fused kernel gives exactly `transform` and the two `detect` calls, values on the
     # thresholds included (ties are the strict inequality's).
-    rng = np.random.default_rng(seed)
-    data = rng.integers(-6, 7, size=(n_samples, n_channels)).astype(np.float32)
-    if per_channel:
-        weak = rng.integers(0, 3, n_channels).astype(float)
-        strong = weak + rng.integers(1, 4, n_channels)
-    else:
-        weak, strong = 2.0, 4.0
-    thresholder = Thresholder(mode, thresholds={"weak": weak, "strong": strong})
+    data, thresholder = _small_ties_case(mode, n_samples, n_channels, per_channel, seed)
     data_t = thresholder.transform(data)
     expected = (data_t, thresholder.detect(data_t, "weak"), thresholder.detect(data_t, "strong"))
     out = (np.full_like(data, np.nan), np.ones(data.shape, bool), np.ones(data.shape, bool))
@@ -252,14 +258,7 @@ def test_transform_bits_equals_the_separate_steps(mode, n_samples, n_channels, p
                                                   seed):
     # Bit t % 8 of byte [t // 8, c] is the crossing (t, c) of `detect`, ties included; the
     # preallocated bitmaps may hold garbage (the first sample of each byte assigns it).
-    rng = np.random.default_rng(seed)
-    data = rng.integers(-6, 7, size=(n_samples, n_channels)).astype(np.float32)
-    if per_channel:
-        weak = rng.integers(0, 3, n_channels).astype(float)
-        strong = weak + rng.integers(1, 4, n_channels)
-    else:
-        weak, strong = 2.0, 4.0
-    thresholder = Thresholder(mode, thresholds={"weak": weak, "strong": strong})
+    data, thresholder = _small_ties_case(mode, n_samples, n_channels, per_channel, seed)
     data_t = thresholder.transform(data)
     shape = ((n_samples + 7) // 8, n_channels)
     out = (np.full_like(data, np.nan), np.full(shape, 255, np.uint8),

@@ -212,6 +212,20 @@ def test_extractor_stage_and_groups():
     assert ext.component_group(np.array([0.8, 0.0, 0.2, 0.1])) == 0
 
 
+def _spikes_on_noise(rng, n_s, n_c, spikes, neighbour):
+    """Unit noise with Gaussian spikes at (time, channel), `neighbour` of their height on
+    the channel below; the negated traces, their components (a chain of channels) and an
+    8 + 12 sample extractor."""
+    data = rng.normal(0, 1, (n_s, n_c)).astype(np.float32)
+    for t0, c in spikes:
+        data += _gauss_spike(n_s, n_c, t0, channels={c: 1.0, max(c - 1, 0): neighbour})
+    data_t = -data
+    comps = FloodFillDetector({c: [c + 1] for c in range(n_c - 1)}, 1)(
+        data_t > WEAK, data_t > STRONG)
+    ext = WaveformExtractor(8, 12, 2, thresholds={"weak": WEAK, "strong": STRONG})
+    return data, data_t, comps, ext
+
+
 def test_masks_only_and_projection_without_stored_waveforms():
     # extract_all(waveforms=False) gives the same times and masks; aligning and projecting
     # each spike in cache (`align_project_kwx_rows`) gives the bits of projecting the
@@ -219,14 +233,9 @@ def test_masks_only_and_projection_without_stored_waveforms():
     from phy_detect.shared_rows import align_project_kwx_rows, project_kwx_rows
 
     rng = np.random.default_rng(5)
-    n_s, n_c = 500, 7
-    data = rng.normal(0, 1, (n_s, n_c)).astype(np.float32)
-    for t0, c in [(5.0, 0), (80.3, 1), (200.7, 4), (330.2, 6), (496.0, 3)]:
-        data += _gauss_spike(n_s, n_c, t0, channels={c: 1.0, max(c - 1, 0): 0.6})
-    data_t = -data
-    comps = FloodFillDetector({c: [c + 1] for c in range(n_c - 1)}, 1)(
-        data_t > WEAK, data_t > STRONG)
-    ext = WaveformExtractor(8, 12, 2, thresholds={"weak": WEAK, "strong": STRONG})
+    n_c = 7
+    data, data_t, comps, ext = _spikes_on_noise(
+        rng, 500, n_c, [(5.0, 0), (80.3, 1), (200.7, 4), (330.2, 6), (496.0, 3)], 0.6)
     full = ext.extract_all(comps, data, data_t)
     light = ext.extract_all(comps, data, data_t, waveforms=False)
     assert light.waveforms is None and len(full.deferred) == 2  # the spikes at 5 and 496
@@ -250,14 +259,8 @@ def test_pair_waveforms_are_the_pairs_of_extract_all():
     # channel at a time they are the bits of extract_all's waveforms on those channels,
     # and at a whole-sample time the window itself (an independent reference).
     rng = np.random.default_rng(7)
-    n_s, n_c = 400, 9
-    data = rng.normal(0, 1, (n_s, n_c)).astype(np.float32)
-    for t0, c in [(60.3, 0), (140.0, 2), (210.7, 5), (300.45, 8)]:
-        data += _gauss_spike(n_s, n_c, t0, channels={c: 1.0, max(c - 1, 0): 0.7})
-    data_t = -data
-    comps = FloodFillDetector({c: [c + 1] for c in range(n_c - 1)}, 1)(
-        data_t > WEAK, data_t > STRONG)
-    ext = WaveformExtractor(8, 12, 2, thresholds={"weak": WEAK, "strong": STRONG})
+    data, data_t, comps, ext = _spikes_on_noise(
+        rng, 400, 9, [(60.3, 0), (140.0, 2), (210.7, 5), (300.45, 8)], 0.7)
     full = ext.extract_all(comps, data, data_t)
     spikes, channels = np.nonzero(full.masks > 0)
     assert len(full.spike_samples) == 4 and len(np.unique(channels)) > 4
