@@ -42,6 +42,20 @@ and the best entry of any group of interacting entries is always accepted:
 this is the greedy matching pursuit, run in parallel wherever spikes are
 apart. Rounds repeat until no entry is eligible or `max_rounds` is reached.
 
+The amplitude prior
+-------------------
+Two templates of one shape, one ``r`` times the other (co-located units of
+similar waveforms, ``r`` within the amplitude range), give a spike the same
+score on both: at its best amplitude each explains the same part of the spike.
+With a prior ``N(1, s^2)`` on a spike's amplitude (`prior`: the weight
+``w_k = sigma_k^2 / (|T_k|^2 s^2)`` of each template, from
+`phy_tmatch.matching.amplitude_prior`), an entry's score is the log-posterior
+gain ``2 a B - a^2 |T_k|^2 - w_k (a - 1)^2`` at its maximum
+``a = (B + w_k) / (|T_k|^2 + w_k)`` (clipped), and that amplitude is the one
+subtracted: a spike then prefers the template on which its amplitude is near 1.
+Eligibility is unchanged (the fitted ``a* = B / |T_k|^2`` in ``[alo_k, ahi_k]``:
+it is about the data). Weight 0 (no prior) is the plain pursuit, bit for bit.
+
 A decision at start ``s`` in round ``r`` depends on the scores within
 ``n_t - 1`` samples of ``s``; a score depends on the traces under its window
 and on the spikes accepted in earlier rounds within ``max(n_t - 1,
@@ -233,7 +247,7 @@ def _better(s1, t1, k1, s2, t2, k2):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _rescore(b, score, blocked, zones, n_zones, norm2, sigma, z_threshold, amin, amax,
-             alo, ahi):  # pragma: no cover - compiled
+             alo, ahi, prior):  # pragma: no cover - compiled
     """Scores of every template in the zones; -inf where not eligible."""
     for i in range(n_zones):
         for k in range(b.shape[0]):
@@ -247,14 +261,15 @@ def _rescore(b, score, blocked, zones, n_zones, norm2, sigma, z_threshold, amin,
                 if blocked[k, t] or a < alo[k] or a > ahi[k]:
                     score[k, t] = -np.inf
                     continue
-                a = min(max(a, amin), amax)
-                v = a * (2.0 * x - a * norm2[k])
+                p = prior[k]
+                a = min(max((x + p) / (norm2[k] + p), amin), amax)
+                v = a * (2.0 * x - a * norm2[k]) - p * (a - 1.0) * (a - 1.0)
                 score[k, t] = v if v > 0.0 else -np.inf
 
 
 @njit(cache=True)
 def _rescore_around(b, score, blocked, winners, n_win, reach, nbr_ptr, nbr_idx, norm2, sigma,
-                    z_threshold, amin, amax, alo, ahi):  # pragma: no cover - compiled
+                    z_threshold, amin, amax, alo, ahi, prior):  # pragma: no cover - compiled
     """`_rescore` of the entries the spikes just accepted changed: for each (t, k) of
     `winners`, the templates interacting with k, within `reach` samples of t."""
     m = b.shape[1]
@@ -273,8 +288,9 @@ def _rescore_around(b, score, blocked, winners, n_win, reach, nbr_ptr, nbr_idx, 
                 if blocked[kk, u] or a < alo[kk] or a > ahi[kk]:
                     score[kk, u] = -np.inf
                     continue
-                a = min(max(a, amin), amax)
-                v = a * (2.0 * x - a * norm2[kk])
+                p = prior[kk]
+                a = min(max((x + p) / (norm2[kk] + p), amin), amax)
+                v = a * (2.0 * x - a * norm2[kk]) - p * (a - 1.0) * (a - 1.0)
                 score[kk, u] = v if v > 0.0 else -np.inf
 
 
@@ -349,8 +365,11 @@ def _subtract(b, blocked, t, k, a, w, refractory, nbr_ptr, nbr_idx,
 
 @njit(cache=True)
 def pursue(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nbr_ptr, nbr_idx, cc,
-           max_rounds):  # pragma: no cover - compiled
+           max_rounds, prior=None):  # pragma: no cover - compiled
     """The matching pursuit on projections `b` ``(K, m)`` (modified in place).
+
+    `prior`: None, or the weight ``w_k`` of each template's amplitude prior
+    ``(K,)`` float32 (see "The amplitude prior" in the module docstring).
 
     Returns
     -------
@@ -366,12 +385,14 @@ def pursue(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nbr_p
     return pursue_in(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nbr_ptr,
                      nbr_idx, cc, max_rounds, np.empty((n_templates, m), dtype=np.float32),
                      np.empty((n_templates, m), dtype=np.uint8),
-                     np.empty((m // 2 + 1, 2), dtype=np.int64), np.empty(m, dtype=np.uint8))
+                     np.empty((m // 2 + 1, 2), dtype=np.int64), np.empty(m, dtype=np.uint8),
+                     prior)
 
 
 @njit(cache=True)
 def pursue_in(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nbr_ptr, nbr_idx,
-              cc, max_rounds, score, blocked, search, marks_search):  # pragma: no cover
+              cc, max_rounds, score, blocked, search, marks_search,
+              prior=None):  # pragma: no cover
     """`pursue` in the work arrays given (their contents need not be set).
 
     `score` ``(K, m)`` float32, `blocked` ``(K, m)`` uint8, `search`
@@ -380,6 +401,11 @@ def pursue_in(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nb
     ~20 MB of fresh pages per chunk.
     """
     n_templates, m = b.shape
+    # No prior is a prior of weight 0: the same arithmetic, bit for bit.
+    if prior is None:
+        w_prior = np.zeros(n_templates, dtype=np.float32)
+    else:
+        w_prior = prior
     w = (cc.shape[1] + 1) // 2 - 1  # n_t - 1
     reach = max(w, refractory)
     blocked[:] = 0
@@ -400,10 +426,10 @@ def pursue_in(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nb
     for round_ in range(max_rounds + 1):
         if round_ == 0:
             _rescore(b, score, blocked, whole, 1, norm2, sigma, z_threshold, amin, amax, alo,
-                     ahi)
+                     ahi, w_prior)
         else:  # `winners` still holds the last round's
             _rescore_around(b, score, blocked, winners, n_win, reach, nbr_ptr, nbr_idx, norm2,
-                            sigma, z_threshold, amin, amax, alo, ahi)
+                            sigma, z_threshold, amin, amax, alo, ahi, w_prior)
         n_win = _winners(score, search, n_search, w, nbr_ptr, nbr_idx, winners)
         while n_win > winners.shape[0]:
             winners = np.empty((2 * winners.shape[0], 2), dtype=np.int64)
@@ -424,7 +450,7 @@ def pursue_in(b, norm2, sigma, z_threshold, amin, amax, alo, ahi, refractory, nb
                 amplitudes[i] = old_amplitudes[i]
         for i in range(n_win):
             t, k = winners[i, 0], winners[i, 1]
-            a = min(max(b[k, t] / norm2[k], amin), amax)
+            a = min(max((b[k, t] + w_prior[k]) / (norm2[k] + w_prior[k]), amin), amax)
             spikes[n_out, 0] = t
             spikes[n_out, 1] = k
             amplitudes[n_out] = a

@@ -18,6 +18,13 @@ the amplitude subtracted is clipped to ``[amplitude_min, amplitude_max]``.
 The defaults (z 5, amplitudes 0.75-1.35) were chosen on the synthetic
 recordings (10 % amplitude jitter per spike): recordings whose units vary
 more in amplitude (bursts, drift) want a wider range.
+
+Optionally (`amplitude_prior_std`, off by default), a Gaussian prior on the
+amplitudes lets a spike prefer, of two templates of one shape and different
+sizes, the one on which its amplitude is near 1 (`amplitude_prior`). Measured
+on the synthetic recordings (384 channels, seeds 0 and 1; 1024 channels), it
+changed the sorted units' accuracy by at most one unit either way, at no
+measurable cost: left off.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class MatchParameters:
     amplitude_tolerance: float = 3.0  # in standard deviations of the amplitude estimate
     refractory: int = 30  # samples
     max_rounds: int = 12
+    amplitude_prior_std: float | None = None  # None: no amplitude prior (`amplitude_prior`)
 
 
 def margin_samples(n_t: int, parameters: MatchParameters, filter_margin: int) -> int:
@@ -67,6 +75,26 @@ def amplitude_bounds(norm2: np.ndarray, sigma: np.ndarray,
     spread = parameters.amplitude_tolerance * np.asarray(sigma, np.float64) / norm2
     return ((parameters.amplitude_min - spread).astype(np.float32),
             (parameters.amplitude_max + spread).astype(np.float32))
+
+
+def amplitude_prior(norm2: np.ndarray, sigma: np.ndarray,
+                    parameters: MatchParameters) -> np.ndarray | None:
+    """The weight ``w_k`` of each template's amplitude prior (float32), or None without one.
+
+    The prior is ``N(1, s^2)`` on a spike's amplitude, ``s`` the parameters'
+    `amplitude_prior_std`. The fitted amplitude ``a* = B / |T|^2`` varies by
+    ``sigma / |T|^2`` on noise (``sigma``: the measured spread of ``B``), so
+    the score ``2 a B - a^2 |T|^2 = |T|^2 (a*^2 - (a - a*)^2)`` is, up to a
+    constant, ``2 sigma^2 / |T|^2`` times the log-likelihood of ``a``; in the
+    same units the prior's log-density is ``-w (a - 1)^2`` with
+    ``w = sigma^2 / (|T|^2 s^2)`` (``1 / s^2`` if the noise of ``B`` were
+    white in the whitened metric). See `phy_tmatch.kernels`.
+    """
+    s = parameters.amplitude_prior_std
+    if s is None:
+        return None
+    sigma = np.asarray(sigma, np.float64)
+    return (sigma * sigma / (np.asarray(norm2, np.float64) * float(s) ** 2)).astype(np.float32)
 
 
 def channel_major(filtered: np.ndarray, scratch: bool = False,
@@ -149,12 +177,15 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
     b = projections(filtered, t, xt, scratch=True)
     sigma = np.asarray(setup.sigma, dtype=np.float32)
     alo, ahi = amplitude_bounds(t.norm2, sigma, p)
+    prior = amplitude_prior(t.norm2, sigma, p)
     k, m = b.shape
     spikes, amplitudes, n_rounds = pursue_in(
         b, t.norm2, sigma, np.float32(p.z_threshold), np.float32(p.amplitude_min),
         np.float32(p.amplitude_max), alo, ahi, int(p.refractory), t.nbr_ptr, t.nbr_idx, cc,
         int(p.max_rounds), scratch("score", (k, m)), scratch("blocked", (k, m), np.uint8),
-        scratch("search", (m // 2 + 1, 2), np.int64), scratch("marks_search", (m,), np.uint8))
+        scratch("search", (m // 2 + 1, 2), np.int64), scratch("marks_search", (m,), np.uint8),
+        # Without a prior, the arguments (and the compiled kernel) of the warm-up.
+        *(() if prior is None else (prior,)))
     starts, kinds = spikes[:, 0], spikes[:, 1]
     events = None
     if setup.collect is not None:

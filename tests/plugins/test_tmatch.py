@@ -125,6 +125,132 @@ def test_pursuit_resolves_overlapping_spikes_without_noise():
     assert np.abs(b).max() < 0.1 * t.norm2.max()
 
 
+def _proportional_pair(seed, ratio, snr=1.0, n_t=12, n_channels=6, rank=2):
+    """Templates 0 and 1 on the same channels, template 1 `ratio` times template 0.
+
+    Scaled so that template 0's energy ``|T|^2`` is ``snr ** 2`` (in white noise of
+    unit variance, a unit spike's projection stands `snr` deviations out).
+    """
+    rng = np.random.default_rng(seed)
+    spatial = rng.standard_normal((4, rank)).astype(np.float32)
+    temporal = rng.standard_normal((1, rank, n_t)).astype(np.float32)
+    dense = np.einsum("cr,rt->tc", spatial, temporal[0])
+    spatial *= np.float32(snr / np.sqrt((dense.astype(np.float64) ** 2).sum()))
+    return TemplateSet(
+        cluster_ids=np.array([10, 11]), ptr=np.array([0, 4, 8]), idx=np.array([0, 1, 2, 3] * 2),
+        spatial=np.concatenate([spatial, np.float32(ratio) * spatial]),
+        temporal=np.concatenate([temporal, temporal]), trough=np.zeros(2, dtype=np.int64),
+        n_spikes=np.ones(2, dtype=np.int64), n_channels=n_channels, explained=np.ones(2))
+
+
+def _pursue_pair(t, x, parameters, sigma):
+    from phy_tmatch.matching import amplitude_bounds, amplitude_prior
+
+    b = np.empty((t.n_templates, len(x) - t.n_samples + 1), dtype=np.float32)
+    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
+    cc = cross_correlations(t.temporal, t.ptr, t.idx, t.spatial, t.spatial_dense(True),
+                            t.nbr_ptr, t.nbr_idx)
+    alo, ahi = amplitude_bounds(t.norm2, sigma, parameters)
+    prior = amplitude_prior(t.norm2, sigma, parameters)
+    args = (b, t.norm2, sigma, np.float32(parameters.z_threshold),
+            np.float32(parameters.amplitude_min), np.float32(parameters.amplitude_max), alo, ahi,
+            parameters.refractory, t.nbr_ptr, t.nbr_idx, cc, parameters.max_rounds)
+    return pursue(*args) if prior is None else pursue(*args, prior)
+
+
+def test_amplitude_prior_assigns_spikes_of_proportional_templates_to_their_own():
+    # Two units of one shape, one 1.3 times the other: a spike of either scores the same
+    # on both templates (2 a B - a^2 |T|^2 at the best a), so the pursuit cannot tell them
+    # apart; the prior N(1, s^2) on the amplitude can (a ~ 1 on its own template, 1.3 or
+    # 1 / 1.3 on the other).
+    from phy_tmatch.matching import MatchParameters
+
+    rng = np.random.default_rng(7)
+    ratio = 1.3
+    t = _proportional_pair(7, ratio, snr=20.0)
+    n_spikes, gap = 200, 40
+    truth_k = rng.integers(0, 2, n_spikes)
+    truth_a = 1.0 + 0.05 * rng.standard_normal(n_spikes)
+    starts = 20 + gap * np.arange(n_spikes)
+    x = rng.standard_normal((starts[-1] + 60, t.n_channels)).astype(np.float32)
+    for s, k, a in zip(starts, truth_k, truth_a):
+        x[s:s + t.n_samples] += a * t.dense()[k]
+    sigma = np.sqrt(t.norm2).astype(np.float32)  # white noise: B's spread is |T|
+
+    def assigned(prior_std):
+        p = MatchParameters(refractory=5, amplitude_prior_std=prior_std)
+        spikes, amplitudes, _ = _pursue_pair(t, x, p, sigma)
+        order = np.argsort(spikes[:, 0])
+        found, kinds = spikes[order, 0], spikes[order, 1]
+        assert np.array_equal(found, starts)  # every spike found once, at its start
+        return kinds, amplitudes[order]
+
+    without, _ = assigned(None)
+    with_prior, amplitudes = assigned(0.1)
+    # Without the prior, only the clipping of the amplitude to 0.75-1.35 tells some apart.
+    assert np.mean(without == truth_k) < 0.8
+    # With it, a spike goes to the other template only when its fitted amplitude is
+    # closer to the other's mean (a > 2 r / (1 + r) = 1.13 for a spike of template 0;
+    # amplitude jitter and noise 0.07: ~3 % of them).
+    assert np.mean(with_prior == truth_k) > 0.93
+    # Each isolated spike goes where the posterior is highest, computed here directly:
+    # max over a in [0.75, 1.35] of 2 a B - a^2 |T|^2 - w (a - 1)^2, w = 1 / s^2.
+    dense = t.dense().astype(np.float64)
+    proj = np.array([[(dense[k] * x[s:s + t.n_samples]).sum() for k in range(2)]
+                     for s in starts])
+    n2, w = (dense ** 2).sum(axis=(1, 2)), 1.0 / 0.1 ** 2
+    a = np.clip((proj + w) / (n2 + w), 0.75, 1.35)
+    best = np.argmax(2 * a * proj - a * a * n2 - w * (a - 1) ** 2, axis=1)
+    np.testing.assert_array_equal(with_prior, best)
+    # The amplitudes are the posterior's mode (B + w) / (|T|^2 + w): a little pulled to 1.
+    a_fit = truth_a / np.where(with_prior == truth_k, 1.0,
+                               np.where(truth_k == 1, 1.0 / ratio, ratio))
+    assert np.abs(amplitudes - a_fit).max() < 0.2
+    assert np.std(amplitudes - 1.0) < np.std(a_fit - 1.0)
+
+
+def test_amplitude_prior_amplitude_is_the_posterior_mode():
+    # One spike, no noise: B = a |T|^2, so the amplitude is (a |T|^2 + w) / (|T|^2 + w).
+    from phy_tmatch.matching import MatchParameters, amplitude_prior
+
+    t = _proportional_pair(3, 1.0, snr=10.0).subset([0])
+    x = np.zeros((80, t.n_channels), dtype=np.float32)
+    x[30:30 + t.n_samples] += np.float32(1.2) * t.dense()[0]
+    sigma = np.float32(0.5) * np.sqrt(t.norm2).astype(np.float32)  # noise B spread
+    p = MatchParameters(refractory=5, z_threshold=1.0, amplitude_prior_std=0.2)
+    w = amplitude_prior(t.norm2, sigma, p)
+    n2 = float(t.norm2[0])
+    assert w[0] == pytest.approx(0.25 * n2 / (n2 * 0.04), rel=1e-5)
+    spikes, amplitudes, _ = _pursue_pair(t, x, p, sigma)
+    assert spikes.tolist() == [[30, 0]]
+    expected = (1.2 * n2 + w[0]) / (n2 + w[0])
+    assert amplitudes[0] == pytest.approx(expected, rel=1e-4)
+    assert 1.0 < amplitudes[0] < 1.2
+
+
+def test_no_amplitude_prior_is_a_prior_of_weight_zero():
+    rng = np.random.default_rng(4)
+    t = _random_templates(rng)
+    x = rng.standard_normal((400, t.n_channels)).astype(np.float32)
+    for s, k in ((40, 0), (43, 1), (200, 2), (203, 0), (330, 1)):
+        x[s:s + t.n_samples] += 4.0 * t.dense()[k]
+    b = np.empty((t.n_templates, 400 - t.n_samples + 1), dtype=np.float32)
+    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
+    cc = cross_correlations(t.temporal, t.ptr, t.idx, t.spatial, t.spatial_dense(True),
+                            t.nbr_ptr, t.nbr_idx)
+    args = (t.norm2, np.full(t.n_templates, 1.0, dtype=np.float32), np.float32(3.0),
+            np.float32(0.5), np.float32(5.0), np.full(3, 0.3, np.float32),
+            np.full(3, 6.0, np.float32), 5, t.nbr_ptr, t.nbr_idx, cc, 10)
+    expected = pursue(b.copy(), *args)
+    assert len(expected[0]) >= 5
+    zero = pursue(b.copy(), *args, np.zeros(t.n_templates, np.float32))
+    for a, e in zip(zero, expected):
+        np.testing.assert_array_equal(a, e)
+    # A prior of some weight changes the amplitudes (they are pulled to 1).
+    some = pursue(b.copy(), *args, np.full(t.n_templates, 50.0, np.float32))
+    assert not np.array_equal(some[1], expected[1])
+
+
 def test_projections_across_blocks_and_channel_groups_match_dense_computations():
     # Templates on 7 channels (a group of four and three more) and a chunk of several
     # blocks of the kernel (`BLOCK`), the last one partial.
@@ -499,14 +625,16 @@ def test_template_sums_from_spike_windows_equal_those_from_whole_chunks(recordin
     assert len(whole.noise) == 1 and whole.xtx[0].shape == (32, 32)
 
 
-def test_a_match_job_given_the_parents_cross_correlations_is_the_job_that_makes_them(
-        recording, ground_truth):
-    # The runner makes the templates' cross-correlations once, while the workers measure
-    # the noise, and sends them with the jobs; a job without them makes its own.
+def _match_job(recording, ground_truth):
+    """Templates of the ground truth's units in the first chunk, and a match job of it.
+
+    Returns ``(match, n_inside, templates)``: ``match(cc, token, parameters=None)`` runs
+    the job (`cc`: the cross-correlations it is given, or None); `n_inside`: true spikes.
+    """
     from phy_core.progress import ProgressReporter
     from phy_detect.chunks import plan_chunks
     from phy_detect.filtering import Filter
-    from phy_tmatch.matching import MatchParameters, template_cross_correlations
+    from phy_tmatch.matching import MatchParameters
     from phy_tmatch.runner import _options, _projection_noise
     from phy_tmatch.templates import build_templates, noise_std_from_medians
     from phy_tmatch.worker import Setup, run_job, template_job
@@ -528,16 +656,42 @@ def test_a_match_job_given_the_parents_cross_correlations_is_the_job_that_makes_
                                  _options(dict(n_noise_excerpts=2, noise_excerpt_s=0.5)))
     chunk = plan_chunks(n_samples, 2 * int(rate), filter_.margin_samples + 2000)[0]
 
-    def match(cc, token):
+    def match(cc, token, parameters=None):
         job = Setup(prm, np.arange(32), filter_, "match", before=24, n_t=66, templates=t,
-                    parameters=MatchParameters(), sigma=sigma, token=token,
+                    parameters=parameters or MatchParameters(), sigma=sigma, token=token,
                     cross_correlations=cc)
         return run_job((job, chunk, None))
 
+    return match, int(inside.sum()), t
+
+
+def test_a_match_job_given_the_parents_cross_correlations_is_the_job_that_makes_them(
+        recording, ground_truth):
+    # The runner makes the templates' cross-correlations once, while the workers measure
+    # the noise, and sends them with the jobs; a job without them makes its own.
+    from phy_tmatch.matching import template_cross_correlations
+
+    match, n_inside, t = _match_job(recording, ground_truth)
     own, given = match(None, "own"), match(template_cross_correlations(t), "given")
-    assert len(own.spike_samples) > 0.8 * inside.sum()
+    assert len(own.spike_samples) > 0.8 * n_inside
     for key in ("spike_samples", "spike_templates", "amplitudes"):
         np.testing.assert_array_equal(own[key], given[key])
     # They are used: without the interactions, a removed spike's neighbours are not updated.
     wrong = match(np.zeros_like(template_cross_correlations(t)), "zero")
     assert not np.array_equal(wrong.spike_samples, own.spike_samples)
+
+
+def test_the_amplitude_prior_reaches_the_match_jobs(recording, ground_truth):
+    # MatchParameters.amplitude_prior_std goes with the job to the worker's pursuit: the
+    # same spikes, nearly, with amplitudes pulled towards 1 (the prior's mean).
+    from phy_tmatch.matching import MatchParameters, template_cross_correlations
+
+    match, n_inside, t = _match_job(recording, ground_truth)
+    cc = template_cross_correlations(t)
+    plain = match(cc, "plain")
+    prior = match(cc, "prior", MatchParameters(amplitude_prior_std=0.05))
+    assert len(plain.spike_samples) > 0.8 * n_inside
+    same = np.intersect1d(plain.spike_samples, prior.spike_samples)
+    assert len(same) > 0.95 * len(plain.spike_samples)
+    spread = [np.abs(np.log(r.amplitudes)).mean() for r in (plain, prior)]
+    assert spread[1] < 0.8 * spread[0]
