@@ -14,7 +14,11 @@ Template matching (optional)
     group's clusters then seed `phy_tmatch.runner.template_match` (noise and
     MUA clusters included, one refinement round by default:
     `TEMPLATE_MATCHING_DEFAULTS`), which writes the template directory
-    ``<experiment_name>.templates.<group>`` beside the Kwik file.
+    ``<experiment_name>.templates.<group>`` beside the Kwik file. With worker
+    processes, the channels' noise that the template matching needs (levels and
+    covariance: `phy_tmatch.noise`, which needs no cluster) is measured by a
+    worker while the masked EM runs here, when it would otherwise wait; the same
+    values as the template matching measures.
 
 Labels (``auto_label``)
     At the end, `phy_autolabel` labels the clear single units good in the
@@ -23,7 +27,9 @@ Labels (``auto_label``)
     one estimates the recording's noise while the masked EM runs here; one
     decides the Kwik file's labels while the template matching runs (they
     depend only on the masked EM; saved here once the template matching has
-    finished, since it seeds from the Kwik file's groups as they were); and
+    finished, since it seeds from the Kwik file's groups as they were; the
+    job starts when the template matching's first refinement does, as its
+    workers would otherwise wait for this process); and
     once it has finished, they compute the template directory's metrics,
     each a share of its clusters, which are decided and saved here. The
     same numbers, labels and files as labelling everything here.
@@ -225,21 +231,26 @@ class _NoiseInBackground:
     The workers wait for the template matching meanwhile, and the EM keeps one core: the
     labels then find the noise estimated (the same numbers: each channel's estimate is its
     own). Reads only the raw data, never the Kwik file being written. A failure costs
-    nothing: the labels estimate the noise themselves.
+    nothing: the labels estimate the noise themselves. With `after` (a background job's
+    `wait`), the job is submitted once that one has finished: one worker at a time works
+    beside the EM, which keeps its core.
     """
 
-    def __init__(self, executor, prm_path) -> None:
+    def __init__(self, executor, prm_path, after=None) -> None:
         import threading
 
         self._result: list = []
         # The executor's ordered map blocks until the result: a thread waits for it.
-        self._thread = threading.Thread(target=self._run, args=(executor, str(prm_path)),
+        self._thread = threading.Thread(target=self._run,
+                                        args=(executor, str(prm_path), after),
                                         name="phy-noise", daemon=True)
         self._thread.start()
 
-    def _run(self, executor, prm_path: str) -> None:
+    def _run(self, executor, prm_path: str, after=None) -> None:
         from phy_autolabel.sources import recording_noise
 
+        if after is not None:
+            after()
         try:
             self._result.extend(executor.imap(recording_noise, [prm_path]))
         except Exception as exc:  # noqa: BLE001 - the labels estimate the noise themselves
@@ -267,16 +278,71 @@ def _kwik_labels_job(job: tuple) -> tuple:
     return results, noise, time.process_time() - cpu
 
 
+class _TemplateNoiseInBackground:
+    """The channels' noise of a channel group's template matching
+    (`phy_tmatch.noise.measure_noise`), measured by the shared pool's workers while this
+    process runs the masked EM.
+
+    It needs no cluster, and a worker is idle during the EM: the template matching's
+    first pass then only sums the spikes' windows (its noise chunks as it would have
+    measured them: the same values). Its jobs are submitted one at a time: one worker
+    works beside the EM, which keeps its core (the labels' noise comes after, on the
+    same terms: `_NoiseInBackground`). A failure costs only the time: the template
+    matching then measures the noise itself.
+    """
+
+    def __init__(self, executor, prm_path, group: int, options: dict) -> None:
+        import threading
+
+        self._result: list = []
+        # The executor's ordered map blocks until the results: a thread waits for them.
+        self._thread = threading.Thread(target=self._run,
+                                        args=(executor, str(prm_path), group, options),
+                                        name="phy-tmatch-noise", daemon=True)
+        self._thread.start()
+
+    def _run(self, executor, prm_path: str, group: int, options: dict) -> None:
+        from phy_tmatch.noise import measure_noise
+
+        try:
+            self._result.append(measure_noise(prm_path, _OneJobAtATime(executor),
+                                              channel_group=group, **options))
+        except Exception as exc:  # noqa: BLE001 - the template matching measures it itself
+            logger.debug("Template noise in the workers failed (%s: %s).",
+                         type(exc).__name__, exc)
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        """Wait for the workers; the `NoiseStatistics`, or None if they failed."""
+        self._thread.join()
+        return self._result[0] if self._result else None
+
+
+class _OneJobAtATime:
+    """An executor whose `imap` keeps one job in flight: one worker busy at a time."""
+
+    def __init__(self, executor) -> None:
+        self._executor = executor
+        self.name = getattr(executor, "name", "")
+
+    def imap(self, func, jobs):
+        for job in jobs:
+            yield from self._executor.imap(func, [job])
+
+
 class _KwikLabelsInBackground:
     """The labels of a channel group's masked EM clusters, decided by a worker while the
     template matching runs (`_kwik_labels_job`), saved by this process afterwards.
 
     They depend only on the Kwik file, which the template matching only reads (at its
     start: the labels are saved once it has finished, so that it seeds from the groups it
-    always had); the workers and this process leave a core idle during parts of that
-    stage (this process's refinements, the last pass's tail). The same numbers as
-    labelling here: the same code on the same inputs and noise. A failure costs only the
-    time: the labels are then decided here, as without it.
+    always had). The job is submitted by `start`, which the template matching calls when
+    its workers would otherwise wait for this process (its first refinement: its
+    ``on_idle``), or by `wait`. The same numbers as labelling here: the same code on the
+    same inputs and noise. A failure costs only the time: the labels are then decided
+    here, as without it.
     """
 
     def __init__(self, executor, kwik_path: Path, group: int, noise) -> None:
@@ -288,7 +354,13 @@ class _KwikLabelsInBackground:
         self._thread = threading.Thread(target=self._run,
                                         args=(executor, (str(kwik_path), group, noise)),
                                         name="phy-kwik-labels", daemon=True)
-        self._thread.start()
+        self._started = False
+
+    def start(self) -> None:
+        """Submit the job (once); the noise it gets is what `noise` holds now."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
 
     def _run(self, executor, job: tuple) -> None:
         try:
@@ -299,6 +371,7 @@ class _KwikLabelsInBackground:
     def wait(self, noise_cache) -> tuple[list, float] | None:
         """Wait for the worker; ``(results, worker CPU s)``, or None if it failed. The noise
         it estimated goes into `noise_cache`."""
+        self.start()
         self._thread.join()
         if not self._result:
             return None
@@ -344,7 +417,7 @@ def template_matching_options(prm_path: str | os.PathLike,
 
 
 def _template_match(prm, kwik_path: Path, group: int, options: dict, executor,
-                    reporter) -> Path:
+                    reporter, noise_statistics=None, on_idle=None) -> Path:
     from phy_tmatch.runner import template_match
 
     if reporter is not None:
@@ -355,7 +428,8 @@ def _template_match(prm, kwik_path: Path, group: int, options: dict, executor,
     # overwrite: a directory left here is an interrupted run of this stage.
     return template_match(prm.path, kwik_path, template_dir(kwik_path, group),
                           channel_group=group, executor=executor, overwrite=True,
-                          reporter=reporter, **options)
+                          reporter=reporter, noise_statistics=noise_statistics,
+                          on_idle=on_idle, **options)
 
 
 def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
@@ -477,12 +551,22 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         template_dirs, early_labels = {}, {}
         for group in todo:
             t1, cpu1 = time.perf_counter(), time.process_time()
+            tmatch_noise = None
+            if (tmatch_options is not None and group not in clustered and group not in matched
+                    and getattr(workers.get(), "name", "") != "serial"):
+                # The template matching's noise, which needs no cluster, measured by a
+                # worker (idle otherwise) while the masked EM runs here.
+                tmatch_noise = _TemplateNoiseInBackground(workers.get(), prm.path, group,
+                                                          tmatch_options)
             if (auto_label and tmatch_options is not None and noise_job is None
                     and group not in clustered
                     and getattr(workers.get(), "name", "") != "serial"):
                 # The workers are idle until the template matching: one of them estimates
-                # the labels' noise while the masked EM runs here.
-                noise_job = _NoiseInBackground(workers.get(), prm.path)
+                # the labels' noise while the masked EM runs here (after the template
+                # matching's noise, needed first; the labels' is needed at its first
+                # refinement).
+                noise_job = _NoiseInBackground(workers.get(), prm.path,
+                                               after=tmatch_noise.wait if tmatch_noise else None)
             if group not in clustered:
                 if cluster_reporter is not None:
                     cluster_reporter.reset()
@@ -494,24 +578,31 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                 clustered.append(group)
                 if state is not None:
                     _write_state(state_path(kwik_path), identity, clustered, matched)
-            if noise_job is not None:  # before the template matching takes the workers
-                noise_job.into(noise)
             t2 = time.perf_counter()
             cluster_s += t2 - t1
             cluster_cpu_s += time.process_time() - cpu1
-            labels_job = None
+            labels_job = start_labels = None
             if (auto_label and tmatch_options is not None and group not in matched
                     and getattr(workers.get(), "name", "") != "serial"):
-                # A worker decides this group's Kwik labels while the others match.
+                # A worker decides this group's Kwik labels while this process refines the
+                # templates (the template matching's on_idle), when the workers would wait;
+                # with the labels' noise (estimated during the EM).
                 labels_job = _KwikLabelsInBackground(workers.get(), kwik_path, group, noise)
+
+                def start_labels(job=labels_job, estimate=noise_job):
+                    if estimate is not None:
+                        estimate.into(noise)
+                    job.start()
             if tmatch_options is not None and group not in matched:
                 try:
-                    template_dirs[group] = _template_match(prm, kwik_path, group,
-                                                           tmatch_options, workers.get(),
-                                                           tmatch_reporter)
+                    template_dirs[group] = _template_match(
+                        prm, kwik_path, group, tmatch_options, workers.get(), tmatch_reporter,
+                        noise_statistics=tmatch_noise.result() if tmatch_noise else None,
+                        on_idle=start_labels)
                 finally:
                     # Before anything writes the Kwik file (the next group's clustering).
                     if labels_job is not None:
+                        start_labels()  # if the template matching did not
                         early = labels_job.wait(noise)
                         if early is not None:
                             early_labels[group], cpu = early
@@ -534,6 +625,8 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
         # The workers (kept until here, idle) compute the template directories' metrics.
         n_good = labels = None
         if auto_label:
+            if noise_job is not None:
+                noise_job.into(noise)
             labels, cpu = _auto_label(kwik_path, labelled, template_dirs, noise, early_labels,
                                       workers.existing())
             label_worker_cpu_s += cpu

@@ -4,11 +4,13 @@ Three passes over the recording, each in parallel over chunks (the
 executors of `phy_detect.executors`), none holding more than a few chunks:
 
 1. *Templates* (`phy_tmatch.templates`): the chunks holding the chosen spikes
-   of each cluster are filtered; each returns the sums of its spikes' windows
-   and its channels' median ``|x|`` (the noise level, for choosing each
-   template's significant channels); a few of them, spread through the
-   recording, also the sums of the noise covariance, from which the projection
-   templates are made (`phy_tmatch.whitening`).
+   of each cluster are filtered; each returns the sums of its spikes' windows.
+   A few chunks spread through the recording also give their channels' median
+   ``|x|`` (the noise level, for choosing each template's significant
+   channels) and the sums of the noise covariance, from which the projection
+   templates are made (`phy_tmatch.whitening`); that noise needs no cluster,
+   and may have been measured before the stage (`phy_tmatch.noise`: a sort
+   does it while its masked EM runs).
 2. *Noise of the projections*: a few excerpts spread through the recording are
    projected on the templates; the median ``|B|`` over them gives each
    template's ``sigma`` (the spread of its projection on noise, whatever the
@@ -37,6 +39,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -48,6 +51,16 @@ from phy_core.bunch import Bunch
 from phy_core.progress import ProgressReporter
 
 from .matching import MatchParameters, margin_samples, template_cross_correlations
+from .noise import (
+    TEMPLATE_CHUNK_S,  # noqa: F401 - part of this module's interface
+    TEMPLATE_CHUNKS_PER_JOB,
+    NoiseStatistics,
+    filter_arguments,
+    noise_chunk_indices,
+    noise_key,
+    template_chunks,
+    template_window,
+)
 from .templates import (
     TemplateMatchingError,
     build_templates,
@@ -57,11 +70,6 @@ from .templates import (
 from .worker import Setup, run_job
 
 logger = logging.getLogger("phy")
-
-#: Duration of the chunks of the template pass (s), and chunks per job (each job
-#: sends back one partial sum of the templates).
-TEMPLATE_CHUNK_S = 1.0
-TEMPLATE_CHUNKS_PER_JOB = 4
 
 #: Defaults of the keyword options of `template_match` / `match_spikes`.
 DEFAULTS = dict(
@@ -78,6 +86,7 @@ DEFAULTS = dict(
     z_threshold=MatchParameters.z_threshold,
     amplitude_range=(MatchParameters.amplitude_min, MatchParameters.amplitude_max),
     amplitude_tolerance=MatchParameters.amplitude_tolerance,
+    amplitude_prior_std=MatchParameters.amplitude_prior_std,
     refractory_ms=1.0,
     max_rounds=MatchParameters.max_rounds,
     n_noise_excerpts=5,
@@ -114,6 +123,8 @@ def _options(options: dict) -> Bunch:
         (o.z_threshold > 0, "z_threshold must be > 0"),
         (0 < amin <= 1 <= amax, "amplitude_range must be (min, max) with 0 < min <= 1 <= max"),
         (o.amplitude_tolerance >= 0, "amplitude_tolerance must be >= 0"),
+        (o.amplitude_prior_std is None or o.amplitude_prior_std > 0,
+         "amplitude_prior_std must be None or > 0"),
         (o.refractory_ms >= 0, "refractory_ms must be >= 0"),
         (int(o.max_rounds) >= 1, "max_rounds must be >= 1"),
         (int(o.n_noise_excerpts) >= 1 and o.noise_excerpt_s > 0,
@@ -161,7 +172,9 @@ def template_match(prm_path: str | os.PathLike, kwik_path: str | os.PathLike,
                    output_dir: str | os.PathLike, channel_group: int | None = None,
                    clustering: str | None = None, include_mua: bool = False,
                    include_noise: bool = False, executor=None, overwrite: bool = False,
-                   reporter: ProgressReporter | None = None, **options: Any) -> Path:
+                   reporter: ProgressReporter | None = None,
+                   noise_statistics: NoiseStatistics | None = None,
+                   on_idle: Callable[[], Any] | None = None, **options: Any) -> Path:
     """Re-detect the spikes of a sorted Kwik dataset against its clusters' templates.
 
     Parameters
@@ -183,6 +196,15 @@ def template_match(prm_path: str | os.PathLike, kwik_path: str | os.PathLike,
         Replace a template directory in `output_dir`.
     reporter : ProgressReporter or None
         One step per chunk of each pass.
+    noise_statistics : NoiseStatistics or None
+        The channels' noise measured beforehand (`phy_tmatch.noise.measure_noise`,
+        e.g. while the clusters were made); used if measured for this run (its
+        `key`), else measured here.
+    on_idle : callable or None
+        Called once (no argument) when the workers are about to wait for this
+        process: when it starts its first refinement of the templates (at the
+        start without refinement rounds). A caller's chance to give them other
+        work meanwhile (`phy_spikesort.pipeline`: the Kwik file's labels).
     **options
         See `DEFAULTS` (thresholds, template shape and sparsity, chunk size).
 
@@ -208,7 +230,8 @@ def template_match(prm_path: str | os.PathLike, kwik_path: str | os.PathLike,
     return match_spikes(prm_path, samples, clusters, output_dir, cluster_ids=cluster_ids,
                         channels=channels, channel_positions=positions, cluster_groups=groups,
                         executor=executor, overwrite=overwrite, reporter=reporter,
-                        source=str(kwik_path), **options)
+                        source=str(kwik_path), noise_statistics=noise_statistics,
+                        on_idle=on_idle, **options)
 
 
 def match_spikes(prm_path: str | os.PathLike, spike_samples, spike_clusters,
@@ -216,7 +239,8 @@ def match_spikes(prm_path: str | os.PathLike, spike_samples, spike_clusters,
                  channel_positions=None, channel_group: int | None = None,
                  cluster_groups: dict | None = None, executor=None, overwrite: bool = False,
                  reporter: ProgressReporter | None = None, source: str = "",
-                 **options: Any) -> Path:
+                 noise_statistics: NoiseStatistics | None = None,
+                 on_idle: Callable[[], Any] | None = None, **options: Any) -> Path:
     """`template_match` from spikes given as arrays (any sorting, or a ground truth).
 
     `channels` (file columns) and `channel_positions` default to the PRM probe's
@@ -270,7 +294,8 @@ def match_spikes(prm_path: str | os.PathLike, spike_samples, spike_clusters,
     try:
         with limit:
             result, templates, info = _run(prm, spike_samples, spike_clusters, cluster_ids,
-                                           channels, channel_positions, executor, reporter, o)
+                                           channels, channel_positions, executor, reporter, o,
+                                           noise_statistics, on_idle)
     finally:
         release_scratch()  # a serial executor's jobs ran here
         if own_executor:
@@ -374,6 +399,16 @@ def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_
         max_residual=100_000, template_home=None)
 
 
+def _call(on_idle: Callable[[], Any] | None) -> None:
+    """``on_idle()`` if given; its failure is the caller's loss, not the stage's."""
+    if on_idle is None:
+        return
+    try:
+        on_idle()
+    except Exception as exc:  # noqa: BLE001 - extra work, not the stage's own
+        logger.debug("Template matching: on_idle failed (%s: %s).", type(exc).__name__, exc)
+
+
 def _keep_unchanged(old, refined: Bunch, new):
     """`new` (the refined templates), with the templates the refinement left alone as in `old`.
 
@@ -411,37 +446,38 @@ def _drop_small(result: Bunch, templates, min_spikes: int) -> Bunch:
 
 
 def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_positions,
-         executor, reporter, o: Bunch) -> tuple[Bunch, Any, dict]:
+         executor, reporter, o: Bunch,
+         noise_statistics: NoiseStatistics | None = None,
+         on_idle: Callable[[], Any] | None = None) -> tuple[Bunch, Any, dict]:
     from phy_detect.chunks import plan_chunks
     from phy_detect.filtering import Filter
 
     from .worker import traces
 
     t0, wall0 = time.perf_counter(), time.time()
+    if int(o.refine_rounds) == 0:
+        _call(on_idle)  # no refinement: the workers never wait for this process
     # Who was busy when (the parent's steps, the workers' jobs): where the stage waits.
     timeline: list = []
     rate = float(prm.traces.sample_rate)
-    sd = prm.spikedetekt
     # The detection's band-pass (same parameters, same precision).
-    filter_arguments = dict(rate=rate, low=float(sd["filter_low"]),
-                            high=float(sd["filter_high_factor"]) * rate,
-                            order=int(sd["filter_butter_order"]),
-                            precision=str(sd.get("filter_precision", "float64")))
+    filter_args = filter_arguments(prm)
     if hasattr(executor, "warm_up"):
         # The workers start (imports, numba caches, the recording) while this process
         # chooses the spikes.
         from .worker import warm_up
 
-        executor.warm_up(warm_up, str(prm.path), filter_arguments)
-    filter_ = Filter(**filter_arguments)
+        executor.warm_up(warm_up, str(prm.path), filter_args)
+    filter_ = Filter(**filter_args)
     n_samples = int(traces(str(prm.path)).shape[0])
-    before = int(round(o.before_ms * 1e-3 * rate))
-    n_t = before + int(round(o.after_ms * 1e-3 * rate))
+    before, n_t = template_window(float(o.before_ms), float(o.after_ms), rate)
     chunk_size = max(1, int(round(o.chunk_size_s * rate)))
     parameters = MatchParameters(
         z_threshold=float(o.z_threshold), amplitude_min=o.amplitude_range[0],
         amplitude_max=o.amplitude_range[1],
         amplitude_tolerance=float(o.amplitude_tolerance),
+        amplitude_prior_std=(None if o.amplitude_prior_std is None
+                             else float(o.amplitude_prior_std)),
         refractory=int(round(o.refractory_ms * 1e-3 * rate)), max_rounds=int(o.max_rounds))
     prm_path = str(prm.path)
 
@@ -451,16 +487,19 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                                      n_t - before)
     # Chunks of a fixed size: the noise statistics come from some of them, and must
     # not depend on the matching's chunk size.
-    template_chunks = plan_chunks(n_samples, int(round(TEMPLATE_CHUNK_S * rate)),
-                                  filter_.margin_samples + n_t)
-    bounds = np.searchsorted(chosen, [c.keep_start for c in template_chunks] + [n_samples])
+    plan = template_chunks(n_samples, rate, filter_.margin_samples, n_t)
+    bounds = np.searchsorted(chosen, [c.keep_start for c in plan] + [n_samples])
     setup = Setup(prm_path, channels, filter_, "templates", before=before, n_t=n_t)
-    used = [i for i in range(len(template_chunks)) if bounds[i + 1] > bounds[i]]
-    # The noise (channel levels, covariance) from a few of these chunks, spread out.
-    n_noise = min(len(used), int(o.n_noise_chunks))
-    with_noise = set(np.linspace(0, len(used) - 1, n_noise).round().astype(int).tolist())
-    parts = [(template_chunks[i], chosen[bounds[i]:bounds[i + 1]],
-              chosen_k[bounds[i]:bounds[i + 1]], j in with_noise) for j, i in enumerate(used)]
+    # The noise (channel levels, covariance) from a few of these chunks, spread out
+    # (`phy_tmatch.noise`): measured here unless it was beforehand, for this run.
+    with_noise = set(noise_chunk_indices(len(plan), int(o.n_noise_chunks)))
+    key = noise_key(prm_path, channels, n_t, filter_args, [plan[i] for i in sorted(with_noise)])
+    measured = noise_statistics is not None and noise_statistics.key == key
+    noise = noise_statistics if measured else NoiseStatistics(key)
+    # Noise chunks are filtered whole either way (the same sums as when measured here).
+    parts = [(plan[i], chosen[bounds[i]:bounds[i + 1]], chosen_k[bounds[i]:bounds[i + 1]],
+              i in with_noise and not measured, i in with_noise) for i in range(len(plan))
+             if bounds[i + 1] > bounds[i] or (i in with_noise and not measured)]
     jobs = [(setup, None, parts[i:i + TEMPLATE_CHUNKS_PER_JOB])
             for i in range(0, len(parts), TEMPLATE_CHUNKS_PER_JOB)]
     match_margin = margin_samples(n_t, parameters, filter_.margin_samples)
@@ -471,21 +510,19 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                                                                    + len(match_chunks))
     sums = np.zeros((len(cluster_ids), n_t, len(channels)))
     n_used = np.zeros(len(cluster_ids), dtype=np.int64)
-    medians = []
-    xtx, n_rows = np.zeros((len(channels), len(channels))), 0
     cpu = Bunch(templates=0.0, noise=0.0, matching=0.0, refine=0.0)
     for part in executor.imap(run_job, jobs):
         cpu.templates += part.cpu_s
         _span(timeline, part, "templates")
         sums[part.templates] += part.sums
         n_used[part.templates] += part.counts
-        medians.extend(part.noise)
-        xtx += sum(part.xtx, np.zeros_like(xtx))
-        n_rows += sum(part.n_rows)
+        if not measured:
+            noise.add(part)
         reporter.increment()
-    if not medians:
+    if not noise.medians or not n_used.any():
         raise TemplateMatchingError("No spike of the chosen clusters lies inside the recording.")
-    noise_std = noise_std_from_medians(medians)
+    noise_std = noise_std_from_medians(noise.medians)
+    xtx, n_rows = noise.xtx, noise.n_rows
     means = sums / np.maximum(n_used, 1)[:, None, None]
     covariance = None
     if o.whiten:
@@ -547,6 +584,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         if not last:
             from .refine import refine
 
+            if round_ == 0:
+                _call(on_idle)  # the workers wait for the refinement
             cpu_parent, wall_parent = time.process_time(), time.time()
             events = Bunch({key: np.concatenate([p.events[key] for p in parts])
                             for key in ("samples", "labels", "homes", "snippets")})
@@ -593,6 +632,10 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         # CPU seconds of the jobs of each pass (all workers; not their start-up), and of
         # the parent's refinement (`refine` and the new templates).
         **{f"cpu_{key}_s": round(value, 3) for key, value in cpu.items()},
+        # The channels' noise measured before the stage (`phy_tmatch.noise`), and the CPU
+        # seconds of its jobs (otherwise in cpu_templates_s).
+        noise_measured_before=bool(measured),
+        cpu_noise_before_s=round(noise.cpu_s, 3) if measured else 0.0,
         # [who, what, start s, end s] from the stage's start (wall clock).
         timeline=[[who, what, round(a - wall0, 3), round(b - wall0, 3)]
                   for who, what, a, b in timeline])

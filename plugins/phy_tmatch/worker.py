@@ -201,10 +201,14 @@ def spike_segments(setup: Setup, chunk, samples: np.ndarray) -> list | None:
 def template_job(setup: Setup, parts: list) -> Bunch:
     """Sums of the chosen spikes' windows over several chunks, and noise statistics.
 
-    `parts` lists ``(chunk, samples, templates, noise)``: each chunk is read and
-    filtered in turn (one chunk in memory at a time); `noise` asks for its
-    channels' median ``|x|`` and covariance sums. One job covers several chunks
-    so that fewer partial sums travel back to the parent.
+    `parts` lists ``(chunk, samples, templates, noise)``, or ``(chunk, samples,
+    templates, noise, whole)``: each chunk is read and filtered in turn (one
+    chunk in memory at a time); `noise` asks for its channels' median ``|x|``
+    and covariance sums (`phy_tmatch.noise`), for which the chunk is filtered
+    whole; `whole` filters it whole without them (a noise chunk whose noise was
+    measured beforehand: its sums are then the same, bit for bit). Otherwise
+    only the spikes' windows may be filtered (`spike_segments`). One job covers
+    several chunks so that fewer partial sums travel back to the parent.
     """
     from .templates import channel_noise, template_sums
 
@@ -212,8 +216,8 @@ def template_job(setup: Setup, parts: list) -> Bunch:
     sums = np.zeros((len(present), setup.n_t, len(setup.channels)))
     counts = np.zeros(len(present), dtype=np.int64)
     out = Bunch(noise=[], xtx=[], n_rows=[])
-    for chunk, samples, templates, noise in parts:
-        segments = None if noise else spike_segments(setup, chunk, samples)
+    for chunk, samples, templates, noise, *whole in parts:
+        segments = None if noise or any(whole) else spike_segments(setup, chunk, samples)
         for sub in segments or [chunk]:
             data = filtered_chunk(setup, sub)
             inside = (samples >= sub.keep_start) & (samples < sub.keep_stop)

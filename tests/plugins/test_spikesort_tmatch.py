@@ -130,6 +130,9 @@ def test_labels_decided_by_the_workers_are_those_of_this_process(recording, tmp_
                             template_matching=dict(refine_rounds=1))
     assert result.label_worker_cpu_s > 0  # the workers did label
     kwik, tdir = result.kwik_path, result.template_dirs[0]
+    # The template matching's noise was measured by the workers during the masked EM
+    # (`phy_tmatch.noise`: the same values, tests/plugins/test_tmatch_noise.py).
+    assert json.loads((tdir / "tmatch.json").read_text())["noise_measured_before"]
     assert [r.path for r in result.labels] == [kwik, tdir]
     again = label_clusters(kwik, channel_group=0, dry_run=True) + label_clusters(tdir,
                                                                                  dry_run=True)
@@ -140,3 +143,33 @@ def test_labels_decided_by_the_workers_are_those_of_this_process(recording, tmp_
     assert result.n_good == sum(len(r.good) for r in again) > 0
     assert {c for c, g in TemplateModel(tdir).cluster_groups.items() if g == 2} \
         == set(again[1].good)
+
+
+def test_work_beside_the_clustering_comes_one_job_at_a_time(recording):
+    """During the masked EM, the template matching's noise then the labels' noise are
+    measured by one worker at a time (the EM keeps its core): each of the first's jobs is
+    submitted alone, and the second after them."""
+    from phy_spikesort.pipeline import _NoiseInBackground, _TemplateNoiseInBackground
+    from phy_tmatch.noise import measure_noise
+
+    class Recording(SerialExecutor):
+        name = "recording"
+
+        def __init__(self):
+            self.calls = []
+
+        def imap(self, func, jobs):
+            jobs = list(jobs)
+            self.calls.append((func.__name__, len(jobs)))
+            return super().imap(func, jobs)
+
+    executor = Recording()
+    tmatch = _TemplateNoiseInBackground(executor, recording.prm_path, 0,
+                                        dict(refine_rounds=2, include_mua=True))
+    labels = _NoiseInBackground(executor, recording.prm_path, after=tmatch.wait)
+    labels._thread.join()
+    assert executor.calls == [("run_job", 1)] * 5 + [("recording_noise", 1)]
+    stats = tmatch.result()
+    expected = measure_noise(recording.prm_path, SerialExecutor(), channel_group=0)
+    assert stats.key == expected.key and np.array_equal(stats.xtx, expected.xtx)
+    np.testing.assert_array_equal(np.stack(stats.medians), np.stack(expected.medians))
