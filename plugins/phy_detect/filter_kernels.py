@@ -19,6 +19,11 @@ state variable on every row. A tile is a few rows of all channels (in L2); the
 next tile is prefetched while the current one is filtered (`_prefetch`):
 blocks read the rows in 64-byte pieces a row apart, which the hardware
 prefetcher does not follow (without it, these blocks ran 2.5-4x slower).
+
+The backward pass can also write its output channel-major (`filtfilt`'s
+`xt`, for the template matching's projections): panels of rows that were
+just filtered, still in L2, are transposed by 16 x 16 blocks in registers
+(`_transpose_block`).
 """
 
 from __future__ import annotations
@@ -91,6 +96,101 @@ def _prefetch(typingctx, array, row, column):
         return context.get_dummy_value()
 
     return types.void(array, row, column), codegen
+
+
+def _transpose_masks() -> list:
+    """The shuffles of a LANES x LANES transpose, one stage per bit of the index.
+
+    Stage `bit` swaps that bit of the row index with that bit of the column
+    index: rows ``i`` and ``i | bit`` (``i & bit == 0``) exchange the elements
+    whose column has the bit set in the one and clear in the other. After the
+    stages of every bit, ``out[j][i] = in[i][j]``. Masks index the 2 LANES
+    elements of the pair (the first row's, then the second's).
+    """
+    stages = []
+    bit = 1
+    while bit < LANES:
+        low = [c if not c & bit else LANES + (c & ~bit) for c in range(LANES)]
+        high = [(c | bit) if not c & bit else LANES + c for c in range(LANES)]
+        stages.append((bit, low, high))
+        bit *= 2
+    return stages
+
+
+_TRANSPOSE_STAGES = _transpose_masks()
+
+
+@intrinsic
+def _transpose_block(typingctx, src, row, column, dst):
+    """``dst[column + j, row + i] = src[row + i, column + j]`` for ``i, j < LANES``.
+
+    float32 2D arrays. LANES rows are loaded as vectors and transposed in
+    registers (log2(LANES) stages of two-vector shuffles): numba's element loops
+    compile to one scalar load and store per value and ran 2x (384 channels) to
+    7x (1024: rows 4 KiB apart, one L1 set) slower than this.
+    """
+
+    def codegen(context, builder, signature, args):
+        src_type, _, _, dst_type = signature.args
+        s = context.make_array(src_type)(context, builder, args[0])
+        d = context.make_array(dst_type)(context, builder, args[3])
+        i64, i32 = llvm_ir.IntType(64), llvm_ir.IntType(32)
+        vector = llvm_ir.VectorType(llvm_ir.FloatType(), LANES)
+        masks = llvm_ir.VectorType(i32, LANES)
+        rows = []
+        for i in range(LANES):
+            index = [builder.add(args[1], i64(i)), args[2]]
+            pointer = cgutils.get_item_pointer(context, builder, src_type, s, index)
+            load = builder.load(builder.bitcast(pointer, vector.as_pointer()))
+            load.align = 4
+            rows.append(load)
+        for bit, low, high in _TRANSPOSE_STAGES:
+            new = list(rows)
+            for i in range(LANES):
+                if not i & bit:
+                    a, b = rows[i], rows[i | bit]
+                    new[i] = builder.shuffle_vector(a, b, llvm_ir.Constant(masks, low))
+                    new[i | bit] = builder.shuffle_vector(a, b, llvm_ir.Constant(masks, high))
+            rows = new
+        for j in range(LANES):
+            index = [builder.add(args[2], i64(j)), args[1]]
+            pointer = cgutils.get_item_pointer(context, builder, dst_type, d, index)
+            store = builder.store(rows[j], builder.bitcast(pointer, vector.as_pointer()))
+            store.align = 4
+        return context.get_dummy_value()
+
+    return types.void(src, types.int64, types.int64, dst), codegen
+
+
+@njit(cache=True, inline="always")
+def _transpose_rows(y, xt, r0, r1, c_lo, c_hi):
+    """``xt[c, r] = y[r, c]`` for rows ``r0:r1`` and channels ``c_lo:c_hi`` (c_lo: a
+    multiple of LANES); by LANES x LANES blocks, the edges element by element."""
+    full = c_lo + (c_hi - c_lo) // LANES * LANES
+    for c0 in range(c_lo, full, LANES):
+        r = r0
+        while r + LANES <= r1:
+            _transpose_block(y, r, c0, xt)
+            r += LANES
+        for c in range(c0, c0 + LANES):
+            for k in range(r, r1):
+                xt[c, k] = y[k, c]
+    for c in range(full, c_hi):
+        for k in range(r0, r1):
+            xt[c, k] = y[k, c]
+
+
+@njit(cache=True)
+def _panel_rows(n_channels):
+    """Rows of `y` transposed at a time into `xt` (`_run`): about 512 KiB, in L2.
+
+    Measured per 62,000-row chunk, on top of the filter alone: at 384 channels
+    (15 ms) +14 ms by 64-row panels, +9 ms by 256, +7.5 ms by 512 or 1024; at
+    1024 channels (45 ms) +31, +26, +28 ms by 128, 256, 512 rows. (Transposing
+    afterwards, tile by tile in numba loops: +25 and +190 ms.)
+    """
+    rows = (512 * 1024 // 4) // max(n_channels, 1) // LANES * LANES
+    return min(max(rows, 256), 1024)
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -168,7 +268,8 @@ def _copy(src, dst):
 
 
 @njit(cache=True, fastmath=True)
-def _run(src, dst, r0, n_rows, step, z, coefficients, gains, general, b0, b1, tile_rows):
+def _run(src, dst, r0, n_rows, step, z, coefficients, gains, general, b0, b1, tile_rows,
+         xt):
     """One pass of the whole cascade over rows ``r0 + i * step`` (``i < n_rows``).
 
     Channel blocks ``b0:b1`` (the last one may be partial), state `z`
@@ -177,6 +278,11 @@ def _run(src, dst, r0, n_rows, step, z, coefficients, gains, general, b0, b1, ti
     `dst` is not `src`, rows are copied into `dst` first, a tile at a time
     (while in cache); otherwise they are filtered in place. Groups after the
     first read the float32 output of the previous one.
+
+    `xt`: None, or (backward pass from the last row to row 0, ``step == -1``)
+    the output channel-major, ``xt[c, r] = dst[r, c]``: the filtered rows are
+    transposed by panels of `_panel_rows` while in L2 (None: a separate
+    compilation, without this code).
     """
     copy = src.ctypes.data != dst.ctypes.data
     n_channels = dst.shape[1]
@@ -189,6 +295,8 @@ def _run(src, dst, r0, n_rows, step, z, coefficients, gains, general, b0, b1, ti
     # Partial last block: filtered in a zero-padded copy.
     padded = carray(_stack_array(_PADDED_SIZE, dst.dtype), (MAX_TILE_ROWS, LANES))
     padded[:] = 0
+    panel = _panel_rows(n_channels)
+    pending = r0  # xt: rows [lo, pending] filtered, not yet transposed
     for i0 in range(0, n_rows, tile_rows):
         m = min(tile_rows, n_rows - i0)
         r = r0 + i0 * step
@@ -216,6 +324,14 @@ def _run(src, dst, r0, n_rows, step, z, coefficients, gains, general, b0, b1, ti
         if partial:
             for k in range(m):
                 _copy(padded[k], dst[r + k * step, c0:])
+        if xt is not None:
+            lo = r - m + 1
+            # Panels start on a multiple of LANES rows: whole blocks; the last one is
+            # what is left.
+            start = lo if lo == 0 else -(-lo // LANES) * LANES
+            if pending - start + 1 >= panel or lo == 0:
+                _transpose_rows(dst, xt, start, pending + 1, c_lo, c_hi)
+                pending = start - 1
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -233,13 +349,14 @@ def _init_state(z, zi, first, scale, b0, b1):
 
 
 @njit(cache=True, fastmath=True)
-def _filtfilt_blocks(x, y, left, right, z, kernel, b0, b1, tile_rows):
+def _filtfilt_blocks(x, y, left, right, z, kernel, b0, b1, tile_rows, xt):
     """Forward-backward filter channel blocks ``b0:b1`` of `x` into `y`.
 
     `left` and `right` are the odd extensions (sosfiltfilt's padding; they
     are overwritten). Only the forward output over the right extension is
     kept: the backward pass starts there, and its output over the left
-    extension is not needed, so it stops at row 0.
+    extension is not needed, so it stops at row 0. With `xt` (not None), the
+    backward pass also writes the result channel-major there (`_run`).
     """
     coefficients, zi, gains, general = kernel
     n = x.shape[0]
@@ -254,15 +371,15 @@ def _filtfilt_blocks(x, y, left, right, z, kernel, b0, b1, tile_rows):
         _init_state(z, zi, left[0], gains[0, 0], b0, b1)
     else:
         _init_state(z, zi, x[0], gains[0, 0], b0, b1)
-    _run(left, left, start, edge, forward, *fwd, *rest)
-    _run(x, y, start, n, forward, *fwd, *rest)
-    _run(right, right, start, edge, forward, *fwd, *rest)
+    _run(left, left, start, edge, forward, *fwd, *rest, None)
+    _run(x, y, start, n, forward, *fwd, *rest, None)
+    _run(right, right, start, edge, forward, *fwd, *rest, None)
     # Backward from the end of the right extension; initial state from the
     # last forward output.
     bwd = (z, coefficients, gains[1], general)
     _init_state(z, zi, right[edge - 1] if edge > 0 else y[n - 1], gains[1, 0], b0, b1)
-    _run(right, right, edge - 1, edge, backward, *bwd, *rest)
-    _run(y, y, n - 1, n, backward, *bwd, *rest)
+    _run(right, right, edge - 1, edge, backward, *bwd, *rest, None)
+    _run(y, y, n - 1, n, backward, *bwd, *rest, xt)
 
 
 @njit(cache=True)
@@ -279,10 +396,10 @@ def _odd_extensions(x, edge):
 
 
 @njit(cache=True, parallel=True)
-def _filtfilt_parallel(x, y, left, right, z, kernel, shares, tile_rows):
+def _filtfilt_parallel(x, y, left, right, z, kernel, shares, tile_rows, xt):
     # Thread t filters the channel blocks shares[t]:shares[t + 1].
     for t in prange(len(shares) - 1):
-        _filtfilt_blocks(x, y, left, right, z, kernel, shares[t], shares[t + 1], tile_rows)
+        _filtfilt_blocks(x, y, left, right, z, kernel, shares[t], shares[t + 1], tile_rows, xt)
 
 
 def _tile_rows(n_channels: int) -> int:
@@ -299,9 +416,14 @@ def _tile_rows(n_channels: int) -> int:
     return int(min(MAX_TILE_ROWS, 6 * max(1, min(sets, 64))))
 
 
-def filtfilt(x: np.ndarray, y: np.ndarray, kernel: tuple, padlen: int, n_threads: int = 1):
+def filtfilt(x: np.ndarray, y: np.ndarray, kernel: tuple, padlen: int, n_threads: int = 1,
+             xt: np.ndarray | None = None):
     """Zero-phase filter `x` into `y` (C-contiguous 2D: `y` float32, `x` float32 or
     int16, converted as it is copied into `y`; `y` may be `x`).
+
+    With `xt` (C-contiguous float32, ``(n_channels, n_samples)``), the result
+    also goes there, channel-major (the same values as `y`, bit for bit), for
+    much less than a transpose of `y` afterwards (see `_run`).
 
     `kernel` is ``(coefficients, zi, gains, general)`` as made by
     `phy_detect.filtering._kernel_design`, `padlen` the length of the odd
@@ -309,6 +431,9 @@ def filtfilt(x: np.ndarray, y: np.ndarray, kernel: tuple, padlen: int, n_threads
     are split between numba threads.
     """
     n_channels = x.shape[1]
+    if xt is not None and not (xt.dtype == np.float32 and xt.flags.c_contiguous
+                               and xt.shape == x.shape[::-1]):
+        raise ValueError("filtfilt: xt must be C-contiguous float32, (n_channels, n_samples).")
     if n_channels == 0:
         return
     n_blocks = -(-n_channels // LANES)
@@ -318,13 +443,13 @@ def filtfilt(x: np.ndarray, y: np.ndarray, kernel: tuple, padlen: int, n_threads
     tiles = _tile_rows(n_channels)
     threads = min(n_threads, n_blocks)
     if threads == 1:
-        _filtfilt_blocks(x, y, left, right, z, kernel, 0, n_blocks, tiles)
+        _filtfilt_blocks(x, y, left, right, z, kernel, 0, n_blocks, tiles, xt)
         return
     # Thread t filters blocks shares[t]:shares[t + 1].
     shares = np.linspace(0, n_blocks, threads + 1).round().astype(np.int64)
     previous = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        _filtfilt_parallel(x, y, left, right, z, kernel, shares, tiles)
+        _filtfilt_parallel(x, y, left, right, z, kernel, shares, tiles, xt)
     finally:
         numba.set_num_threads(previous)

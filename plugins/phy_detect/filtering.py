@@ -255,18 +255,27 @@ class Filter:
                 return last + self.padlen
             n *= 2
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None,
+                 transposed: np.ndarray | None = None) -> np.ndarray:
         """Filter `x`, an ``(n_samples, n_channels)`` (or 1D) array; returns float32.
 
         `out`, if given, is a C-contiguous float32 array of the same shape that
         receives the result (reusing it spares the page faults of a fresh
         allocation, ~10-20 ms per 100 MB). It may be `x` itself (in place).
         int16 `x` is filtered without a float32 copy (converted on the fly).
+
+        `transposed`, if given, a C-contiguous float32 ``(n_channels,
+        n_samples)`` array, also receives the result, channel-major (bit for
+        bit the transpose): the backward pass writes it while the rows are in
+        cache, for about a third of what a transpose afterwards costs (384
+        channels: +8 ms per 2 s chunk instead of +25 ms; 1024: +27 instead of
+        +190 ms). The template matching's projections want that layout.
         """
         x = np.asarray(x)
         if x.ndim == 1:
             o = None if out is None else out[:, None]
-            return self(x[:, None], out=o)[:, 0]
+            t = None if transposed is None else transposed.reshape(1, -1)
+            return self(x[:, None], out=o, transposed=t)[:, 0]
         if x.ndim != 2:
             raise FilterError(
                 f"Filter: expected an (n_samples, n_channels) array, got shape {x.shape}."
@@ -296,7 +305,17 @@ class Filter:
                     f"Filter: `out` must be a C-contiguous float32 array of shape {x.shape}."
                 )
             y = out
-        filtfilt(x, y, self._kernel, self.padlen, self.n_threads)
+        if transposed is not None and not (
+            isinstance(transposed, np.ndarray)
+            and transposed.shape == x.shape[::-1]
+            and transposed.dtype == np.float32
+            and transposed.flags.c_contiguous
+        ):
+            raise FilterError(
+                "Filter: `transposed` must be a C-contiguous float32 array of shape "
+                f"{x.shape[::-1]}."
+            )
+        filtfilt(x, y, self._kernel, self.padlen, self.n_threads, xt=transposed)
         return y
 
     def load_range(self, n: int, start: int, end: int,
@@ -328,13 +347,15 @@ class Filter:
         return self(data)[start - a : end - a]
 
 
-def warm_up(precision: str = "float64") -> None:
+def warm_up(precision: str = "float64", transposed: bool = False) -> None:
     """Load (or compile) the kernels for `precision` without designing a filter.
 
     A detection worker calls this at start-up instead of building a `Filter`,
     whose design needs scipy.signal (most of a worker's start-up time); the
     filters it is then sent arrive designed. Any stable sections do: these
     are pass-through ones in the fast form (numerator 1 - z^-2, no poles).
+    With `transposed`, also the kernels of the ``transposed`` output (of
+    float32 traces filtered in place: the template matching's use).
     """
     coefficients = np.zeros((1, GROUP, 4), dtype=precision)
     coefficients[..., 1] = -1.0
@@ -347,6 +368,8 @@ def warm_up(precision: str = "float64") -> None:
     raw = np.zeros(x.shape, np.int16)
     raw.flags.writeable = False
     filtfilt(raw, x, kernel, padlen=9)
+    if transposed:
+        filtfilt(x, x, kernel, padlen=9, xt=np.empty(x.shape[::-1], np.float32))
 
 
 def _make_filter(**parameters) -> Filter:

@@ -117,6 +117,14 @@ def channel_major(filtered: np.ndarray, scratch: bool = False,
     return xt
 
 
+def reads_most_channels(templates, n_channels: int) -> bool:
+    """Whether the templates' projections read at least half of the channels.
+
+    If not, `projections` makes only the channels they read channel-major.
+    """
+    return 2 * len(np.unique(templates.pidx)) >= n_channels
+
+
 def projections(filtered: np.ndarray, templates, xt: np.ndarray | None = None,
                 scratch: bool = False) -> np.ndarray:
     """``B[k, s]``: projection of the chunk on template ``k`` starting at row ``s``.
@@ -137,12 +145,12 @@ def projections(filtered: np.ndarray, templates, xt: np.ndarray | None = None,
         if xt is None:
             # A few templates (the noise of the templates a refinement changed) read
             # a few channels: only those are made channel-major.
-            used = np.unique(pidx)
-            if 2 * len(used) < filtered.shape[1]:
+            if reads_most_channels(templates, filtered.shape[1]):
+                xt = channel_major(filtered, scratch)
+            else:
+                used = np.unique(pidx)
                 xt = channel_major(filtered, scratch, columns=used)
                 pidx = np.searchsorted(used, pidx)
-            else:
-                xt = channel_major(filtered, scratch)
         project(xt, templates.pptr, pidx, templates.pspatial, templates.temporal, out)
     return out
 
@@ -153,8 +161,12 @@ def template_cross_correlations(templates) -> np.ndarray:
                               templates.nbr_ptr, templates.nbr_idx)
 
 
-def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
+def match_chunk(setup, chunk, filtered: np.ndarray, xt: np.ndarray | None = None) -> Bunch:
     """The spikes of one chunk (those whose time is in its keep range).
+
+    `xt`: the chunk channel-major (`channel_major`; the worker's filter writes
+    it, `phy_tmatch.worker.filtered_chunk`), if at hand; it may be changed (it
+    becomes the residual with ``setup.collect``).
 
     Returns
     -------
@@ -173,7 +185,8 @@ def match_chunk(setup, chunk, filtered: np.ndarray) -> Bunch:
     if cc is None:
         cc = cached(setup.token, lambda: template_cross_correlations(t))
     # Scratch arrays (reused by the worker's next chunk): nothing returned refers to them.
-    xt = channel_major(filtered, scratch=True) if setup.collect is not None else None
+    if xt is None and setup.collect is not None:
+        xt = channel_major(filtered, scratch=True)
     b = projections(filtered, t, xt, scratch=True)
     sigma = np.asarray(setup.sigma, dtype=np.float32)
     alo, ahi = amplitude_bounds(t.norm2, sigma, p)

@@ -3,7 +3,8 @@
 Jobs are ``(Setup, Chunk, payload)`` tuples, pickled to the workers (local
 processes or Dask); `run_job` is the function the executors call. Each worker
 opens the recording once and keeps it mapped, reads a chunk as float32 and
-filters it in place (`phy_detect`'s reader and filter), then:
+filters it in place (`phy_detect`'s reader and filter; the filter also writes
+the chunk channel-major for the tasks that project it: `filtered_chunk`), then:
 
 - ``'templates'``: sums the windows of the chunk's chosen spikes per template
   (`phy_tmatch.templates`) and, for a few chunks, the median ``|x|`` per
@@ -96,21 +97,34 @@ def release_scratch() -> None:
     _SCRATCH.arrays = {}
 
 
-def filtered_chunk(setup: Setup, chunk, name: str = "chunk") -> np.ndarray:
+def filtered_chunk(setup: Setup, chunk, name: str = "chunk", channel_major: bool = False):
     """The chunk's rows ``[load_start, load_stop)`` of the group, band-passed, float32.
 
     In the scratch array `name` (`scratch`): valid until the next call with that name.
+    With `channel_major`, returns ``(data, xt)``: `xt` is the same chunk
+    channel-major ``(C, n)``, in the scratch array ``'xt'``, written by the
+    filter's backward pass (`phy_detect.filtering.Filter`'s ``transposed``:
+    about a third of the cost of transposing `data` afterwards).
     """
     from phy_detect.filtering import Filter
     from phy_detect.worker import read_float32, release_pages
 
     data_traces = traces(setup.prm_path)
-    out = scratch(name, (chunk.load_stop - chunk.load_start, len(setup.channels)))
+    shape = (chunk.load_stop - chunk.load_start, len(setup.channels))
+    out = scratch(name, shape)
     data = read_float32(data_traces, chunk.load_start, chunk.load_stop, setup.channels, out=out)
     release_pages(data_traces)
-    if isinstance(setup.filter, Filter):
+    if not isinstance(setup.filter, Filter):
+        data = np.ascontiguousarray(setup.filter(data), dtype=np.float32)
+        if not channel_major:
+            return data
+        from .matching import channel_major as transposed
+
+        return data, transposed(data, scratch=True)
+    if not channel_major:
         return setup.filter(data, out=data)
-    return np.ascontiguousarray(setup.filter(data), dtype=np.float32)
+    xt = scratch("xt", shape[::-1])
+    return setup.filter(data, out=data, transposed=xt), xt
 
 
 def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
@@ -142,7 +156,7 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
         if filter_arguments is not None:
             # The filter's kernels only: designing a Filter imports scipy.signal (~1 s
             # of CPU per worker); the jobs' filters arrive designed.
-            warm_up_filter(str(filter_arguments.get("precision", "float64")))
+            warm_up_filter(str(filter_arguments.get("precision", "float64")), transposed=True)
         temporal = rng.standard_normal((1, 1, 4)).astype(np.float32)
         ptr, idx = np.array([0, 1]), np.array([0])
         spatial = np.ones((1, 1), dtype=np.float32)
@@ -251,16 +265,22 @@ def run_job(job: tuple) -> Bunch:
 def _run_task(setup: Setup, chunk, payload) -> Bunch:
     if setup.task == "templates":
         return template_job(setup, payload)
-    data = filtered_chunk(setup, chunk)
     if setup.task == "noise":
         from .kernels import abs_medians
-        from .matching import projections
+        from .matching import projections, reads_most_channels
 
-        b = projections(data, setup.templates, scratch=True)
+        # The filter writes the channel-major chunk the projections read, unless they
+        # read a few channels (then only those are transposed: `projections`).
+        if reads_most_channels(setup.templates, len(setup.channels)):
+            data, xt = filtered_chunk(setup, chunk, channel_major=True)
+        else:
+            data, xt = filtered_chunk(setup, chunk), None
+        b = projections(data, setup.templates, xt, scratch=True)
         median_abs = abs_medians(b, 1)  # np.median(np.abs(b), axis=1)
         return Bunch(median_abs=median_abs, n_samples=b.shape[1])
     if setup.task == "match":
         from .matching import match_chunk
 
-        return match_chunk(setup, chunk, data)
+        data, xt = filtered_chunk(setup, chunk, channel_major=True)
+        return match_chunk(setup, chunk, data, xt)
     raise ValueError(f"Unknown template-matching task {setup.task!r}.")

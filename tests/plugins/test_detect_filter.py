@@ -136,6 +136,58 @@ def test_int16_filtered_without_a_float32_copy_gives_the_same_bits(n_channels):
                                    atol=2e-4 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("n_channels, n_samples", [
+    (1, 131), (15, 1000), (16, 2049), (17, 1500), (40, 3000), (384, 2500), (1024, 700),
+])
+def test_transposed_output_is_the_transpose_bit_for_bit(n_channels, n_samples):
+    """`transposed` receives the result channel-major, the same bits as the output.
+
+    The backward pass transposes its rows by panels (336 rows at 384 channels,
+    256 at 1024, 1024 below 128 channels) of 16 x 16 blocks, the channels and rows
+    left over element by element: these sizes have several panels, rows that are
+    no whole number of blocks, tiles and panels, and partial channel blocks. With
+    threads, each transposes its own channel blocks.
+    """
+    rng = np.random.default_rng(n_channels)
+    x = _spiky(n_samples, n_channels, rng)
+    for fil in (Filter(RATE), Filter(RATE, precision="float32", n_threads=2),
+                Filter(20000.0, 300.0, 6000.0, order=5)):  # general sections, two groups
+        y = fil(x)
+        out = np.full_like(x, np.nan)
+        xt = np.full(x.shape[::-1], np.nan, np.float32)
+        assert fil(x, out=out, transposed=xt) is out
+        # The transposed copy has the bits of the output written with it...
+        np.testing.assert_array_equal(xt.view(np.uint32),
+                                      np.ascontiguousarray(out.T).view(np.uint32))
+        # ... which are those without it, up to the rounding of the state's precision:
+        # each is its own numba compilation (fastmath), and which one the dispatcher
+        # picks for a single thread once a parallel variant is compiled in the same
+        # process changes the last bits (measured: up to 1e-5 of the scale, float32 state).
+        tol = 1e-4 if fil.precision == "float32" else 1e-6
+        np.testing.assert_allclose(out, y, rtol=0, atol=tol * np.abs(y).max())
+    # In place (the template matching's use), and int16 traces.
+    fil = Filter(RATE)
+    x_copy, xt = x.copy(), np.empty(x.shape[::-1], np.float32)
+    fil(x_copy, out=x_copy, transposed=xt)
+    np.testing.assert_array_equal(xt, x_copy.T)
+    np.testing.assert_allclose(xt, fil(x).T, rtol=0, atol=1e-6 * np.abs(x_copy).max())
+    raw = rng.integers(-3000, 3000, x.shape).astype(np.int16)
+    y = fil(raw, transposed=xt)
+    np.testing.assert_array_equal(xt, y.T)
+
+
+def test_transposed_output_one_channel_and_errors():
+    rng = np.random.default_rng(3)
+    x = _spiky(500, 3, rng)
+    fil = Filter(RATE)
+    xt = np.empty(500, np.float32)
+    np.testing.assert_array_equal(fil(x[:, 1], transposed=xt), xt)  # 1D: (n,) or (1, n)
+    for bad in (np.empty((500, 3), np.float32), np.empty((3, 500), np.float64),
+                np.empty((3, 1000), np.float32)[:, ::2]):
+        with pytest.raises(FilterError, match="transposed"):
+            fil(x, transposed=bad)
+
+
 @pytest.mark.parametrize("rate", [30000.0, 20000.0])
 @pytest.mark.parametrize("chunk", [500, 1234])
 def test_chunked_equals_whole(rate, chunk):

@@ -656,10 +656,17 @@ def _match_job(recording, ground_truth):
                                  _options(dict(n_noise_excerpts=2, noise_excerpt_s=0.5)))
     chunk = plan_chunks(n_samples, 2 * int(rate), filter_.margin_samples + 2000)[0]
 
-    def match(cc, token, parameters=None):
+    def match(cc, token, parameters=None, transpose_after=False):
+        """`transpose_after`: the chunk filtered, then transposed for the projections
+        (`matching.channel_major`), not transposed by the filter (what the job does)."""
         job = Setup(prm, np.arange(32), filter_, "match", before=24, n_t=66, templates=t,
                     parameters=parameters or MatchParameters(), sigma=sigma, token=token,
                     cross_correlations=cc)
+        if transpose_after:
+            from phy_tmatch.matching import match_chunk
+            from phy_tmatch.worker import filtered_chunk
+
+            return match_chunk(job, chunk, filtered_chunk(job, chunk).copy())
         return run_job((job, chunk, None))
 
     return match, int(inside.sum()), t
@@ -695,3 +702,33 @@ def test_the_amplitude_prior_reaches_the_match_jobs(recording, ground_truth):
     assert len(same) > 0.95 * len(plain.spike_samples)
     spread = [np.abs(np.log(r.amplitudes)).mean() for r in (plain, prior)]
     assert spread[1] < 0.8 * spread[0]
+
+
+def test_a_match_job_on_the_filters_channel_major_chunk_finds_the_same_spikes(
+        recording, ground_truth):
+    # The job's filter writes the chunk channel-major as it goes (`worker.filtered_chunk`):
+    # the same spikes, templates and amplitudes, bit for bit, as transposing afterwards.
+    match, n_inside, t = _match_job(recording, ground_truth)
+    fused, after = match(None, "fused"), match(None, "after", transpose_after=True)
+    assert len(fused.spike_samples) > 0.8 * n_inside
+    for key in ("spike_samples", "spike_templates", "amplitudes"):
+        np.testing.assert_array_equal(fused[key], after[key])
+
+
+def test_filtered_chunk_channel_major_is_the_transpose(recording, ground_truth):
+    # The filter's channel-major output, and that of a filter that is not a `Filter`
+    # (transposed afterwards), against the time-major chunk.
+    from phy_detect.chunks import plan_chunks
+    from phy_detect.filtering import Filter
+    from phy_tmatch.worker import Setup, filtered_chunk
+
+    rate = float(ground_truth["sample_rate"])
+    chunk = plan_chunks(int(DURATION_S * rate), int(rate), 3000)[1]
+    for filter_ in (Filter(rate, 500.0, 0.475 * rate), lambda x: 2.0 * x):
+        setup = Setup(str(recording / "rec.prm"), np.arange(3, 29), filter_, "match")
+        data = filtered_chunk(setup, chunk, name="time-major").copy()
+        again, xt = filtered_chunk(setup, chunk, channel_major=True)
+        np.testing.assert_array_equal(again, data)
+        assert xt.shape == (26, chunk.load_stop - chunk.load_start)
+        np.testing.assert_array_equal(xt, data.T)
+        assert np.abs(data).max() > 0
