@@ -48,6 +48,10 @@ class MaskedData:
     deta: np.ndarray  # (n_entries,) float32, eta - noise_variance
     masks: np.ndarray  # (n_entries,) float32, in (0, 1]
     float_num_unmasked: np.ndarray  # (n_spikes,) float64, sum of each spike's masks
+    #: The scaling of the raw features to [0, 1] (min and max - min per feature), to
+    #: prepare more rows the same way (`prepare_rows`); None for a `subset`.
+    lo: np.ndarray | None = None
+    span: np.ndarray | None = None
 
     @property
     def n_spikes(self) -> int:
@@ -137,7 +141,71 @@ def _finish_noise(acc, lo, hi):
     return mean, var, span
 
 
-def prepare_data(features, masks, block_bytes: int = BLOCK_BYTES) -> MaskedData:
+def _block_rows(n_features: int, n_mask_columns: int, block_bytes: int) -> int:
+    return max(1, int(block_bytes) // (8 * (n_features + n_mask_columns) or 8))
+
+
+def _scan(features, masks, start, stop, n_features, n_mask_columns, fpc, shift, lo, hi, sums):
+    """Read rows ``start:stop``, accumulate their statistics, and extract their unmasked
+    entries: ``(counts, indices, raw values, masks, mask sums)``."""
+    from .kernels import scan_block
+
+    fb = _read(features, start, stop, n_features, "features")
+    mb = _read(masks, start, stop, n_mask_columns, "masks")
+    if start == 0:
+        shift[:] = fb[0]
+    status = np.zeros(2, dtype=np.int64)
+    counts = np.count_nonzero(mb > 0, axis=1) * fpc
+    indptr = np.zeros(stop - start + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    idx = np.empty(indptr[-1], dtype=np.int32)
+    x = np.empty(indptr[-1], dtype=np.float32)
+    m = np.empty(indptr[-1], dtype=np.float32)
+    mask_sums = np.empty(stop - start)
+    scan_block(fb, mb, fpc, shift, lo, hi, sums, indptr, idx, x, m, mask_sums, status)
+    if status[0]:
+        raise MaskedEMError(f"features and masks must be finite numbers (row "
+                            f"{start + status[1]} is not).")
+    if mb.size and (mb.min() < 0 or mb.max() > 1):
+        raise MaskedEMError(f"masks must be in [0, 1], found values in "
+                            f"[{mb.min()}, {mb.max()}] (rows {start} to {stop}).")
+    return counts, indptr, idx, x, m, mask_sums
+
+
+def _keep_rows(scanned, rows):
+    """The entries of the rows `rows` (indices into the block) of a `_scan` result."""
+    from .kernels import gather_rows
+
+    counts, indptr, idx, x, m, mask_sums = scanned
+    new_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(counts[rows], out=new_indptr[1:])
+    entries = gather_rows(indptr, rows, new_indptr)
+    return counts[rows], new_indptr, idx[entries], x[entries], m[entries], mask_sums[rows]
+
+
+def prepare_rows(features, masks, start: int, stop: int, reference: MaskedData) -> MaskedData:
+    """Rows ``start:stop`` prepared as `reference` was (its scaling and noise statistics:
+    the rows of the spikes a model fitted on `reference` assigns)."""
+    from .kernels import correct_entries
+
+    if reference.lo is None or reference.span is None:
+        raise ValueError("the reference data have no scaling (a subset?)")
+    n, n_features, n_mask_columns = _check_shapes(features, masks)
+    fpc = n_features // n_mask_columns if n_mask_columns else 1
+    # Statistics of these rows are not needed: scratch accumulators.
+    lo, hi = np.full(n_features, np.inf), np.full(n_features, -np.inf)
+    shift, sums = np.zeros(n_features), np.zeros((6, n_features))
+    _, indptr, idx, x, m, mask_sums = _scan(features, masks, start, stop, n_features,
+                                            n_mask_columns, fpc, shift, lo, hi, sums)
+    deta = np.empty(len(x), dtype=np.float32)
+    correct_entries(idx, x, m, reference.lo, reference.span, reference.noise_mean,
+                    reference.noise_variance, deta)
+    return MaskedData(reference.noise_mean, reference.noise_variance, indptr, idx, x, deta, m,
+                      mask_sums, reference.lo, reference.span)
+
+
+def prepare_data(features, masks, block_bytes: int = BLOCK_BYTES,
+                 rows: np.ndarray | None = None) -> MaskedData:
     """Check, normalise, correct and sparsify features and masks, reading row blocks.
 
     Parameters
@@ -150,54 +218,49 @@ def prepare_data(features, masks, block_bytes: int = BLOCK_BYTES) -> MaskedData:
         features, ``channel * n_features_per_channel + k``, as in Kwik files).
     block_bytes : int
         Approximate size of the float64 rows read at a time.
+    rows : int array or None
+        Keep only these rows (increasing): the scaling and the noise statistics are
+        still those of all the rows, so that other rows can be prepared the same way
+        later (`prepare_rows`), and memory is that of the rows kept.
     """
-    from .kernels import correct_entries, scan_block
+    from .kernels import correct_entries
 
     n, n_features, n_mask_columns = _check_shapes(features, masks)
     fpc = n_features // n_mask_columns if n_mask_columns else 1
-    rows = max(1, int(block_bytes) // (8 * (n_features + n_mask_columns) or 8))
+    block = _block_rows(n_features, n_mask_columns, block_bytes)
+    keep = None if rows is None else np.asarray(rows, dtype=np.int64)
+    if keep is not None and len(keep) and (keep[0] < 0 or keep[-1] >= n
+                                           or np.any(np.diff(keep) <= 0)):
+        raise MaskedEMError(f"rows to keep must be increasing, in [0, {n}).")
     lo = np.full(n_features, np.inf)
     hi = np.full(n_features, -np.inf)
     shift = np.zeros(n_features)
     sums = np.zeros((6, n_features))  # sw, swx, swx2, s1, sx, sx2 (x - shift)
     # Per block: unmasked entries per row, their features, raw values, masks; mask sums.
     parts: tuple[list, ...] = ([], [], [], [], [])
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        fb = _read(features, start, stop, n_features, "features")
-        mb = _read(masks, start, stop, n_mask_columns, "masks")
-        if start == 0:
-            shift[:] = fb[0]
-        status = np.zeros(2, dtype=np.int64)
-        counts = np.count_nonzero(mb > 0, axis=1) * fpc
-        indptr = np.zeros(stop - start + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        idx = np.empty(indptr[-1], dtype=np.int32)
-        x = np.empty(indptr[-1], dtype=np.float32)
-        m = np.empty(indptr[-1], dtype=np.float32)
-        mask_sums = np.empty(stop - start)
-        scan_block(fb, mb, fpc, shift, lo, hi, sums, indptr, idx, x, m, mask_sums, status)
-        if status[0]:
-            raise MaskedEMError(f"features and masks must be finite numbers (row "
-                                f"{start + status[1]} is not).")
-        if mb.size and (mb.min() < 0 or mb.max() > 1):
-            raise MaskedEMError(f"masks must be in [0, 1], found values in "
-                                f"[{mb.min()}, {mb.max()}] (rows {start} to {stop}).")
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        scanned = _scan(features, masks, start, stop, n_features, n_mask_columns, fpc, shift,
+                        lo, hi, sums)
+        if keep is not None:
+            first, last = np.searchsorted(keep, [start, stop])
+            scanned = _keep_rows(scanned, keep[first:last] - start)
+        counts, _, idx, x, m, mask_sums = scanned
         for part, value in zip(parts, (counts, idx, x, m, mask_sums)):
             part.append(value)
-        del fb, mb
+        del scanned
     if n == 0:
         lo[:], hi[:] = 0.0, 1.0
     mean, var, span = _finish_noise((shift, *sums), lo, hi)
     # One array at a time, so that the blocks and the whole coexist for one array only.
     counts, idx, x, m, unmasked = (_concatenate(part, dtype) for part, dtype in zip(
         parts, (np.int64, np.int32, np.float32, np.float32, np.float64)))
-    indptr = np.zeros(n + 1, dtype=np.int64)
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     # The corrected values: dy overwrites the raw values.
     deta = np.empty(len(x), dtype=np.float32)
     correct_entries(idx, x, m, lo, span, mean, var, deta)
-    return MaskedData(mean, var, indptr, idx, x, deta, m, unmasked)
+    return MaskedData(mean, var, indptr, idx, x, deta, m, unmasked, lo, span)
 
 
 def _concatenate(blocks: list, dtype) -> np.ndarray:

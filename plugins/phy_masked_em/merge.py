@@ -122,6 +122,33 @@ def halves_alike(data: MaskedData, halves: np.ndarray, threshold: float | None) 
                     np.flatnonzero(halves == FIRST_GAUSSIAN + 1))
 
 
+def joining_cluster(data: MaskedData, stats: WaveformStats, members: dict, rows: np.ndarray,
+                    group: WaveformStats, g: int, threshold: float | None) -> int | None:
+    """A cluster of `stats` the merge step would join with the spikes `rows` of `data`
+    (cluster `g` of `group`): similarity at least `threshold` and one mode; or None.
+
+    `stats` has one spare slot (its last) for the group; `members` gives the rows of the
+    clusters that may be joined (the others are ignored).
+    """
+    if threshold is None or threshold > 1 or not members:
+        return None
+    spare = len(stats.n) - 1
+    stats.n[spare], stats.count[spare], stats.sx[spare] = group.n[g], group.count[g], group.sx[g]
+    strong = stats.strong(spare)
+    if not strong.any():
+        return None
+    clusters = np.array(sorted(members), dtype=np.int64)
+    counts = stats.count[clusters][:, strong]
+    shared = (counts >= _COMMON_FRACTION * stats.n[clusters][:, None]).any(axis=1)
+    sims = [(stats.similarity(int(c), spare), int(c)) for c in clusters[shared]]
+    for s, c in sorted(sims, key=lambda item: (-item[0], item[1])):
+        if s < threshold:
+            break
+        if one_mode(data, stats, c, spare, members[c], rows):
+            return c
+    return None
+
+
 def _candidate_pairs(stats: WaveformStats, clusters: np.ndarray) -> set:
     """Pairs ``(a, b)``, ``a < b``, of clusters sharing at least one strong feature."""
     clusters = np.sort(np.asarray(clusters, dtype=np.int64))

@@ -15,6 +15,12 @@ parameters, and their spikes' log-likelihoods only change through the weights'
 common denominator, which grows by `prior_point`. The noise and MUA clusters are
 split too (`try_splits`).
 
+A split is also vetoed when one of its halves would be joined with another cluster
+by the next merge step (`merge.joining_cluster`, the test of `merge_similar`): the
+merge would undo it, the E-step would rebuild the cluster, and the split would come
+back, iteration after iteration (`loop.CycleStop` ends the cycles this test does not
+foresee).
+
 Everything a trial computes from a cluster's spikes (the two-cluster fit, the costs of
 the halves and of the whole, which half of the MUA cluster stays, whether the halves are
 alike) depends on that set of spikes alone, and most clusters keep theirs from one
@@ -35,7 +41,7 @@ import numpy as np
 
 from .data import subset
 from .em import FIRST_GAUSSIAN, MUA, NOISE, MaskedEM
-from .merge import WaveformStats, halves_alike
+from .merge import WaveformStats, halves_alike, joining_cluster
 
 logger = logging.getLogger("phy")
 
@@ -209,6 +215,36 @@ def _noise_split(em: MaskedEM, halves, costs, counts, params, denom: float, prio
     return min(options, key=lambda option: option[0])
 
 
+class _Joins:
+    """Would the merge step join a half of a split with another cluster? Then the split
+    would be undone at the next split step, the E-step would rebuild the cluster, and the
+    split would happen again: a cycle that never converges (measured on a 1024-channel
+    recording of 28,000 spikes: the same 66-spike cluster split every third iteration up
+    to `max_iterations`). Such a split is vetoed instead."""
+
+    def __init__(self, data, labels, order, bounds, gaussian, threshold) -> None:
+        # One spare slot (the last) for the half tested.
+        self.stats = WaveformStats(data, labels, int(labels.max()) + 2)
+        self.members = {int(c): order[bounds[c]:bounds[c + 1]] for c in gaussian}
+        self.data, self.threshold = data, threshold
+
+    def target(self, sub_data, spikes, halves, new, c) -> int | None:
+        """The cluster a half that becomes a Gaussian cluster would merge into, or None."""
+        if self.threshold is None or self.threshold > 1:
+            return None
+        group = WaveformStats(sub_data, halves, FIRST_GAUSSIAN + 2)
+        members = {k: v for k, v in self.members.items() if k != c}
+        for h in (FIRST_GAUSSIAN, FIRST_GAUSSIAN + 1):
+            side = halves == h
+            if c < FIRST_GAUSSIAN and np.any(new[side] >= 0):
+                continue  # stays noise or MUA: the merge step does not touch it
+            target = joining_cluster(self.data, self.stats, members, spikes[side], group, h,
+                                     self.threshold)
+            if target is not None:
+                return target
+        return None
+
+
 def try_splits(em: MaskedEM, labels: np.ndarray, cache: SplitCache | None = None
                ) -> tuple[np.ndarray, int]:
     """Try to split every cluster; keep the splits that lower the total score.
@@ -235,6 +271,7 @@ def try_splits(em: MaskedEM, labels: np.ndarray, cache: SplitCache | None = None
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(next_id + 1))
     n_split = 0
+    joins = None
     for c in np.concatenate([special, gaussian]).astype(np.int64):
         if n_alive >= p["max_possible_clusters"]:
             break
@@ -266,8 +303,18 @@ def try_splits(em: MaskedEM, labels: np.ndarray, cache: SplitCache | None = None
             if trial.alike:
                 logger.debug("Split of cluster %d vetoed: halves alike, one mode.", c)
                 continue
+        if joins is None:
+            joins = _Joins(em.data, labels, order, bounds, gaussian, p.get("merge_similarity"))
+        if sub is None:
+            sub = MaskedEM(subset(em.data, spikes), p, use_noise=False, use_mua=False)
+        target = joins.target(sub.data, spikes, halves, new, c)
+        if target is not None:
+            logger.debug("Split of cluster %d vetoed: a half would merge into cluster %d.",
+                         c, target)
+            continue
         logger.debug("Split cluster %d (%d spikes): score %+.1f.", c, len(spikes), delta)
         labels[spikes] = np.where(new < 0, next_id, new)
+        joins.members.pop(int(c), None)  # its statistics are those before the split
         next_id += 1
         n_alive += 1
         denom += prior

@@ -128,6 +128,12 @@ KLUSTAKWIK2_DEFAULTS: dict[str, Any] = dict(
     # phy: merge clusters whose mean waveforms are at least this similar on their common
     # features (plugins/phy_masked_em/merge.py); above 1: never.
     merge_similarity=0.9,
+    # phy: fit the model on at most this many spikes, spread through the recording, then
+    # assign every spike by one E-step (plugins/phy_masked_em/loop.py); 0: all of them.
+    max_spikes=50000,
+    # phy: a cluster's unmasked features need masks summing to this fraction of its spikes
+    # as well as to points_for_cluster_mask (plugins/phy_masked_em/model.py); 0: off.
+    fraction_for_cluster_mask=0.,
 )
 
 # Keys whose value must be an integer (the others of numeric default accept any number).
@@ -137,6 +143,7 @@ _INTEGER_KEYS = {
     "mua_point", "noise_point", "points_for_cluster_mask", "max_iterations",
     "num_starting_clusters", "full_step_every", "split_first", "split_every",
     "max_possible_clusters", "max_quick_step_candidates", "max_split_iterations", "num_cpus",
+    "max_spikes",
 }
 # Keys of numeric default that also accept None.
 _OPTIONAL_NUMBER_KEYS = {"split_prominence", "split_tall_peak", "split_far_peak",
