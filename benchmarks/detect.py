@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/detect.py [--channels 32,384,1024] [--duration 20]
                                 [--data-dir /tmp/phy-bench] [--memory-check] [--stages]
-                                [--reference none|local|both] [--out-dir DIR]
+                                [--reference default|none|local|both] [--out-dir DIR]
 
 For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
 ``dense1024``), a synthetic recording is written with
@@ -63,12 +63,13 @@ peak memories: with chunked processing it should be close to 1.
 CPU time of the thread (user + system; unlike wall-clock time, not inflated
 when other processes share the cores).
 
-``--reference local`` runs the detection with the local common reference
-(`phy_detect.reference`, PRM ``stages=dict(reference='local')``; rows
-labelled ``+local``), ``both`` without then with it. Its PRM is a copy of
-the cached recording's, in the output folder (``--out-dir``, default
-``<data-dir>/kwik``). With ``--stages``, the reference's own time is the
-``reference`` row (``read + filter`` includes it).
+The detection uses the PRM's default reference stage (``'auto'``: the local
+common reference, `phy_detect.reference`, on these probes). ``--reference
+none`` (or ``local``) asks for another one (PRM ``stages=dict(reference=...)``;
+rows labelled ``+none``), ``both`` runs the default then ``none``. Such a PRM
+is a copy of the cached recording's, in the output folder (``--out-dir``,
+default ``<data-dir>/kwik``). With ``--stages``, the reference's own time is
+the ``reference`` row (``read + filter`` includes it).
 """
 
 from __future__ import annotations
@@ -171,9 +172,9 @@ def child_run(prm: str, out_dir: str, evaluate: bool) -> dict:
 
 
 def with_reference(prm: Path, out_dir: Path, reference: str) -> Path:
-    """`prm`, or for a reference other than ``'none'`` a copy of it in `out_dir` that asks
-    for it (paths made absolute; the ground truth linked next to it)."""
-    if reference == "none":
+    """`prm` for the ``'default'`` reference, else a copy of it in `out_dir` that asks for
+    `reference` (paths made absolute; the ground truth linked next to it)."""
+    if reference == "default":
         return prm
     out_dir.mkdir(parents=True, exist_ok=True)
     text = prm.read_text().replace("'rec.", f"'{prm.parent}/rec.")
@@ -330,8 +331,10 @@ def main() -> None:
                         help="time the stages of detect_chunk on one 1 s chunk")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of --stages timings")
     parser.add_argument("--no-table", action="store_true", help="skip the main table")
-    parser.add_argument("--reference", choices=("none", "local", "both"), default="none",
-                        help="detect with the local common reference (or both)")
+    parser.add_argument("--reference", choices=("default", "none", "local", "both"),
+                        default="default",
+                        help="the reference stage (default: the PRM's, 'auto'); both: the "
+                             "default, then none")
     parser.add_argument("--out-dir", default=None,
                         help="where the Kwik files go (default: <data-dir>/kwik)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -349,7 +352,7 @@ def main() -> None:
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     out_root = Path(args.out_dir) if args.out_dir else data_dir / "kwik"
-    references = ("none", "local") if args.reference == "both" else (args.reference,)
+    references = ("default", "none") if args.reference == "both" else (args.reference,)
     channels = channel_counts(parser, args)
     print(machine(), flush=True)
 
@@ -364,7 +367,7 @@ def main() -> None:
         for c in channels:
             probe = PROBES[c]
             for reference in references:
-                name = probe if reference == "none" else f"{probe}+{reference}"
+                name = probe if reference == "default" else f"{probe}+{reference}"
                 out = out_root / f"{name}-{args.duration:g}s"
                 prm = with_reference(recording(data_dir, probe, args.duration), out, reference)
                 r = run(prm, out)
@@ -379,11 +382,11 @@ def main() -> None:
         for c in channels:
             probe = PROBES[c]
             for reference in references:
-                name = probe if reference == "none" else f"{probe}+{reference}"
+                name = probe if reference == "default" else f"{probe}+{reference}"
                 out = out_root / f"stages-{name}"
                 prm = with_reference(recording(data_dir, probe, args.duration), out, reference)
                 results.append(run_stages(prm, out, args.repeat))
-                results[-1]["label"] = f"{c} ch" + ("" if reference == "none" else " +ref")
+                results[-1]["label"] = f"{c} ch" + ("" if reference == "default" else f" +{reference}")
         names = list(dict.fromkeys(name for r in results for name in r["stages"]))
         width = max(len(name) for name in names) + 2
         print(f"{'stage':<{width}}" + "".join(f"{r['label']:>13}" for r in results))

@@ -561,7 +561,7 @@ def warm_up() -> None:
 
 
 def _make_none(**_):
-    """No reference (the default): the runner applies nothing."""
+    """No reference: the runner applies nothing."""
     return None
 
 
@@ -575,11 +575,36 @@ def _make_local(channel_positions=None, inner_um: float = DEFAULT_INNER_UM,
                           cell_um=cell_um)
 
 
+def _make_auto(channel_positions=None, **arguments) -> LocalReference | None:
+    """The default: the local reference where it can subtract something, else nothing.
+
+    A group without a geometry (a probe file that gives no positions), or whose
+    sites are all closer together than the ring's inner edge (a tetrode), gets
+    no reference instead of an error or a pass that subtracts zeros.
+    """
+    if channel_positions is None:
+        return None
+    reference = _make_local(channel_positions=channel_positions, **arguments)
+    if not reference.layout["ring_count"][reference.layout["cell"]].any():
+        return None
+    return reference
+
+
 STAGES = [
+    Stage(
+        name="auto",
+        kind="reference",
+        description="The default: the local reference for a channel group with a geometry "
+                    "and sites far enough apart for a ring; none otherwise.",
+        factory=_make_auto,
+        parameters={"channel_positions": None, "inner_um": DEFAULT_INNER_UM,
+                    "outer_um": DEFAULT_OUTER_UM, "cell_um": DEFAULT_CELL_UM},
+        requires=("filter",),
+    ),
     Stage(
         name="none",
         kind="reference",
-        description="No common reference (the default).",
+        description="No common reference.",
         factory=_make_none,
         parameters={},
         requires=("filter",),

@@ -43,8 +43,9 @@ excerpts' pair moments batch by batch on one thread
 
 Everywhere the workers filter (threshold excerpts, PCA excerpts, main pass), the
 ``reference`` stage then applies to the filtered data (`worker.apply_reference`):
-``'none'`` by default; ``'local'`` subtracts a local common reference
-(`phy_detect.reference`, built from the group's site positions).
+``'local'`` subtracts a local common reference (`phy_detect.reference`, built
+from the group's site positions); ``'auto'``, the default, does so for every
+group that has a geometry with sites far enough apart; ``'none'`` applies nothing.
 
 Stages come from plugins (hook `phy_register_stages`), one per kind, chosen
 by name with ``spikedetekt['stages']`` in the PRM (defaults below). A
@@ -80,7 +81,7 @@ from .worker import GroupSetup, clear_buffers, make_stage, run_job
 
 logger = logging.getLogger("phy")
 
-DEFAULT_STAGES = {"filter": "butterworth", "reference": "none", "threshold": "mad",
+DEFAULT_STAGES = {"filter": "butterworth", "reference": "auto", "threshold": "mad",
                   "detector": "floodfill", "extractor": "centroid", "features": "pca"}
 #: The keyword arguments the runner gives each kind of stage factory.
 STAGE_ARGUMENTS = {

@@ -88,7 +88,8 @@ SPIKEDETEKT_DEFAULTS: dict[str, Any] = dict(
     n_features_per_channel=3,
     pca_n_waveforms_max=10000,
     # phy: choose a stage plugin per kind by name, e.g. dict(filter='butterworth').
-    # phy: the local common reference (stages=dict(reference='local'), phy_detect.reference):
+    # phy: the local common reference (phy_detect.reference; the default stage 'auto' applies
+    # it to every channel group with a geometry, stages=dict(reference='none') turns it off):
     # each site minus the mean of the sites in a square ring of cells of reference_cell_um,
     # reference_inner_um to reference_outer_um away (rounded to whole cells).
     reference_inner_um=60.,

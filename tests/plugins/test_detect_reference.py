@@ -247,8 +247,12 @@ def test_runner_with_the_reference_does_not_depend_on_chunk_size(recording, tmp_
                 chunk_size_s=0.37)
     np.testing.assert_array_equal(a.spike_samples, b.spike_samples)
     np.testing.assert_array_equal(np.asarray(a.features[:]), np.asarray(b.features[:]))
-    # And the reference changes the detection (other thresholds, other spikes).
-    none = _detect(_prm(recording, tmp_path / "n", ""), chunk_size_s=1.0)
+    # The default ('auto') is the local reference on a probe with a geometry; and the
+    # reference changes the detection (other thresholds, other spikes).
+    default = _detect(_prm(recording, tmp_path / "d", ""), chunk_size_s=1.0)
+    np.testing.assert_array_equal(default.spike_samples, a.spike_samples)
+    none = _detect(_prm(recording, tmp_path / "n", "stages=dict(reference='none'), "),
+                   chunk_size_s=1.0)
     assert not np.array_equal(none.spike_samples, a.spike_samples)
 
 
@@ -259,7 +263,8 @@ def test_runner_reference_parameters_and_errors(recording, tmp_path):
     far = _detect(_prm(recording, tmp_path / "far", "stages=dict(reference='local'), "
                        "reference_inner_um=1000., reference_outer_um=2000., "),
                   chunk_size_s=1.0)
-    none = _detect(_prm(recording, tmp_path / "none", ""), chunk_size_s=1.0)
+    none = _detect(_prm(recording, tmp_path / "none", "stages=dict(reference='none'), "),
+                   chunk_size_s=1.0)
     np.testing.assert_array_equal(far.spike_samples, none.spike_samples)
     with pytest.raises(DetectionError, match="outer_um"):
         _detect(_prm(recording, tmp_path / "bad", "stages=dict(reference='local'), "
@@ -273,3 +278,23 @@ def test_runner_reference_parameters_and_errors(recording, tmp_path):
     with pytest.raises(DetectionError, match="geometry"):
         _detect(prm)
     assert not list((tmp_path / "nogeo").glob("*.kwik"))
+    # The default ('auto') detects without a reference there, as 'none' does.
+    prm.write_text(prm.read_text().replace("stages=dict(reference='local'), ", ""))
+    np.testing.assert_array_equal(_detect(prm, chunk_size_s=1.0).spike_samples,
+                                  none.spike_samples)
+
+
+def test_auto_reference_is_local_only_where_a_ring_holds_sites():
+    from phy_detect.reference import STAGES
+
+    auto = next(stage for stage in STAGES if stage.name == "auto").factory
+    assert auto(channel_positions=None) is None
+    # A tetrode: every site within the ring's inner edge of every other.
+    tetrode = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
+    assert auto(channel_positions=tetrode) is None
+    column = np.stack([np.zeros(32), 25.0 * np.arange(32)], axis=1)
+    reference = auto(channel_positions=column)
+    assert isinstance(reference, LocalReference)
+    data = np.random.default_rng(0).standard_normal((50, 32)).astype(np.float32)
+    expected = _referenced(data.astype(np.float64), column, 60.0, 200.0, 40.0)[0]
+    np.testing.assert_allclose(reference(data.copy()), expected, atol=1e-5)
