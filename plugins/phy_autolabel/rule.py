@@ -30,9 +30,11 @@ The defaults, and why:
   main axis (one Gaussian cut at its best split gives Ashman's D of about
   2.7, clusters of 15-25 spikes up to about 3.7; two units merged, more).
 - ``max_coincidence = 0.25``: at most a quarter of the spikes have a spike
-  of one other nearby cluster within 0.5 ms. By chance, a 50 Hz neighbour
-  takes 5 %; a template that matched what another left of the same spikes
-  (seen at 1024 channels: 58 of its 66 spikes) is no unit of its own.
+  of one other nearby cluster within 1.5 ms (`coincidence_window_ms`). By
+  chance, a 50 Hz neighbour takes 15 %; a template that matched what another
+  left of the same spikes (seen at 1024 channels: 58 of its 66 spikes), or the
+  echoes of a large unit's after-phase (35 of 35 spikes, 1.2 ms after that
+  unit's), are no unit of their own.
 """
 
 from __future__ import annotations

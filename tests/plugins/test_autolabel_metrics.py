@@ -149,3 +149,24 @@ def test_chi2_sf_is_scipy_stats_to_the_bit():
     for df in (1, 4, 8, 12, 3.0):
         np.testing.assert_array_equal(chi2_sf(x, df), chi2.sf(x, df))
     assert chi2_sf(3.0, 4) == chi2.sf(3.0, 4)
+
+
+def test_default_coincidence_window_catches_echoes_not_busy_neighbours():
+    """Echoes of a large unit's after-phase (detected 1.2 ms after its spikes) coincide
+    with it in full at the default window; a 50 Hz independent neighbour stays under
+    the good rule's limit."""
+    from phy_autolabel.metrics import coincidence
+    from phy_autolabel.quality import MetricParameters
+    from phy_autolabel.rule import GoodRule
+
+    rate = 30000.0
+    window = int(round(MetricParameters().coincidence_window_ms * rate / 1000))
+    rng = np.random.default_rng(8)
+    big = np.sort(rng.choice(int(60 * rate), 600, replace=False))  # 10 Hz for 60 s
+    echoes = big[::3] + int(round(1.2e-3 * rate))
+    fraction, cluster = coincidence(echoes, big, np.full(len(big), 4), window)
+    assert (fraction, cluster) == (1.0, 4)
+    neighbour = np.sort(rng.choice(int(60 * rate), 3000, replace=False))  # 50 Hz
+    unit = np.sort(rng.choice(int(60 * rate), 600, replace=False))
+    fraction, _ = coincidence(unit, neighbour, np.full(len(neighbour), 9), window)
+    assert 0.08 < fraction < GoodRule().max_coincidence  # chance: ~15 %
