@@ -173,3 +173,35 @@ def test_waveforms_match_spike_windows(kwik):
                              filter=lambda x: sosfiltfilt(sos, x, axis=-2), margin=margin)
         np.testing.assert_array_equal(source.waveforms(ids, channels),
                                       np.asarray(plain[ids], dtype=np.float64))
+
+
+def _mapped_kb(array) -> int:
+    """Resident kB of the mapping holding `array`'s data (Linux /proc/self/smaps)."""
+    address = array.ctypes.data
+    rss, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and ":" not in first:
+            lo, hi = (int(x, 16) for x in first.split("-"))
+            inside = lo <= address < hi
+        elif inside and first == "Rss:":
+            rss = int(line.split()[1])
+    return rss
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_waveforms_leave_no_pages_of_the_recording_resident(kwik):
+    """Reading every cluster's waveforms touches the whole recording; its pages are
+    released after each read, so the resident memory does not grow with the recording."""
+    with KwikModel(kwik) as model:
+        source = SortingSource(model)
+        traces = getattr(model.traces, "array", model.traces)  # the group's file columns
+        assert isinstance(traces, np.memmap)
+        np.asarray(traces[:]).sum()  # every page mapped
+        assert _mapped_kb(traces) > 0.8 * traces.nbytes / 1024
+        spikes = np.arange(model.n_spikes)
+        windows = source.waveforms(spikes, np.arange(32))
+        assert windows.shape[0] == model.n_spikes and np.isfinite(windows).all()
+        assert _mapped_kb(traces) < 0.05 * traces.nbytes / 1024
+        source.noise_std()
+        assert _mapped_kb(traces) < 0.05 * traces.nbytes / 1024
