@@ -228,7 +228,9 @@ def test_amplitude_prior_amplitude_is_the_posterior_mode():
     assert 1.0 < amplitudes[0] < 1.2
 
 
-def test_no_amplitude_prior_is_a_prior_of_weight_zero():
+def _five_spikes_projected():
+    """Three random templates, five spikes (two pairs overlapping) in noise: the
+    templates, the projections and `pursue`'s other arguments."""
     rng = np.random.default_rng(4)
     t = _random_templates(rng)
     x = rng.standard_normal((400, t.n_channels)).astype(np.float32)
@@ -241,6 +243,11 @@ def test_no_amplitude_prior_is_a_prior_of_weight_zero():
     args = (t.norm2, np.full(t.n_templates, 1.0, dtype=np.float32), np.float32(3.0),
             np.float32(0.5), np.float32(5.0), np.full(3, 0.3, np.float32),
             np.full(3, 6.0, np.float32), 5, t.nbr_ptr, t.nbr_idx, cc, 10)
+    return t, b, args
+
+
+def test_no_amplitude_prior_is_a_prior_of_weight_zero():
+    t, b, args = _five_spikes_projected()
     expected = pursue(b.copy(), *args)
     assert len(expected[0]) >= 5
     zero = pursue(b.copy(), *args, np.zeros(t.n_templates, np.float32))
@@ -291,18 +298,7 @@ def test_a_subset_of_templates_projects_as_in_the_whole_set():
 
 
 def test_pursuit_in_stale_work_arrays_equals_the_pursuit():
-    rng = np.random.default_rng(4)
-    t = _random_templates(rng)
-    x = rng.standard_normal((400, t.n_channels)).astype(np.float32)
-    for s, k in ((40, 0), (43, 1), (200, 2), (203, 0), (330, 1)):
-        x[s:s + t.n_samples] += 4.0 * t.dense()[k]
-    b = np.empty((t.n_templates, 400 - t.n_samples + 1), dtype=np.float32)
-    project(np.ascontiguousarray(x.T), t.pptr, t.pidx, t.pspatial, t.temporal, b)
-    cc = cross_correlations(t.temporal, t.ptr, t.idx, t.spatial, t.spatial_dense(True),
-                            t.nbr_ptr, t.nbr_idx)
-    args = (t.norm2, np.full(t.n_templates, 1.0, dtype=np.float32), np.float32(3.0),
-            np.float32(0.5), np.float32(5.0), np.full(3, 0.3, np.float32),
-            np.full(3, 6.0, np.float32), 5, t.nbr_ptr, t.nbr_idx, cc, 10)
+    t, b, args = _five_spikes_projected()
     expected = pursue(b.copy(), *args)
     assert len(expected[0]) >= 5
     k, m = b.shape
