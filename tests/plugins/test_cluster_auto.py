@@ -133,9 +133,13 @@ def _phy(*args, **kwargs):
 # `phy cluster-auto` that receives a signal right after its checkpoint of iteration 3 (from
 # itself, so that the moment does not depend on how fast the machine is).
 _SIGNALLED_AFTER_CHECKPOINT = """
-import os, sys
+import os, signal, sys
 import phy_masked_em.command as command
 from phy_core.cli import main
+
+# A process started in the background by a non-interactive shell inherits SIGINT ignored
+# (POSIX), and Python then leaves it so: Ctrl+C as a terminal delivers it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 save = command.save_checkpoint
 
