@@ -45,6 +45,16 @@ channels near their home channel. From them, in the parent process:
   another unit's shape leaves a residual, the difference of the two, that would
   become a template of the same spikes (most false clusters of the 1024
   channels).
+- **Split by amplitude** (``amplitude_split``, off by default): two co-located
+  units of one shape (amplitude ratio 1.42: units 24 and 39 of the 384-channel
+  seed 0) share a template, and the split above sees one unit whose amplitude
+  varies. A template kept whole whose spikes' amplitudes on it form two modes
+  (`_amplitude_modes`: one unit's amplitudes have a known spread, its jitter
+  and the estimate's noise) becomes two scaled copies; the next pass assigns
+  the spikes, which needs the pursuit's amplitude prior (``amplitude_prior_std``
+  of `phy_tmatch.runner`: without it the two copies tie on every spike). Two
+  groups alike in shape whose amplitudes form two modes are not merged (the
+  copies of the previous round).
 - **Rescale** a template that is neither split nor merged to the mean amplitude
   of its matched spikes (`_mean_amplitude`) when that is off 1 by more than its
   standard error allows and by `rescale_min_change` to `rescale_max_change`: a
@@ -104,8 +114,14 @@ class RefineParameters:
     from 1 by this many standard errors and by a fraction in ``(min, max]``
     (`_mean_amplitude`; smaller errors are within the pursuit's amplitude range;
     the means of groups of residual events, 0.5-0.7, are also off in shape, and
-    rescaling them let them take their neighbours' spikes). The defaults were
-    chosen on the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
+    rescaling them let them take their neighbours' spikes);
+    ``amplitude_split`` (off by default), ``amplitude_split_ratio``,
+    ``amplitude_split_margin``, ``amplitude_split_min_fraction``,
+    ``amplitude_jitter`` (one unit's amplitude spread over its mean): a template
+    the shape test left whole is split in two scaled copies when its spikes'
+    amplitudes form two modes (`_amplitude_modes`: two co-located units of one
+    shape; it wants the pursuit's amplitude prior). The defaults were chosen on
+    the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
     """
 
     min_spikes: int = 6
@@ -129,6 +145,11 @@ class RefineParameters:
     min_separation: float = 2.0
     drop_duplicates: bool = True
     duplicate_fraction: float = 0.5
+    amplitude_split: bool = False
+    amplitude_split_ratio: float = 1.3
+    amplitude_split_margin: float = 4.0
+    amplitude_split_min_fraction: float = 0.2
+    amplitude_jitter: float = 0.1
 
 
 # -- Splitting --------------------------------------------------------------------------------
@@ -677,6 +698,105 @@ def _mean_amplitude(x: np.ndarray, template: np.ndarray,
     return float(amplitudes.mean()), float(amplitudes.std(ddof=1) / np.sqrt(len(x)))
 
 
+def _amplitudes(x: np.ndarray, template: np.ndarray,
+                slope: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each whitened snippet's amplitude on a whitened template, and the noise variance of one.
+
+    The coefficients on the template of a least-squares fit by the template and
+    its time derivative (see `_mean_amplitude`); the variance is the one white,
+    unit-variance noise gives that coefficient (the first diagonal entry of the
+    inverse Gram matrix of the two).
+    """
+    basis = np.stack([template, slope], axis=1)
+    amplitudes = np.linalg.lstsq(basis, x.T, rcond=None)[0][0]
+    gram = basis.T @ basis
+    noise_var = float(np.linalg.pinv(gram)[0, 0])
+    return amplitudes, noise_var
+
+
+def _amplitude_modes(amplitudes: np.ndarray, noise_var: float,
+                     p: RefineParameters) -> np.ndarray | None:
+    """Labels 0 (smaller) / 1 (larger) when `amplitudes` form two modes, or None.
+
+    Two units of one shape on one site (a template of their mixed spikes) show
+    as two modes of their spikes' amplitudes on the template. One unit's
+    amplitudes have a known spread: its own jitter (``amplitude_jitter`` times
+    its mean) and the estimate's noise (variance `noise_var`); with the spread
+    free, a few dozen spikes of two units 1.4 apart are as likely one wide
+    Gaussian (measured), so the test uses that knowledge. The model of one unit,
+    ``N(m, noise_var + (jitter m)^2)``, is compared with a mixture of two such
+    (fitted by EM), by the BIC (two more parameters) plus
+    ``amplitude_split_margin``; the mixture is kept when, besides, each mode
+    holds ``min_spikes`` spikes and ``amplitude_split_min_fraction`` of them
+    (a few overlapped spikes' amplitudes are off), and the larger mean is
+    ``amplitude_split_ratio`` times the smaller.
+    """
+    a = np.asarray(amplitudes, dtype=np.float64)
+    n = len(a)
+    if n < 2 * p.min_spikes:
+        return None
+    jitter2 = p.amplitude_jitter ** 2
+
+    def logpdf(mean):
+        var = noise_var + jitter2 * mean * mean
+        return -0.5 * (a - mean) ** 2 / var - 0.5 * np.log(2 * np.pi * var)
+
+    ll1 = float(logpdf(a.mean()).sum())
+    best = None
+    # EM from a few splits at quantiles (the modes' weights are unknown).
+    for q in (0.25, 0.5, 0.75):
+        resp = (a > np.quantile(a, q)).astype(np.float64)
+        ll2 = -np.inf
+        for _ in range(200):
+            w1 = float(resp.sum())
+            w0 = n - w1
+            if min(w0, w1) < 1:
+                break
+            m0, m1 = float((1 - resp) @ a) / w0, float(resp @ a) / w1
+            l0 = np.log(w0 / n) + logpdf(m0)
+            l1 = np.log(w1 / n) + logpdf(m1)
+            top = np.maximum(l0, l1)
+            total = top + np.log(np.exp(l0 - top) + np.exp(l1 - top))
+            new_ll = float(total.sum())
+            resp = np.exp(l1 - total)
+            converged = new_ll - ll2 < 1e-9 * abs(new_ll)
+            ll2 = new_ll
+            if converged:
+                break
+        if min(w0, w1) >= 1 and (best is None or ll2 > best[0]):
+            best = (ll2, m0, m1, resp)
+    if best is None:
+        return None
+    ll2, m0, m1, resp = best
+    labels = (resp > 0.5).astype(np.int64)
+    if m0 > m1:
+        m0, m1, labels = m1, m0, 1 - labels
+    if 2.0 * (ll2 - ll1) < 2 * np.log(n) + p.amplitude_split_margin:
+        return None
+    smaller = min(int(labels.sum()), n - int(labels.sum()))
+    if smaller < max(p.min_spikes, p.amplitude_split_min_fraction * n):
+        return None
+    if m0 <= 0 or m1 < p.amplitude_split_ratio * m0:
+        return None
+    return labels
+
+
+def _counted(group: list, copies: set[int]) -> int:
+    """The spike count a group's template is built with (`build_templates`' channel test).
+
+    Its matched spikes; for a kept template of `copies` (one of two of one shape
+    whose amplitudes form two modes), at least the spikes its mean averaged: the
+    test is about the noise of the mean, and the copies of an amplitude split
+    are as clean as their parent's mean (counted so when split, `refine`). On
+    fewer channels the next pass, the smaller copy explained less of its own
+    spikes than the larger one, and matched none. (Applied to every kept
+    template, this lost a unit of the 1024 channels.)
+    """
+    if group[2] is not None and group[2] in copies:
+        return max(int(group[1]), int(group[6]))
+    return int(group[1])
+
+
 # -- The refinement ---------------------------------------------------------------------------
 
 
@@ -746,9 +866,34 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             scale = 1.0
             if len(rows) >= p.min_spikes:
                 waveform_local = dense[k][None][:, :, local[home]]
-                mean, error = _mean_amplitude(
-                    x, whitener(waveform_local, home)[0],
-                    whitener(np.gradient(waveform_local, axis=1), home)[0])
+                template_w = whitener(waveform_local, home)[0]
+                slope_w = whitener(np.gradient(waveform_local, axis=1), home)[0]
+                modes = None
+                if p.amplitude_split:
+                    amplitudes, noise_var = _amplitudes(x, template_w, slope_w)
+                    modes = _amplitude_modes(amplitudes, noise_var, p)
+                if modes is not None:
+                    # Two units of one shape: each a scaled copy of the template (the mean
+                    # of a mode's few spikes is noisier); the next pass assigns the spikes.
+                    n_split += 1
+                    logger.debug("Refinement: template %d (n=%d, amplitude noise %.3f) split "
+                                 "by amplitude: groups %d, %d.", k, len(rows),
+                                 np.sqrt(noise_var), len(groups), len(groups) + 1)
+                    for j in (0, 1):
+                        part = np.flatnonzero(modes == j)
+                        r = rows[part]
+                        scale = float(amplitudes[part].mean())
+                        # A copy scaled by c is as noisy, relative to its size, as the
+                        # template: the mean of n / c^2 spikes. Counted so, both copies keep
+                        # the template's channels (`build_templates` drops those below the
+                        # noise of a mean); a copy on fewer channels explains less of any
+                        # spike, and the pursuit gave it none.
+                        n_equal = max(int(round(int(templates.n_spikes[k]) / scale ** 2)),
+                                      len(r))
+                        groups.append([dense[k] * scale, n_equal, None, home, samples[r], k,
+                                       n_equal, _spread(x[part], p), r, home, False, 1.0])
+                    continue
+                mean, error = _mean_amplitude(x, template_w, slope_w)
                 change = abs(mean - 1.0)
                 if (max(p.rescale_significance * error, p.rescale_min_change) < change
                         <= p.rescale_max_change):
@@ -783,6 +928,20 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             groups.append([mean, len(r), None, int(home), samples[r], -1, len(r),
                            _spread(x[part], p), r, int(home), True, 1.0])
 
+    def amplitude_modes(g, h) -> bool:
+        # Both groups' snippets (on one home's channels) on the larger group's waveform.
+        if g[10] or h[10] or g[9] != h[9] or not (len(g[8]) and len(h[8])):
+            return False
+        home = g[9]
+        big = g if np.abs(g[0]).max() >= np.abs(h[0]).max() else h
+        waveform_local = big[0][None][:, :, local[home]]
+        amplitudes, noise_var = _amplitudes(
+            whitened(np.concatenate([g[8], h[8]]), home), whitener(waveform_local, home)[0],
+            whitener(np.gradient(waveform_local, axis=1), home)[0])
+        return _amplitude_modes(amplitudes, noise_var, p) is not None
+
+    # The templates found to be copies of one shape at two amplitudes (`_counted`).
+    copies: set[int] = set()
     # Merges, most similar pairs first.
     refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
     same = int(round(0.2e-3 * sample_rate))
@@ -832,6 +991,13 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
                                     min(groups[i][1], groups[i][6]),
                                     min(groups[j][1], groups[j][6]), home, whitener, local, p,
                                     groups[i][7], groups[j][7])
+            if alike and p.amplitude_split and amplitude_modes(groups[i], groups[j]):
+                # Units of one shape told apart by their amplitudes (a split of a previous
+                # round): merged, they would be split again.
+                logger.debug("Refinement: groups %d and %d are alike but their amplitudes "
+                             "form two modes.", i, j)
+                alike = False
+                copies.update(g[2] for g in (groups[i], groups[j]) if g[2] is not None)
             logger.debug("Refinement: groups %d (n=%d, home %d) and %d (n=%d, home %d): "
                          "similarity %.3f, amplitude ratio %.2f, lag %d: %s.", i, groups[i][1],
                          hi, j, groups[j][1], hj, cos, ratio, lag,
@@ -903,6 +1069,6 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
                 templates.n_templates, len(kept))
     return Bunch(
         means=np.stack([g[0] for g in kept]) if kept else np.zeros((0, n_t, n_channels)),
-        n_spikes=np.array([g[1] for g in kept], dtype=np.int64),
+        n_spikes=np.array([_counted(g, copies) for g in kept], dtype=np.int64),
         cluster_ids=np.array(ids, dtype=np.int64), changed=changed, n_split=n_split,
         n_new=n_new, n_merged=n_merged, n_dropped=n_dropped, n_rescaled=n_rescaled)

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 
+from phy_core.bunch import Bunch
 from phy_detect.executors import SerialExecutor
 from phy_evaluate.metrics import evaluate
 from phy_synthetic.recording import synthesize_recording
@@ -20,6 +21,7 @@ from phy_template.model import TemplateModel
 from phy_tmatch.refine import (
     RefineParameters,
     SnippetWhitener,
+    _amplitude_modes,
     _beyond_scale_and_shift,
     _bisect,
     _compare_snippets,
@@ -432,3 +434,123 @@ def test_a_template_larger_than_its_spikes_is_rescaled_to_their_mean():
     for scale in (1.0, 1.6):
         out, _ = _refine_one(scale, rng)
         assert not out.changed and out.n_rescaled == 0
+
+
+# -- Amplitude modes: two co-located units of one shape ------------------------------------
+
+
+def _two_unit_amplitudes(rng, n_small: int, n_large: int, ratio: float,
+                         noise_sd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Amplitudes on a template of two units' mixed spikes (the smaller unit at 1), 10 %
+    jitter plus the estimate's noise; (amplitudes, true labels: 1 for the larger unit)."""
+    truth = np.r_[np.zeros(n_small, np.int64), np.ones(n_large, np.int64)]
+    means = np.where(truth == 1, ratio, 1.0)
+    a = means * (1 + 0.1 * rng.standard_normal(len(truth))) + noise_sd * rng.standard_normal(
+        len(truth))
+    return a, truth
+
+
+def test_amplitudes_of_two_units_form_two_modes_and_of_one_unit_one():
+    p = RefineParameters(amplitude_split=True)
+    rng = np.random.default_rng(11)
+    # Seed 0's units 24 and 39 (384 channels): 17 and 32 spikes, amplitude ratio 1.42,
+    # estimate noise 0.09 of the template's amplitude (here of the smaller unit's).
+    found = 0
+    for _ in range(20):
+        a, truth = _two_unit_amplitudes(rng, 17, 32, 1.42, 0.09)
+        labels = _amplitude_modes(a, 0.09 ** 2, p)
+        if labels is not None:
+            found += 1
+            # The modes overlap: the next matching pass, not these labels, assigns spikes.
+            assert (labels == truth).mean() >= 0.7
+    assert found >= 12
+    # One unit: 10 % jitter and the estimate's noise, whatever the count.
+    false = 0
+    for n in (20, 49, 100, 300):
+        for _ in range(25):
+            a = 1 + 0.1 * rng.standard_normal(n) + 0.09 * rng.standard_normal(n)
+            false += _amplitude_modes(a, 0.09 ** 2, p) is not None
+    assert false <= 2
+    # Two modes closer than `amplitude_split_ratio`, or a mode of a few spikes, are one unit.
+    a, _ = _two_unit_amplitudes(rng, 100, 100, 1.2, 0.02)
+    assert _amplitude_modes(a, 0.02 ** 2, p) is None
+    a, _ = _two_unit_amplitudes(rng, 5, 95, 1.6, 0.02)
+    assert _amplitude_modes(a, 0.02 ** 2, p) is None
+
+
+def _refine_two_modes(p: RefineParameters, n_small: int, n_large: int, ratio: float,
+                      rng) -> tuple:
+    """Refine one template, the mean of two units' spikes (`_spike` times 1 and `ratio`)."""
+    from phy_core.bunch import Bunch
+
+    n = n_small + n_large
+    positions = np.c_[np.zeros(N_CHANNELS), 20.0 * np.arange(N_CHANNELS)]
+    mean = (n_small + ratio * n_large) / n * _spike()
+    templates = build_templates(mean[None], np.array([n]), np.array([7]), np.ones(N_CHANNELS))
+    local = local_channels(positions, N_CHANNELS)
+    snippets = np.concatenate([_spikes(rng, n_small, 1.0), _spikes(rng, n_large, ratio)])
+    events = dict(samples=np.arange(n) * 3000, labels=np.zeros(n, np.int64),
+                  homes=np.full(n, HOME), snippets=snippets[:, :, local[HOME]].astype(
+                      np.float32))
+    out = refine(templates, Bunch(events), np.array([n]), np.ones(N_CHANNELS), local,
+                 positions, n * 3000, 30000.0, next_id=8, p=p)
+    return out, templates
+
+
+def test_a_template_of_two_amplitude_modes_is_split_in_two_scaled_copies():
+    rng = np.random.default_rng(12)
+    out, _ = _refine_two_modes(RefineParameters(amplitude_split=True), 30, 40, 1.5, rng)
+    assert out.n_split == 1 and len(out.means) == 2 and 7 not in out.cluster_ids.tolist()
+    # Scaled copies of the template: the unit's waveform at each unit's amplitude.
+    scales = sorted(float(np.linalg.norm(m) / np.linalg.norm(_spike())) for m in out.means)
+    assert abs(scales[0] - 1.0) < 0.1 and abs(scales[1] - 1.5) < 0.15
+    cos = float((out.means[0] * out.means[1]).sum()) / np.prod(
+        [np.linalg.norm(m) for m in out.means])
+    assert cos > 0.9999
+    # Counted as clean as their parent's mean, both copies keep its channels.
+    copies = build_templates(out.means, out.n_spikes, out.cluster_ids,
+                             np.full(N_CHANNELS, 4.0))
+    assert np.array_equal(copies.channels(0), copies.channels(1))
+    # Without the option the shape test sees one unit whose amplitudes vary, and one
+    # unit's spikes are not split with it.
+    out, _ = _refine_two_modes(RefineParameters(), 30, 40, 1.5, rng)
+    assert out.n_split == 0 and len(out.means) == 1
+    out, _ = _refine_two_modes(RefineParameters(amplitude_split=True), 35, 35, 1.0, rng)
+    assert out.n_split == 0 and len(out.means) == 1
+
+
+def _refine_proportional_pair(p: RefineParameters, seed: int) -> Bunch:
+    """Refine two templates of one shape, 1.42 apart (units 24 and 39 of 384-channel seed 0),
+    from their 17 and 32 matched spikes."""
+    rng = np.random.default_rng(seed)
+    n_small, n_large, ratio = 17, 32, 1.42
+    n = n_small + n_large
+    positions = np.c_[np.zeros(N_CHANNELS), 20.0 * np.arange(N_CHANNELS)]
+    templates = build_templates(np.stack([_spike(), ratio * _spike()]), np.array([200, 200]),
+                                np.array([7, 9]), np.ones(N_CHANNELS))
+    local = local_channels(positions, N_CHANNELS)
+    snippets = np.concatenate([_spikes(rng, n_small, 1.0), _spikes(rng, n_large, ratio)])
+    events = Bunch(samples=rng.permutation(n) * 3000,
+                   labels=np.r_[np.zeros(n_small, np.int64), np.ones(n_large, np.int64)],
+                   homes=np.full(n, HOME),
+                   snippets=snippets[:, :, local[HOME]].astype(np.float32))
+    return refine(templates, events, np.array([n_small, n_large]), np.ones(N_CHANNELS), local,
+                  positions, n * 3000, 30000.0, next_id=10, p=p)
+
+
+def test_two_templates_of_one_shape_whose_amplitudes_form_two_modes_are_not_merged():
+    # Without the option, the snippet comparison joins them in most draws (the copies of
+    # an amplitude split would be joined in the next round); with it, never.
+    seeds = range(10)
+    merged = [len(_refine_proportional_pair(RefineParameters(), s).cluster_ids) == 1
+              for s in seeds]
+    assert sum(merged) >= 5
+    p = RefineParameters(amplitude_split=True)
+    for s, joined in zip(seeds, merged):
+        out = _refine_proportional_pair(p, s)
+        assert out.cluster_ids.tolist() == [7, 9]
+        # Kept apart by their amplitudes, they are built with the spikes their means
+        # averaged (not their 17 and 32 matched spikes), and keep the same channels
+        # (`_counted`).
+        if joined:
+            assert out.n_spikes.tolist() == [200, 200]
