@@ -8,6 +8,8 @@ along their first axis (integers, slices, integer and boolean arrays).
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -254,3 +256,30 @@ def flat_binary_source(traces: Any) -> dict | None:
     return dict(files=[str(a.filename) for a in arrays], dtype=first.dtype.str,
                 offset=int(first.offset), n_channels=n_channels,
                 channels=np.arange(n_channels) if channels is None else channels)
+
+
+def _memmaps(traces) -> list[np.memmap]:
+    """The `np.memmap` objects behind traces (through ChannelSubset / ConcatenatedArrays)."""
+    if isinstance(traces, ChannelSubset):
+        traces = traces.array
+    arrays = traces.arrays if isinstance(traces, ConcatenatedArrays) else [traces]
+    return [a for a in arrays if isinstance(a, np.memmap)]
+
+
+def release_pages(traces) -> None:
+    """Unmap the file pages this process has read, so its RSS does not grow with the recording.
+
+    ``madvise(MADV_DONTNEED)`` on a shared file mapping only drops this
+    process's page-table entries: the data stay in the page cache (a later read
+    refaults them, no disk access) and nothing is lost (the maps are
+    read-only). Linux only; elsewhere, and for non-memmap traces, a no-op.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    for array in _memmaps(traces):
+        mapping = getattr(array, "_mmap", None)
+        if mapping is None or not hasattr(mapping, "madvise"):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(advice)

@@ -24,7 +24,7 @@ import logging
 
 import numpy as np
 
-from phy_core.arrays import ChannelSubset, SpikeWindows, flat_binary_source
+from phy_core.arrays import ChannelSubset, SpikeWindows, flat_binary_source, release_pages
 
 logger = logging.getLogger("phy")
 
@@ -325,7 +325,7 @@ class SortingSource:
     def waveforms(self, spike_ids, channels) -> np.ndarray:
         """Band-passed windows ``(n, n_before + n_after, len(channels))`` (float64).
 
-        The memory-mapped pages read are released after (`_release_pages`): the spikes of
+        The memory-mapped pages read are released after (`release_pages`): the spikes of
         all clusters span the whole recording, whose every page would otherwise stay in
         this process's resident memory (12 GB for a 200 s, 1024-channel recording).
         """
@@ -345,7 +345,7 @@ class SortingSource:
                                    margin=margin)
             return np.asarray(windows[spike_ids], dtype=np.float64)
         finally:
-            _release_pages(self.traces)
+            release_pages(self.traces)
 
     def waveform_basis(self, n_pcs: int, n_spikes: int = 2000) -> np.ndarray:
         """Principal components of the band-passed waveforms, ``(n_samples, n_pcs)``.
@@ -427,19 +427,8 @@ def estimate_noise(traces, columns: np.ndarray, sample_rate: float) -> np.ndarra
 
             chunk = sosfiltfilt(sos, chunk, axis=0)
         estimates.append(noise_std(chunk[start - lo:start - lo + length]))
-    _release_pages(traces)
-    return np.median(estimates, axis=0)
-
-
-def _release_pages(traces) -> None:
-    """Drop this process's mappings of the pages of memory-mapped `traces` it has read
-    (`phy_detect.worker.release_pages`: the data stay in the page cache); a no-op for
-    other arrays."""
-    if traces is None:
-        return
-    from phy_detect.worker import release_pages
-
     release_pages(traces)
+    return np.median(estimates, axis=0)
 
 
 def recording_noise(prm_path) -> tuple | None:

@@ -8,13 +8,13 @@ executors call. Each worker opens the recording once and keeps it mapped.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from phy_core.arrays import release_pages
 from phy_core.bunch import Bunch
 
 from .chunks import Chunk
@@ -89,35 +89,6 @@ def _traces(prm_path: str):
 
         _TRACES_CACHE[prm_path] = open_traces(read_prm(prm_path))
     return _TRACES_CACHE[prm_path]
-
-
-def _memmaps(traces) -> list[np.memmap]:
-    """The `np.memmap` objects behind traces (through ChannelSubset / ConcatenatedArrays)."""
-    from phy_core.arrays import ChannelSubset, ConcatenatedArrays
-
-    if isinstance(traces, ChannelSubset):
-        traces = traces.array
-    arrays = traces.arrays if isinstance(traces, ConcatenatedArrays) else [traces]
-    return [a for a in arrays if isinstance(a, np.memmap)]
-
-
-def release_pages(traces) -> None:
-    """Unmap the file pages a worker has read, so its RSS does not grow with the recording.
-
-    ``madvise(MADV_DONTNEED)`` on a shared file mapping only drops this
-    process's page-table entries: the data stay in the page cache (a later read
-    refaults them, no disk access) and nothing is lost (the maps are
-    read-only). Linux only; elsewhere, and for non-memmap traces, a no-op.
-    """
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if advice is None:
-        return
-    for array in _memmaps(traces):
-        mapping = getattr(array, "_mmap", None)
-        if mapping is None or not hasattr(mapping, "madvise"):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            mapping.madvise(advice)
 
 
 def _is_all_columns(channels: np.ndarray, n_columns: int) -> bool:

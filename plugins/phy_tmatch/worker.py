@@ -106,8 +106,9 @@ def filtered_chunk(setup: Setup, chunk, name: str = "chunk", channel_major: bool
     filter's backward pass (`phy_detect.filtering.Filter`'s ``transposed``:
     about a third of the cost of transposing `data` afterwards).
     """
+    from phy_core.arrays import release_pages
     from phy_detect.filtering import Filter
-    from phy_detect.worker import read_float32, release_pages
+    from phy_detect.worker import read_float32
 
     data_traces = traces(setup.prm_path)
     shape = (chunk.load_stop - chunk.load_start, len(setup.channels))

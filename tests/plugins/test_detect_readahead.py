@@ -49,7 +49,7 @@ def test_chunks_are_read_ahead_and_dropped_after_use(tmp_path):
         ahead.submitted(0)  # chunks 0, 1, 2 are read ahead, in the background
         assert [_wait_cached(ahead, c) for c in chunks[:3]] == [1.0, 1.0, 1.0]
         assert _cached(ahead, chunks[4]) < 0.5  # not asked for yet
-        # Read as a worker does, its mapping released after (`worker.release_pages`):
+        # Read as a worker does, its mapping released after (`phy_core.arrays.release_pages`):
         # mapped pages would not be dropped.
         first = chunks[0]
         np.testing.assert_array_equal(np.array(traces[first.load_start:first.load_stop]),

@@ -277,8 +277,8 @@ def test_excerpt_cache_is_bounded_and_forgets_other_runs():
 
 
 def test_read_float32_and_release_pages(recording):
-    from phy_core.arrays import ChannelSubset, ConcatenatedArrays
-    from phy_detect.worker import _memmaps, read_float32, release_pages
+    from phy_core.arrays import ChannelSubset, ConcatenatedArrays, _memmaps, release_pages
+    from phy_detect.worker import read_float32
     from phy_rawdata.model import open_traces
     from phy_rawdata.prm import read_prm
 
