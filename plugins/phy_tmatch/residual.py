@@ -9,8 +9,9 @@ window of the template's length on the `L` channels nearest to the event's
 - Matched spikes: the residual plus the spike's own ``a T_k`` (the spike as
   the recording has it, with its neighbours' spikes removed: what the
   "peeler" sorters look at), home channel = the template's peak channel. At
-  most `max_per_template` of each template's spikes per chunk (evenly spread),
-  so the memory of a pass does not grow with the recording.
+  most `max_per_template` of each template's spikes per chunk (evenly spread);
+  the parent caps each template's total (`phy_tmatch.event_sample`), so the
+  memory of a pass does not grow with the recording.
 - Residual events: spikes no template explained. A channel's residual is
   divided by its noise and summed over its nearest channels with weights
   (`pooled_residual`: a unit's spike spans several channels, noise

@@ -21,9 +21,12 @@ executors of `phy_detect.executors`), none holding more than a few chunks:
 
 With ``refine_rounds`` > 0, passes 2 and 3 repeat: every pass but the last
 also collects, in the workers, snippets of a sample of each template's matched
-spikes and of the residual's events (`phy_tmatch.residual`); the parent refines
-the templates from them (`phy_tmatch.refine`: splits, new templates, merges,
-drops), and the next pass matches the refined set. A refinement that changes
+spikes and of the residual's events (`phy_tmatch.residual`); the parent keeps a
+uniform sample of them as they arrive, at most ``max_snippets_per_template`` per
+template and ``max_residual_per_channel`` per home channel, whatever the
+recording's length (`phy_tmatch.event_sample`), refines the templates from them
+(`phy_tmatch.refine`: splits, new templates, merges, drops), and the next pass
+matches the refined set. A refinement that changes
 nothing ends the rounds early. The noise levels and covariance of pass 1 serve
 every round. The templates a refinement left alone are kept as they were
 (`_keep_unchanged`), so pass 2 measures the noise of the others only
@@ -50,6 +53,7 @@ import numpy as np
 from phy_core.bunch import Bunch
 from phy_core.progress import ProgressReporter
 
+from .event_sample import EventSample
 from .matching import MatchParameters, margin_samples, template_cross_correlations
 from .noise import (
     TEMPLATE_CHUNK_S,  # noqa: F401 - part of this module's interface
@@ -399,6 +403,23 @@ def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_
         max_residual=100_000, template_home=None)
 
 
+def _release_freed_memory() -> None:
+    """Give the free pages of the heap back to the system (glibc's ``malloc_trim``), if any.
+
+    The events of a pass arrive from the workers as arrays of a few MB each, which glibc
+    serves from its heap once its mmap threshold has risen past their size: freed after
+    the refinement, their pages would stay resident through the refinement and the next
+    pass (about 250 MB at 200 s, 1024 channels). Elsewhere than glibc, nothing.
+    """
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def _call(on_idle: Callable[[], Any] | None) -> None:
     """``on_idle()`` if given; its failure is the caller's loss, not the stage's."""
     if on_idle is None:
@@ -533,6 +554,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             covariance = xtx / n_rows
     templates = _make_templates(means, n_used, cluster_ids, noise_std, covariance,
                                 channel_positions, o)
+    del sums, means  # (K, n_t, C) float64 each: not held through the passes
     t_templates = time.perf_counter()
 
     # 2-3. Matching passes: each but the last collects events, from which the templates
@@ -566,7 +588,16 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                       templates=templates, parameters=parameters, sigma=sigma, token=token,
                       collect=None if last else collect, cross_correlations=cc)
         parts, rounds, capped = [], [], 0
-        for part in executor.imap(run_job, [(setup, c, None) for c in match_chunks]):
+        # The refinement's events, capped per template and home channel as they arrive
+        # (`phy_tmatch.event_sample`): the parent's memory does not grow with the recording.
+        sample = None if last else EventSample(int(o.max_snippets_per_template),
+                                               int(o.max_residual_per_channel), seed=round_)
+        for i, part in enumerate(executor.imap(run_job, [(setup, c, None)
+                                                         for c in match_chunks])):
+            events = part.pop("events", None)
+            if sample is not None and events is not None:
+                sample.add(events, i)
+            del events
             parts.append(part)
             rounds.append(part.n_rounds)
             capped += part.capped
@@ -587,12 +618,15 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             if round_ == 0:
                 _call(on_idle)  # the workers wait for the refinement
             cpu_parent, wall_parent = time.process_time(), time.time()
-            events = Bunch({key: np.concatenate([p.events[key] for p in parts])
-                            for key in ("samples", "labels", "homes", "snippets")})
+            # float64: what `refine` computes in (handed float32, it would hold both).
+            events = sample.result(snippet_dtype=np.float64)
+            sample = None
+            _release_freed_memory()  # the chunks' events, copied into `events`
             counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
             refined = refine(templates, events, counts, noise_std, collect.local,
                              channel_positions, n_samples, rate, next_id,
                              o.refine_parameters, covariance=covariance)
+            events = None  # not through the next pass
             next_id = int(max(next_id, np.max(refined.cluster_ids, initial=0) + 1))
             refinements.append({key: int(refined[key]) for key in
                                 ("n_split", "n_new", "n_merged", "n_dropped", "n_rescaled")}
@@ -602,10 +636,13 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                     templates, refined, _make_templates(refined.means, refined.n_spikes,
                                                         refined.cluster_ids, noise_std,
                                                         covariance, channel_positions, o))
+            changed = bool(refined.changed)
+            refined = None  # its (K, n_t, C) means: not held through the next pass
+            _release_freed_memory()
             cpu.refine += time.process_time() - cpu_parent
             timeline.append(("parent", f"refine {round_}", wall_parent, time.time()))
             t_matching += time.perf_counter() - t_round
-            if not refined.changed:
+            if not changed:
                 reporter.value = reporter.value + n_excerpts + len(match_chunks)  # skipped
                 n_rounds = round_ + 1
                 break

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from phy_core.bunch import Bunch
 from phy_core.cli import main
 from phy_core.model import check_model
 from phy_detect.evaluation import detection_report, match_spikes
@@ -728,3 +729,99 @@ def test_filtered_chunk_channel_major_is_the_transpose(recording, ground_truth):
         assert xt.shape == (26, chunk.load_stop - chunk.load_start)
         np.testing.assert_array_equal(xt, data.T)
         assert np.abs(data).max() > 0
+
+
+# -- the refinement's events: a capped uniform sample ----------------------------------------
+
+
+def _chunk_events(rng, n, n_templates=3, n_homes=4, n_t=5, n_local=2):
+    labels = rng.integers(-1, n_templates, n)
+    return Bunch(samples=rng.integers(0, 10**6, n), labels=labels,
+                 homes=rng.integers(0, n_homes, n),
+                 snippets=rng.standard_normal((n, n_t, n_local)).astype(np.float32))
+
+
+def _group_counts(events):
+    labels, homes = np.asarray(events.labels), np.asarray(events.homes)
+    return (np.bincount(labels[labels >= 0], minlength=1),
+            np.bincount(homes[labels < 0], minlength=1))
+
+
+def test_an_event_sample_under_its_caps_is_the_concatenation_of_the_chunks():
+    from phy_tmatch.event_sample import EventSample
+
+    rng = np.random.default_rng(0)
+    chunks = [_chunk_events(rng, n) for n in (7, 0, 12, 5)]
+    sample = EventSample(max_per_template=100, max_per_home=100)
+    for i, events in enumerate(chunks):
+        sample.add(events, i)
+    out = sample.result(snippet_dtype=np.float64)
+    for key in ("samples", "labels", "homes", "snippets"):
+        np.testing.assert_array_equal(out[key], np.concatenate([c[key] for c in chunks]))
+    assert out.snippets.dtype == np.float64 and out.labels.dtype == chunks[0].labels.dtype
+
+
+def test_an_event_sample_holds_its_caps_and_is_uniform_over_the_recording():
+    from phy_tmatch.event_sample import EventSample
+
+    rng = np.random.default_rng(1)
+    chunks = [_chunk_events(rng, 40) for _ in range(10)]
+    for i, events in enumerate(chunks):
+        events.samples = 1000 * i + np.arange(40)  # an event's identity
+    every = Bunch({key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]})
+    n_templates, n_homes = _group_counts(every)
+    cap_t, cap_h = 10, 7
+    sample = EventSample(cap_t, cap_h, seed=3)
+    for i, events in enumerate(chunks):
+        sample.add(events, i)
+        # Memory: at most twice the capped sample and a chunk, whatever the number of chunks.
+        assert sample.n_held <= 2 * (n_templates.size * cap_t + n_homes.size * cap_h) + 40
+    assert sample.n_seen == 400
+    out = sample.result()
+    got_t, got_h = _group_counts(out)
+    np.testing.assert_array_equal(got_t, np.minimum(n_templates, cap_t))
+    np.testing.assert_array_equal(got_h, np.minimum(n_homes, cap_h))
+    # A subset of the events (each event's sample is unique), in their order.
+    index = np.flatnonzero(np.isin(every.samples, out.samples))
+    np.testing.assert_array_equal(every.snippets[index], out.snippets)
+    # Uniform: over seeds, every event of template 0 is kept with probability cap / n, the
+    # first chunks' as often as the last ones' (a cap filled first come, or evenly per
+    # chunk with a minimum of one, would not be).
+    group = np.flatnonzero(every.labels == 0)
+    kept = np.zeros(len(group))
+    n_seeds = 400
+    for seed in range(n_seeds):
+        s = EventSample(cap_t, cap_h, seed=seed)
+        for i, events in enumerate(chunks):
+            s.add(events, i)
+        kept += np.isin(every.samples[group], s.result().samples)
+    p = cap_t / len(group)
+    frequency = kept / n_seeds
+    assert np.abs(frequency - p).max() < 5 * np.sqrt(p * (1 - p) / n_seeds)
+    half = len(group) // 2
+    assert abs(frequency[:half].mean() - frequency[half:].mean()) < 0.03
+
+
+def test_the_refinement_gets_at_most_the_capped_events(recording, ground_truth, tmp_path,
+                                                       monkeypatch):
+    import phy_tmatch.refine as refine_module
+
+    received = []
+    real_refine = refine_module.refine
+
+    def recording_refine(templates, events, *args, **kwargs):
+        received.append(Bunch(events))
+        return real_refine(templates, events, *args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "refine", recording_refine)
+    # Eight chunks: the workers' share of each cap (at least one event per chunk) adds up
+    # to more than the cap, which the parent enforces. Half of the units have no template:
+    # their spikes are residual events.
+    units = np.unique(ground_truth["spike_clusters"])
+    _match(recording, ground_truth, tmp_path / "out", cluster_ids=units[::2], refine_rounds=1,
+           chunk_size_s=0.5, max_snippets_per_template=5, max_residual_per_channel=3)
+    assert len(received) == 1
+    events = received[0]
+    per_template, per_home = _group_counts(events)
+    assert per_template.max() == 5 and per_home.max() == 3
+    assert events.snippets.dtype == np.float64 and len(events.samples) == len(events.snippets)
