@@ -1,10 +1,11 @@
 """Numba kernels of the quality metrics: the reads that cost most, done in place.
 
-- `cluster_sums`, `channel_spikes`: one pass over a Kwik ``.kwx`` array
+- `add_cluster_sums`, `fill_channel_spikes`: passes over a Kwik ``.kwx`` array
   ``(n_spikes, n_channels * n_features_per_channel, 2)`` float32 (features in
   ``[..., 0]``, masks in ``[..., 1]``, the mask repeated for each feature of a
-  channel). Through numpy it is copied to float64 in blocks and each block
-  sorted by cluster; here the memory map is read once and summed in float64.
+  channel), block by block. Through numpy it is copied to float64 in blocks and
+  each block sorted by cluster; here the memory map is read in place and summed
+  in float64.
 - `filtered_windows`, `sosfiltfilt_columns`: band-passed spike windows and
   noise excerpts. They do scipy's ``sosfiltfilt`` arithmetic in scipy's order,
   so the numbers are the same to the last bit (the tests check it); they read
@@ -19,29 +20,26 @@ from numba import njit
 
 
 @njit(cache=True)
-def cluster_sums(fm, cluster_rows, n_clusters, n_features_per_channel):
-    """Per-cluster sums of masks and features, and each channel's count of unmasked spikes.
+def add_cluster_sums(fm, cluster_rows, mask_sums, feature_sums, channel_counts):
+    """Add a block of spikes' masks and features to per-cluster sums, in place.
 
     Parameters
     ----------
     fm : float32 array (n_spikes, n_channels * nfpc, 2)
+        A block of consecutive spikes (e.g. a slice of the ``.kwx`` memory map).
     cluster_rows : int64 array (n_spikes,)
-        Row of each spike's cluster in the outputs.
-    n_clusters, n_features_per_channel : int
-
-    Returns
-    -------
+        Row of each spike's cluster in the sums.
     mask_sums : float64 (n_clusters, n_channels)
     feature_sums : float64 (n_clusters, n_channels * nfpc)
     channel_counts : int64 (n_channels,)
         Spikes whose mask is > 0 on each channel.
+
+    The sums are added spike by spike in order: summing a file block by block
+    gives the numbers of one pass over it, to the last bit.
     """
     n_spikes, n_columns = fm.shape[0], fm.shape[1]
-    nfpc = n_features_per_channel
-    n_channels = n_columns // nfpc
-    mask_sums = np.zeros((n_clusters, n_channels))
-    feature_sums = np.zeros((n_clusters, n_columns))
-    channel_counts = np.zeros(n_channels, np.int64)
+    n_channels = mask_sums.shape[1]
+    nfpc = n_columns // n_channels
     for i in range(n_spikes):
         k = cluster_rows[i]
         for c in range(n_channels):
@@ -52,29 +50,24 @@ def cluster_sums(fm, cluster_rows, n_clusters, n_features_per_channel):
                     channel_counts[c] += 1
             for j in range(c * nfpc, (c + 1) * nfpc):
                 feature_sums[k, j] += fm[i, j, 0]
-    return mask_sums, feature_sums, channel_counts
 
 
 @njit(cache=True)
-def channel_spikes(fm, n_features_per_channel, channel_counts):
-    """The spikes whose mask is > 0 on each channel, as CSR ``(offsets, spikes)``.
+def fill_channel_spikes(fm, n_features_per_channel, first_spike, fill, spikes):
+    """Append a block's spikes to each channel's list of unmasked spikes, in place.
 
-    ``spikes[offsets[c]:offsets[c + 1]]`` are sorted spike ids.
+    The lists are CSR: channel ``c``'s spikes go to ``spikes[fill[c]:]`` (``fill``
+    starts at the offsets from the channels' counts, `add_cluster_sums`) and
+    `fill` advances; the block's spikes are ``first_spike + i``. Blocks given in
+    order leave each channel's spikes sorted.
     """
-    n_spikes = fm.shape[0]
     nfpc = n_features_per_channel
     n_channels = fm.shape[1] // nfpc
-    offsets = np.zeros(n_channels + 1, np.int64)
-    for c in range(n_channels):
-        offsets[c + 1] = offsets[c] + channel_counts[c]
-    fill = offsets[:-1].copy()
-    spikes = np.empty(offsets[-1], np.int64)
-    for i in range(n_spikes):
+    for i in range(fm.shape[0]):
         for c in range(n_channels):
             if fm[i, c * nfpc, 1] > 0.0:
-                spikes[fill[c]] = i
+                spikes[fill[c]] = first_spike + i
                 fill[c] += 1
-    return offsets, spikes
 
 
 #: Windows filtered together by `filtered_windows` (their scratch stays in the CPU cache).

@@ -30,6 +30,8 @@ logger = logging.getLogger("phy")
 
 #: Spikes read at once in the pass over the masks and features.
 BLOCK_SPIKES = 4096
+#: Spikes per block of the `.kwx` passes (`_scan_kwx`): 100 MB at 1024 channels, 3 features.
+KWX_BLOCK_SPIKES = 4096
 #: Band-pass of waveforms and noise: the detection band.
 FILTER_LOW_HZ = 500.0
 FILTER_HIGH_FACTOR = 0.475
@@ -239,18 +241,34 @@ class SortingSource:
                                                                      np.arange(1, nc)))
 
     def _scan_kwx(self, fm: np.ndarray) -> None:
-        """`_scan_masks` on the ``.kwx`` memory map: read once in place by numba kernels."""
-        from .kernels import channel_spikes, cluster_sums
+        """`_scan_masks` on the ``.kwx`` memory map: read in place by numba kernels.
+
+        Two passes of `KWX_BLOCK_SPIKES` spikes at a time, the file's pages released
+        after each block (`release_pages`): a 200 s, 1024-channel ``.kwx`` (4.4 GB)
+        stayed resident whole otherwise.
+        """
+        from .kernels import add_cluster_sums, fill_channel_spikes
 
         cluster_rows = np.searchsorted(self.cluster_ids, self.spike_clusters)
-        nfpc = self.n_features_per_channel
-        mask_sums, feature_sums, counts = cluster_sums(fm, cluster_rows,
-                                                       len(self.cluster_ids), nfpc)
-        n = np.bincount(cluster_rows, minlength=len(self.cluster_ids)).astype(np.float64)
+        nfpc, n_clusters = self.n_features_per_channel, len(self.cluster_ids)
+        mask_sums = np.zeros((n_clusters, self.n_channels))
+        feature_sums = np.zeros((n_clusters, self.n_channels * nfpc))
+        counts = np.zeros(self.n_channels, np.int64)
+        blocks = [(start, min(start + KWX_BLOCK_SPIKES, self.n_spikes))
+                  for start in range(0, self.n_spikes, KWX_BLOCK_SPIKES)]
+        for start, stop in blocks:
+            add_cluster_sums(fm[start:stop], cluster_rows[start:stop], mask_sums,
+                             feature_sums, counts)
+            release_pages(fm)
+        n = np.bincount(cluster_rows, minlength=n_clusters).astype(np.float64)
         n = np.maximum(n, 1.0)[:, None]
         self.mean_masks = mask_sums / n
         self.mean_features = feature_sums / n
-        offsets, spikes = channel_spikes(fm, nfpc, counts)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        fill, spikes = offsets[:-1].copy(), np.empty(offsets[-1], np.int64)
+        for start, stop in blocks:
+            fill_channel_spikes(fm[start:stop], nfpc, start, fill, spikes)
+            release_pages(fm)
         self._channel_spikes = [spikes[offsets[c]:offsets[c + 1]]
                                 for c in range(self.n_channels)]
 

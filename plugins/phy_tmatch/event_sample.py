@@ -34,7 +34,8 @@ class EventSample:
     max_per_template : int
         Matched spikes kept per template (``labels >= 0``).
     max_per_home : int
-        Residual events kept per home channel (``labels == -1``).
+        Residual events kept per home channel (``labels == -1``), and so many misfits
+        (``labels < -1``).
     seed : int
         Seeds the random keys (with each chunk's index).
     """
@@ -55,9 +56,13 @@ class EventSample:
 
     @staticmethod
     def _groups(events: Bunch) -> np.ndarray:
-        # Templates keep their index; the residual events of home h are group -1 - h.
+        # Templates keep their index; the residual events of home h are group -1 - h, the
+        # misfits of home h (labels below -1, `phy_tmatch.residual`) group -2**32 - h: each
+        # kind has its own cap per home.
         labels = np.asarray(events.labels, dtype=np.int64)
-        return np.where(labels >= 0, labels, -1 - np.asarray(events.homes, dtype=np.int64))
+        homes = np.asarray(events.homes, dtype=np.int64)
+        return np.where(labels >= 0, labels, np.where(labels == -1, -1 - homes,
+                                                      -(2 ** 32) - homes))
 
     def add(self, events: Bunch, index: int) -> None:
         """Add a chunk's events (arrays of one row per event; `index`: the chunk's)."""

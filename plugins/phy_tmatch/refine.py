@@ -22,7 +22,13 @@ channels near their home channel. From them, in the parent process:
 - **Find** new units among the residual events: those of each home channel are
   split the same way, and every part with at least `min_spikes` events whose
   mean stands out of the noise (its peak over its channel's noise at least
-  `new_min_snr`) is a new template.
+  `new_min_snr`) is a new template. The same for the *misfits* of each home
+  channel (``misfits``, on): the spikes a template matched at the amplitude's
+  upper bound, whole (`phy_tmatch.residual`): a unit without a template of its
+  own whose spikes a smaller neighbour's template took leaves no residual
+  event, and its few spikes among the template's hundreds cannot split it. A
+  group of misfits is not merged into the template(s) it was taken from, nor
+  dropped as a duplicate of the spikes it re-explains.
 - **Merge** two templates that explain the same unit: alike after alignment
   (cosine similarity of their noise-divided waveforms at the best lag within
   `merge_max_lag_ms` at least `merge_similarity`, amplitudes within a factor
@@ -80,6 +86,8 @@ from numba import njit
 
 from phy_core.bunch import Bunch
 
+from .residual import MISFIT
+
 logger = logging.getLogger("phy")
 
 
@@ -120,8 +128,10 @@ class RefineParameters:
     ``amplitude_jitter`` (one unit's amplitude spread over its mean): a template
     the shape test left whole is split in two scaled copies when its spikes'
     amplitudes form two modes (`_amplitude_modes`: two co-located units of one
-    shape; it wants the pursuit's amplitude prior). The defaults were chosen on
-    the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
+    shape; it wants the pursuit's amplitude prior); ``misfits``: new templates
+    also from the spikes matched at the amplitude's upper bound (the "find"
+    step). The defaults were chosen on the synthetic recordings (2 ms dead
+    time, 10 % amplitude jitter).
     """
 
     min_spikes: int = 6
@@ -150,6 +160,7 @@ class RefineParameters:
     amplitude_split_margin: float = 4.0
     amplitude_split_min_fraction: float = 0.2
     amplitude_jitter: float = 0.1
+    misfits: bool = True
 
 
 # -- Splitting --------------------------------------------------------------------------------
@@ -910,23 +921,29 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             peak = int(np.abs(mean / sigma).max(axis=0).argmax())
             groups.append([mean, len(r), None, peak, samples[r], k, len(r),
                            _spread(x[part], p), r, home, False, 1.0])
-    residual = np.flatnonzero(labels < 0)
-    for home in np.unique(homes[residual]):
-        rows = residual[homes[residual] == home]
-        if len(rows) < p.min_spikes:
-            continue
-        x = whitened(rows, home)
-        for part in split_units(x, p, n_t=n_t):
-            r = rows[part]
-            if len(r) < p.min_spikes:
+    # Residual events and misfits (`phy_tmatch.residual`), each kind grouped by its home
+    # channel (a misfit may also have left a residual event).
+    for kind in (labels == -1, labels <= MISFIT) if p.misfits else (labels == -1,):
+        residual = np.flatnonzero(kind)
+        for home in np.unique(homes[residual]):
+            rows = residual[homes[residual] == home]
+            if len(rows) < p.min_spikes:
                 continue
-            mean = embed(r, home)
-            snr = np.abs(mean[:, home]).max() / sigma[home]
-            if snr < p.new_min_snr:
-                continue
-            n_new += 1
-            groups.append([mean, len(r), None, int(home), samples[r], -1, len(r),
-                           _spread(x[part], p), r, int(home), True, 1.0])
+            x = whitened(rows, home)
+            for part in split_units(x, p, n_t=n_t):
+                r = rows[part]
+                if len(r) < p.min_spikes:
+                    continue
+                mean = embed(r, home)
+                snr = np.abs(mean[:, home]).max() / sigma[home]
+                if snr < p.new_min_snr:
+                    continue
+                n_new += 1
+                # Misfits are whole spikes aligned by their template, not events chosen
+                # by their troughs (the merges' rule for those does not apply).
+                misfits = bool(labels[r[0]] <= MISFIT)
+                groups.append([mean, len(r), None, int(home), samples[r], -1, len(r),
+                               _spread(x[part], p), r, int(home), not misfits, 1.0])
 
     def amplitude_modes(g, h) -> bool:
         # Both groups' snippets (on one home's channels) on the larger group's waveform.
@@ -948,6 +965,14 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     # The templates whose matched spikes each group holds (`_duplicates`).
     owners = [{g[5]} if g[5] >= 0 else ({int(labels[g[8][0]])} if not g[10] and len(g[8])
                                          else set()) for g in groups]
+    # A group of misfits is, by its making, at spikes other templates matched: it is their
+    # better explanation, not a copy of them.
+    owners = [set(range(templates.n_templates)) if g[2] is None and g[5] < 0 and len(g[8])
+              and labels[g[8][0]] <= MISFIT else o for g, o in zip(groups, owners)]
+    # The templates a group of misfits was taken from: its spikes were too large for them
+    # (that is why they were collected), so the two are not merged.
+    parents = [set((MISFIT - labels[g[8]]).tolist()) if g[5] < 0 and g[2] is None and len(g[8])
+               and labels[g[8][0]] <= MISFIT else set() for g in groups]
     max_lag = int(round(p.merge_max_lag_ms * 1e-3 * sample_rate))
     positions = np.asarray(positions, dtype=np.float64)
     pairs = []
@@ -956,6 +981,9 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             hi, hj = groups[i][3], groups[j][3]
             if groups[i][5] >= 0 and groups[i][5] == groups[j][5]:
                 continue  # the parts of a split were just found distinct
+            if (parents[i] & owners[j] and not parents[j]) or (parents[j] & owners[i]
+                                                                and not parents[i]):
+                continue  # misfits and the template they were too large for
             if np.linalg.norm(positions[hi] - positions[hj]) > p.merge_radius_um:
                 continue
             a, b = groups[i][0] / sigma, groups[j][0] / sigma

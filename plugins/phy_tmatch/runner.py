@@ -32,7 +32,9 @@ every round. The templates a refinement left alone are kept as they were
 (`_keep_unchanged`), so pass 2 measures the noise of the others only
 (`_projection_noise`: a template's spread is measured once). Templates that
 match fewer than the refinement's ``min_spikes`` spikes in the last pass are
-left out of the result.
+left out of the result, and the last pass's spikes are consolidated
+(`phy_tmatch.consolidate`: spikes a smaller template matched again removed,
+two templates of one unit merged; the ``consolidate`` option).
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ DEFAULTS = dict(
     max_snippets_per_template=300,
     max_residual_per_channel=300,
     refine={},
+    # After the last pass of a refinement (`phy_tmatch.consolidate`): spikes matched again
+    # by a smaller template removed, templates of one unit merged.
+    consolidate={},
 )
 
 
@@ -152,6 +157,14 @@ def _options(options: dict) -> Bunch:
     except TypeError as exc:
         raise TemplateMatchingError(f"Template matching: refine: {exc}; known: "
                                     f"{', '.join(RefineParameters.__dataclass_fields__)}.") \
+            from None
+    from .consolidate import ConsolidateParameters
+
+    try:
+        o.consolidate_parameters = ConsolidateParameters(**dict(o.consolidate or {}))
+    except TypeError as exc:
+        raise TemplateMatchingError(f"Template matching: consolidate: {exc}; known: "
+                                    f"{', '.join(ConsolidateParameters.__dataclass_fields__)}.") \
             from None
     return o
 
@@ -400,7 +413,9 @@ def _collect_options(o: Bunch, positions, noise_std, covariance, n_t, before, n_
         max_per_template=max(1, int(np.ceil(int(o.max_snippets_per_template) / n_chunks))),
         max_residual_per_channel=max(1, int(np.ceil(int(o.max_residual_per_channel)
                                                     / n_chunks))),
-        max_residual=100_000, template_home=None)
+        max_residual=100_000, template_home=None,
+        # Misfits: spikes matched at the amplitude's upper bound (`phy_tmatch.residual`).
+        misfits=bool(o.refine_parameters.misfits), amplitude_max=float(o.amplitude_range[1]))
 
 
 def _release_freed_memory() -> None:
@@ -650,6 +665,13 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             t_matching += time.perf_counter() - t_round
     if len(result.spike_samples) and n_rounds > 0 and int(o.refine_parameters.min_spikes) > 1:
         result = _drop_small(result, templates, int(o.refine_parameters.min_spikes))
+    consolidated = {}
+    if len(result.spike_samples) and n_rounds > 0:
+        from .consolidate import consolidate
+
+        result, consolidated = consolidate(result, templates, noise_std, channel_positions,
+                                           n_samples, rate, o.consolidate_parameters,
+                                           amplitude_min=float(o.amplitude_range[0]))
     t_end = time.perf_counter()
     duration = n_samples / rate
     logger.info("Template matching: %d spikes from %d templates in %.1f s of recording in "
@@ -663,7 +685,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         template_trough=templates.trough, template_n_channels=np.diff(templates.ptr),
         template_explained=np.round(templates.explained, 4), projection_sigma=sigma,
         n_spikes=int(len(result.spike_samples)), max_rounds_used=int(max(rounds or [0])),
-        chunks_capped=int(capped), refinements=refinements, elapsed_s=round(t_end - t0, 3),
+        chunks_capped=int(capped), refinements=refinements, consolidation=consolidated,
+        elapsed_s=round(t_end - t0, 3),
         elapsed_templates_s=round(t_templates - t0, 3),
         elapsed_noise_s=round(t_noise, 3), elapsed_matching_s=round(t_matching, 3),
         # CPU seconds of the jobs of each pass (all workers; not their start-up), and of

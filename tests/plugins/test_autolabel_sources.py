@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt
 
+from phy_autolabel import sources
 from phy_autolabel.kernels import WINDOW_BATCH, filtered_windows, sosfiltfilt_columns
 from phy_autolabel.sources import (
     NoiseCache,
@@ -90,9 +91,17 @@ def test_filtered_windows_are_spike_windows_to_the_bit():
     np.testing.assert_array_equal(fast, expected)
 
 
-def test_kwx_scan_matches_numpy(kwik):
+@pytest.mark.parametrize("block", [4096, 7])
+def test_kwx_scan_matches_numpy(kwik, block, monkeypatch):
+    # In blocks (7 spikes: many, the last one partial) or in one: the same numbers.
+    monkeypatch.setattr(sources, "KWX_BLOCK_SPIKES", block)
     with KwikModel(kwik) as model:
         source = SortingSource(model)
+        assert block > model.n_spikes or block * 3 < model.n_spikes
+        monkeypatch.setattr(sources, "KWX_BLOCK_SPIKES", 10 ** 9)
+        whole = SortingSource(model)  # one block: the sums are the same to the last bit
+        np.testing.assert_array_equal(source.mean_features, whole.mean_features)
+        np.testing.assert_array_equal(source.mean_masks, whole.mean_masks)
         assert isinstance(model.features_masks, np.ndarray)  # the numba path ran
         masks = np.asarray(model.masks[:], dtype=np.float64)
         features = np.asarray(model.features[:], dtype=np.float64)

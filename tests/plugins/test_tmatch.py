@@ -735,16 +735,22 @@ def test_filtered_chunk_channel_major_is_the_transpose(recording, ground_truth):
 
 
 def _chunk_events(rng, n, n_templates=3, n_homes=4, n_t=5, n_local=2):
-    labels = rng.integers(-1, n_templates, n)
+    from phy_tmatch.residual import MISFIT
+
+    # Matched spikes (>= 0), residual events (-1) and misfits (MISFIT - template).
+    labels = rng.integers(-2, n_templates, n)
+    labels = np.where(labels == -2, MISFIT - rng.integers(0, n_templates, n), labels)
     return Bunch(samples=rng.integers(0, 10**6, n), labels=labels,
                  homes=rng.integers(0, n_homes, n),
                  snippets=rng.standard_normal((n, n_t, n_local)).astype(np.float32))
 
 
 def _group_counts(events):
+    # Per template; per home channel, the residual events, then the misfits.
     labels, homes = np.asarray(events.labels), np.asarray(events.homes)
     return (np.bincount(labels[labels >= 0], minlength=1),
-            np.bincount(homes[labels < 0], minlength=1))
+            np.bincount(homes[labels == -1], minlength=1),
+            np.bincount(homes[labels < -1], minlength=1))
 
 
 def test_an_event_sample_under_its_caps_is_the_concatenation_of_the_chunks():
@@ -769,18 +775,20 @@ def test_an_event_sample_holds_its_caps_and_is_uniform_over_the_recording():
     for i, events in enumerate(chunks):
         events.samples = 1000 * i + np.arange(40)  # an event's identity
     every = Bunch({key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]})
-    n_templates, n_homes = _group_counts(every)
+    n_templates, n_homes, n_misfits = _group_counts(every)
     cap_t, cap_h = 10, 7
     sample = EventSample(cap_t, cap_h, seed=3)
     for i, events in enumerate(chunks):
         sample.add(events, i)
         # Memory: at most twice the capped sample and a chunk, whatever the number of chunks.
-        assert sample.n_held <= 2 * (n_templates.size * cap_t + n_homes.size * cap_h) + 40
+        assert sample.n_held <= 2 * (n_templates.size * cap_t
+                                     + (n_homes.size + n_misfits.size) * cap_h) + 40
     assert sample.n_seen == 400
     out = sample.result()
-    got_t, got_h = _group_counts(out)
+    got_t, got_h, got_m = _group_counts(out)
     np.testing.assert_array_equal(got_t, np.minimum(n_templates, cap_t))
     np.testing.assert_array_equal(got_h, np.minimum(n_homes, cap_h))
+    np.testing.assert_array_equal(got_m, np.minimum(n_misfits, cap_h))  # a cap of their own
     # A subset of the events (each event's sample is unique), in their order.
     index = np.flatnonzero(np.isin(every.samples, out.samples))
     np.testing.assert_array_equal(every.snippets[index], out.snippets)
@@ -822,6 +830,6 @@ def test_the_refinement_gets_at_most_the_capped_events(recording, ground_truth, 
            chunk_size_s=0.5, max_snippets_per_template=5, max_residual_per_channel=3)
     assert len(received) == 1
     events = received[0]
-    per_template, per_home = _group_counts(events)
-    assert per_template.max() == 5 and per_home.max() == 3
+    per_template, per_home, per_home_misfits = _group_counts(events)
+    assert per_template.max() == 5 and per_home.max() == 3 and per_home_misfits.max() <= 3
     assert events.snippets.dtype == np.float64 and len(events.samples) == len(events.snippets)

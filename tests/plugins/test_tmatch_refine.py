@@ -108,6 +108,9 @@ def test_one_unit_given_as_two_seed_clusters_is_merged(recording, truth, tmp_pat
     # A merged template is a new cluster (ids are never reused).
     assert not np.isin([unit, 100], model.spike_clusters).all()
     assert model.spike_clusters.max() > 100
+    # The last pass's spikes were consolidated (`phy_tmatch.consolidate`).
+    info = json.loads((tmp_path / "refined" / "tmatch.json").read_text())
+    assert set(info["consolidation"]) == {"n_duplicate_spikes", "n_dropped", "n_merged"}
 
 
 def test_bisection_splits_two_gaussians_and_not_one():
@@ -369,6 +372,9 @@ def test_clear_errors_for_refinement_options(recording, truth, tmp_path):
     with pytest.raises(TemplateMatchingError, match="refine_rounds"):
         match_spikes(recording / "rec.prm", s, c, tmp_path / "b", executor=SerialExecutor(),
                      refine_rounds=-1)
+    with pytest.raises(TemplateMatchingError, match="consolidate"):
+        match_spikes(recording / "rec.prm", s, c, tmp_path / "c", executor=SerialExecutor(),
+                     refine_rounds=1, consolidate=dict(merge_similarty=0.9))
 
 
 # -- Rescaling a template to its spikes' amplitude ------------------------------------------

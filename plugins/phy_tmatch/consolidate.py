@@ -1,0 +1,284 @@
+"""After the last matching pass: spikes matched twice, and units matched by two templates.
+
+The refinement (`phy_tmatch.refine`) works on a sample of each pass's spikes and
+its last changes are never checked by a later round; this step looks at the
+final spike trains, whole, and changes only the labels of the spikes:
+
+- **Spikes matched again.** A unit's spike stands out of the noise further
+  than its template reaches (a template keeps at most ``max_channels``
+  channels, those above a fraction of its peak: a unit of 100 times the noise
+  still has 10 times the noise 100 um away). The pursuit removes the template
+  and what is left on the farther channels is matched again by smaller
+  templates there, at the bottom of their amplitude range; a weak unit's
+  template next to a strong unit also takes what the strong one's template
+  left of its spikes. On the 1024-channel, 200 s recording a unit of SNR 20
+  had its 3,000 spikes matched again by eight other templates (most of the
+  false clusters), and a unit of SNR 5 had 1,500 spikes of its neighbour of
+  SNR 16 in its cluster. Independent units rarely fire within ``same_ms`` of
+  each other, so a pair of templates (one larger in peak over the noise,
+  within ``duplicate_radius_um``) with many more such coincidences than chance
+  (``duplicate_excess`` times the expected count, plus
+  ``duplicate_min_count``) is one unit's spikes seen twice: the smaller
+  template's spikes at the larger one's are removed. A template that loses
+  more than ``drop_fraction`` of its spikes that way, and whose remaining
+  spikes sit at the bottom of the pursuit's amplitude range (median less than
+  ``drop_amplitude_margin`` above its minimum: fragments of other spikes, not
+  a unit, whose amplitudes are clipped there), is dropped whole; so is one
+  left with fewer than ``min_spikes``.
+- **One unit, two templates.** A unit whose trough falls between two samples
+  can be split by the refinement's last round into two templates one sample
+  apart, which no later round merges. Two templates whose peak channels lie
+  within ``merge_radius_um``, alike after alignment (cosine similarity of the
+  noise-divided waveforms at the best lag within ``merge_max_lag_ms`` at least
+  ``merge_similarity``), of one amplitude (their norms times their spikes'
+  median amplitudes within ``merge_amplitude_ratio``) and whose trains are
+  refractory with each other (`refine._refractory_conflict`) are one unit: the
+  smaller one's spikes go to the larger template, their times and amplitudes
+  converted to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from phy_core.bunch import Bunch
+
+from .refine import _refractory_conflict, _similarity
+
+logger = logging.getLogger("phy")
+
+
+@dataclass(frozen=True)
+class ConsolidateParameters:
+    """Parameters of `consolidate` (the ``consolidate`` option of `phy_tmatch.runner`).
+
+    See the module docstring. The defaults were chosen on the synthetic
+    recordings (a 2 ms dead time, Poisson trains; the pursuit's amplitudes in
+    0.75-1.35: a 1024-channel unit's far-field matches had a median amplitude of
+    0.75, units left with their own spikes 0.88-0.98).
+    """
+
+    remove_duplicates: bool = True
+    same_ms: float = 0.2
+    duplicate_radius_um: float = 200.0
+    duplicate_excess: float = 5.0
+    duplicate_min_count: int = 5
+    drop_fraction: float = 0.5
+    drop_amplitude_margin: float = 0.1
+    min_spikes: int = 6
+    merge: bool = True
+    merge_similarity: float = 0.95
+    merge_amplitude_ratio: float = 1.3
+    merge_max_lag_ms: float = 0.4
+    merge_radius_um: float = 60.0
+    refractory_ms: float = 1.5
+
+
+def coincident_pairs(samples: np.ndarray, kinds: np.ndarray, window: int) -> tuple:
+    """Every pair of spikes of different templates within `window` samples.
+
+    `samples` sorted. Returns ``(i, j)`` index arrays, each unordered pair twice
+    (as ``(i, j)`` and ``(j, i)``).
+    """
+    lo = np.searchsorted(samples, samples - window, side="left")
+    hi = np.searchsorted(samples, samples + window, side="right")
+    width = hi - lo
+    i = np.repeat(np.arange(len(samples)), width)
+    j = np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())
+    other = kinds[i] != kinds[j]
+    return i[other], j[other]
+
+
+def duplicate_spikes(samples: np.ndarray, kinds: np.ndarray, peaks: np.ndarray,
+                     homes: np.ndarray, positions: np.ndarray, n_samples: int, window: int,
+                     p: ConsolidateParameters) -> tuple[np.ndarray, list]:
+    """The spikes a larger template also matched (see the module docstring).
+
+    Parameters
+    ----------
+    samples : (n,) sorted spike samples; kinds : (n,) their templates.
+    peaks : (K,) each template's peak over the noise; homes : (K,) its peak channel.
+    positions : (C, 2) the channels' positions (um).
+    window : int
+        Spikes within this many samples are one spike seen twice.
+
+    Returns
+    -------
+    (remove, pairs)
+        A boolean mask of the spikes to remove, and the pairs of templates found
+        to share spikes, ``(larger, smaller, coincidences, expected)``.
+    """
+    n_templates = len(peaks)
+    counts = np.bincount(kinds, minlength=n_templates)
+    i, j = coincident_pairs(samples, kinds, window)
+    # j's template is the larger (ties: the lower index), i the spike that may go.
+    larger = (peaks[kinds[j]] > peaks[kinds[i]]) | (
+        (peaks[kinds[j]] == peaks[kinds[i]]) & (kinds[j] < kinds[i]))
+    i, j = i[larger], j[larger]
+    big, small = kinds[j], kinds[i]
+    key = big.astype(np.int64) * n_templates + small
+    # Coincidences per pair: the smaller template's spikes with one of the larger's near.
+    first = np.unique(np.stack([key, i]), axis=1)
+    pair_keys, observed = np.unique(first[0], return_counts=True)
+    a, b = pair_keys // n_templates, pair_keys % n_templates
+    expected = counts[a].astype(np.float64) * counts[b] * (2 * window + 1) / max(n_samples, 1)
+    distance = np.linalg.norm(positions[homes[a]] - positions[homes[b]], axis=1)
+    significant = (observed > p.duplicate_excess * expected + p.duplicate_min_count) & (
+        distance <= p.duplicate_radius_um)
+    remove = np.zeros(len(samples), dtype=bool)
+    remove[i[np.isin(key, pair_keys[significant])]] = True
+    pairs = [(int(x), int(y), int(o), float(e)) for x, y, o, e in
+             zip(a[significant], b[significant], observed[significant], expected[significant])]
+    return remove, pairs
+
+
+def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, samples: np.ndarray,
+                 amplitudes: np.ndarray, homes: np.ndarray, positions: np.ndarray,
+                 n_samples: int, sample_rate: float, p: ConsolidateParameters) -> list:
+    """Pairs of templates of one unit, ``(cosine, larger, smaller, lag)``, most alike first."""
+    n_templates = len(dense)
+    counts = np.bincount(kinds, minlength=n_templates)
+    alive = np.flatnonzero(counts >= p.min_spikes)
+    scaled = dense / sigma
+    norms = np.linalg.norm(scaled.reshape(n_templates, -1), axis=1)
+    median_amplitude = _medians(amplitudes, kinds, n_templates)
+    size = norms * median_amplitude
+    max_lag = int(round(p.merge_max_lag_ms * 1e-3 * sample_rate))
+    refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
+    same = int(round(p.same_ms * 1e-3 * sample_rate))
+    out = []
+    for x, k in enumerate(alive):
+        for m in alive[x + 1:]:
+            if np.linalg.norm(positions[homes[k]] - positions[homes[m]]) > p.merge_radius_um:
+                continue
+            ratio = size[k] / max(size[m], 1e-12)
+            if not 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio:
+                continue
+            cos, _, lag = _similarity(scaled[k], scaled[m], max_lag)
+            if cos < p.merge_similarity:
+                continue
+            # The two date one spike differently (by their lag): closer pairs are one spike.
+            if _refractory_conflict(samples[kinds == k], samples[kinds == m],
+                                    max(refractory, same + abs(lag) + 1), same + abs(lag),
+                                    n_samples):
+                logger.debug("Consolidation: templates %d and %d are alike (%.3f) but not "
+                             "refractory.", k, m, cos)
+                continue
+            big, small, lag = (k, m, lag) if counts[k] >= counts[m] else (m, k, -lag)
+            out.append((cos, int(big), int(small), int(lag)))
+    return sorted(out, reverse=True)
+
+
+def _medians(values: np.ndarray, kinds: np.ndarray, n_templates: int) -> np.ndarray:
+    """The median of `values` per template (1 for a template without spikes)."""
+    order = np.argsort(kinds, kind="stable")
+    bounds = np.searchsorted(kinds[order], np.arange(n_templates + 1))
+    out = np.ones(n_templates)
+    for k in np.flatnonzero(np.diff(bounds)):
+        out[k] = float(np.median(values[order[bounds[k]:bounds[k + 1]]]))
+    return out
+
+
+def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.ndarray,
+                n_samples: int, sample_rate: float,
+                p: ConsolidateParameters = ConsolidateParameters(),
+                amplitude_min: float = 0.75) -> tuple[Bunch, dict]:
+    """The last pass's spikes without duplicates, over-split units merged (module docstring).
+
+    Parameters
+    ----------
+    result : Bunch
+        ``spike_samples`` (sorted), ``spike_templates``, ``amplitudes``.
+    templates : TemplateSet
+        The templates of the last pass.
+    noise_std : (C,) each channel's noise standard deviation.
+    positions : (C, 2) channel positions (um).
+    amplitude_min : float
+        The pursuit's smallest amplitude (`MatchParameters.amplitude_min`).
+
+    Returns
+    -------
+    (result, info)
+        The spikes kept (still sorted), some with another template (merged), and
+        counts: ``n_duplicate_spikes``, ``n_dropped``, ``n_merged``.
+    """
+    samples = np.asarray(result.spike_samples, dtype=np.int64)
+    kinds = np.asarray(result.spike_templates, dtype=np.int64)
+    amplitudes = np.asarray(result.amplitudes)
+    info = dict(n_duplicate_spikes=0, n_dropped=0, n_merged=0)
+    n_templates = templates.n_templates
+    if not len(samples) or n_templates == 0:
+        return result, info
+    dense = templates.dense().astype(np.float64)
+    sigma = np.maximum(np.asarray(noise_std, dtype=np.float64), 1e-12)
+    peak_channels = np.abs(dense / sigma).max(axis=1)
+    homes, peaks = peak_channels.argmax(axis=1), peak_channels.max(axis=1)
+    positions = np.asarray(positions, dtype=np.float64)
+    keep = np.ones(len(samples), dtype=bool)
+    window = int(round(p.same_ms * 1e-3 * sample_rate))
+    if p.remove_duplicates:
+        remove, pairs = duplicate_spikes(samples, kinds, peaks, homes, positions, n_samples,
+                                         window, p)
+        for big, small, observed, expected in pairs:
+            logger.debug("Consolidation: template %d (peak %.1f) matched %d spikes of template "
+                         "%d (peak %.1f) again (%.1f expected by chance).", small,
+                         peaks[small], observed, big, peaks[big], expected)
+        counts = np.bincount(kinds, minlength=n_templates)
+        lost = np.bincount(kinds[remove], minlength=n_templates)
+        rest = np.bincount(kinds[~remove], minlength=n_templates)
+        drop = rest < p.min_spikes
+        medians = _medians(amplitudes[~remove], kinds[~remove], n_templates)
+        for k in np.flatnonzero((lost > p.drop_fraction * counts) & ~drop):
+            median = medians[k]
+            if median < amplitude_min + p.drop_amplitude_margin:
+                drop[k] = True
+            logger.debug("Consolidation: template %d lost %d of %d spikes; the rest's median "
+                         "amplitude %.2f: %s.", k, lost[k], counts[k], median,
+                         "dropped" if drop[k] else "kept")
+        drop &= counts > 0
+        keep = ~remove & ~drop[kinds]
+        info["n_duplicate_spikes"] = int(remove.sum())
+        info["n_dropped"] = int(drop.sum())
+    if p.merge:
+        k_kinds = kinds[keep]
+        pairs = _merge_pairs(dense, sigma, k_kinds, samples[keep], amplitudes[keep], homes,
+                             positions, n_samples, sample_rate, p)
+        kinds = kinds.copy()
+        samples = samples.copy()
+        amplitudes = amplitudes.copy()
+        merged_into = np.arange(n_templates)
+        trough = np.asarray(templates.trough, dtype=np.int64)
+        for cos, big, small, lag in pairs:
+            if merged_into[big] != big or merged_into[small] != small:
+                continue
+            rows = np.flatnonzero(keep & (kinds == small))
+            # ``dense[big]`` at t + lag is ``dense[small]`` at t: the same spike starts
+            # `lag` samples earlier on the larger template (times are start + trough).
+            samples[rows] += trough[big] - trough[small] - lag
+            # Its amplitude on the larger template: the projection of the smaller
+            # template (aligned) on it, over the larger's norm.
+            b = dense[big] / sigma
+            s = dense[small] / sigma
+            n_t = len(b)
+            if lag >= 0:
+                dot = float((b[lag:] * s[:n_t - lag]).sum())
+            else:
+                dot = float((b[:n_t + lag] * s[-lag:]).sum())
+            amplitudes[rows] = amplitudes[rows] * dot / max(float((b * b).sum()), 1e-12)
+            kinds[rows] = big
+            merged_into[small] = big
+            info["n_merged"] += 1
+            logger.debug("Consolidation: template %d (n=%d) merged into %d (cosine %.3f, lag %d).",
+                         small, len(rows), big, cos, lag)
+    kept = np.flatnonzero(keep)
+    order = kept[np.argsort(samples[kept], kind="stable")]
+    out = Bunch(result)
+    out.spike_samples = samples[order].astype(np.asarray(result.spike_samples).dtype)
+    out.spike_templates = kinds[order].astype(np.asarray(result.spike_templates).dtype)
+    out.amplitudes = amplitudes[order].astype(np.asarray(result.amplitudes).dtype)
+    logger.info("Consolidation: %d spikes matched again removed, %d templates dropped, %d "
+                "merged.", info["n_duplicate_spikes"], info["n_dropped"], info["n_merged"])
+    return out, info
