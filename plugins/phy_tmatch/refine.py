@@ -71,9 +71,12 @@ channels near their home channel. From them, in the parent process:
 
 A template that is neither split nor merged keeps its waveform (rescaled); a new, split
 or merged one gets a new cluster id (ids are never reused) and the mean of its
-snippets (on its home channel's local channels) as waveform. The result is a
-set of mean waveforms from which `phy_tmatch.runner` rebuilds the templates
-and matches again.
+snippets (on its home channel's local channels) as waveform, and, given a
+`phy_tmatch.means.WindowMeans`, the mean of those events' windows read from the
+recording on its other channels (a unit stands out beyond the local channels;
+its template would leave that part of its spikes to be matched again by
+others). The result is a set of mean waveforms from which `phy_tmatch.runner`
+rebuilds the templates and matches again.
 """
 
 from __future__ import annotations
@@ -814,7 +817,7 @@ def _counted(group: list, copies: set[int]) -> int:
 def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndarray,
            local: np.ndarray, positions: np.ndarray, n_samples: int, sample_rate: float,
            next_id: int, p: RefineParameters = RefineParameters(),
-           covariance: np.ndarray | None = None) -> Bunch:
+           covariance: np.ndarray | None = None, window_means=None) -> Bunch:
     """New mean waveforms from a matching pass's events (see the module docstring).
 
     Parameters
@@ -831,6 +834,10 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         The noise covariance of the channels (None: independent channels).
     next_id : int
         The first unused cluster id.
+    window_means : phy_tmatch.means.WindowMeans or None
+        If given, a template made from the events' snippets (which have the `L`
+        local channels only) gets its other channels from the recording
+        (`WindowMeans.widen`); otherwise it keeps the local channels alone.
 
     Returns
     -------
@@ -862,7 +869,8 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     # Groups: [mean, n_spikes, cluster id or None (new), home, spike samples, parent
     # template or -1, spikes averaged in the mean, spread of its snippets (`_spread`), its
     # snippets' rows, the home of their channels, whether it is made of residual events,
-    # the scale its waveform gets if it is kept as it is (`_mean_amplitude`)].
+    # the scale its waveform gets if it is kept as it is (`_mean_amplitude`), whether its
+    # mean is of its snippets (on their home's local channels only)].
     groups = []
     n_split = n_dropped = n_new = n_rescaled = 0
     for k in range(templates.n_templates):
@@ -902,7 +910,8 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
                         n_equal = max(int(round(int(templates.n_spikes[k]) / scale ** 2)),
                                       len(r))
                         groups.append([dense[k] * scale, n_equal, None, home, samples[r], k,
-                                       n_equal, _spread(x[part], p), r, home, False, 1.0])
+                                       n_equal, _spread(x[part], p), r, home, False, 1.0,
+                                       False])
                     continue
                 mean, error = _mean_amplitude(x, template_w, slope_w)
                 change = abs(mean - 1.0)
@@ -911,7 +920,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
                     scale = mean
             groups.append([dense[k], int(counts[k]), int(templates.cluster_ids[k]), home,
                            samples[rows], -1, int(templates.n_spikes[k]), _spread(x, p),
-                           rows, home, False, scale])
+                           rows, home, False, scale, False])
             continue
         n_split += 1
         for part in parts:
@@ -920,7 +929,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             # A part may be another unit, centred elsewhere.
             peak = int(np.abs(mean / sigma).max(axis=0).argmax())
             groups.append([mean, len(r), None, peak, samples[r], k, len(r),
-                           _spread(x[part], p), r, home, False, 1.0])
+                           _spread(x[part], p), r, home, False, 1.0, True])
     # Residual events and misfits (`phy_tmatch.residual`), each kind grouped by its home
     # channel (a misfit may also have left a residual event).
     for kind in (labels == -1, labels <= MISFIT) if p.misfits else (labels == -1,):
@@ -943,7 +952,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
                 # by their troughs (the merges' rule for those does not apply).
                 misfits = bool(labels[r[0]] <= MISFIT)
                 groups.append([mean, len(r), None, int(home), samples[r], -1, len(r),
-                               _spread(x[part], p), r, int(home), not misfits, 1.0])
+                               _spread(x[part], p), r, int(home), not misfits, 1.0, True])
 
     def amplitude_modes(g, h) -> bool:
         # Both groups' snippets (on one home's channels) on the larger group's waveform.
@@ -1061,6 +1070,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         g[7] = max(g[7], h[7])
         g[6] += h[6]
         g[2] = None
+        g[12] = g[12] or by_snippets
         g[4] = np.concatenate([g[4], h[4]])
         alive[small] = False
         owners[big] |= owners[small]
@@ -1078,6 +1088,17 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             else:
                 n_dropped += 1
         kept = [g for i, g in enumerate(kept) if i not in drop]
+    if window_means is not None:
+        # The snippets' means get the channels beyond the snippets' (see `phy_tmatch.means`):
+        # each event's window starts where its snippet did (a misfit of template k, like
+        # its matched spikes, at k's trough; a residual event at `before`).
+        troughs = np.asarray(templates.trough)
+        kinds = np.where(labels >= 0, labels, np.where(labels <= MISFIT, MISFIT - labels, -1))
+        starts = samples - np.where(kinds >= 0, troughs[np.maximum(kinds, 0)],
+                                    window_means.before)
+        for g in kept:
+            if g[12] and len(g[8]):
+                g[0] = window_means.widen(g[0], starts[g[8]], local[g[9]], sigma, positions)
     # Rescaled after the merges, which compare the waveforms as the pass matched them:
     # rescaling first moved neighbouring weak units within the merge's amplitude ratio
     # (1024 channels: 5 units lost).
