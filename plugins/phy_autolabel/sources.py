@@ -319,8 +319,15 @@ class SortingSource:
         columns = (np.asarray(channels)[:, None] * nfpc + np.arange(nfpc)).ravel()
         fm = getattr(self.model, "features_masks", None)
         if isinstance(fm, np.ndarray) and fm.ndim == 3:
-            # A memory map of the .kwx: gather only these columns (a few pages per spike).
-            return np.asarray(fm[spike_ids[:, None], columns[None, :], 0], dtype=np.float64)
+            # A memory map of the .kwx: gather only these columns (a few pages per spike),
+            # unmapping them block by block: a cluster's neighbourhood may span most of the
+            # file (2.7 GB resident at once at 200 s, 1024 channels).
+            out = np.empty((len(spike_ids), len(columns)))
+            for start in range(0, len(spike_ids), KWX_BLOCK_SPIKES * 4):
+                ids = spike_ids[start:start + KWX_BLOCK_SPIKES * 4]
+                out[start:start + len(ids)] = fm[ids[:, None], columns[None, :], 0]
+                release_pages(fm)
+            return out
         out = np.empty((len(spike_ids), len(columns)))
         for start in range(0, len(spike_ids), BLOCK_SPIKES):
             block = np.asarray(self.model.features[spike_ids[start:start + BLOCK_SPIKES]])

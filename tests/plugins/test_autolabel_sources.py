@@ -102,6 +102,12 @@ def test_kwx_scan_matches_numpy(kwik, block, monkeypatch):
         whole = SortingSource(model)  # one block: the sums are the same to the last bit
         np.testing.assert_array_equal(source.mean_features, whole.mean_features)
         np.testing.assert_array_equal(source.mean_masks, whole.mean_masks)
+        # Features gathered block by block (the pages released between blocks).
+        ids = np.arange(0, model.n_spikes, 3)
+        nfpc = source.n_features_per_channel
+        columns = (np.array([4, 1])[:, None] * nfpc + np.arange(nfpc)).ravel()
+        np.testing.assert_array_equal(source.features(ids, [4, 1]),
+                                      np.asarray(model.features[:], np.float64)[ids][:, columns])
         assert isinstance(model.features_masks, np.ndarray)  # the numba path ran
         masks = np.asarray(model.masks[:], dtype=np.float64)
         features = np.asarray(model.features[:], dtype=np.float64)
