@@ -32,6 +32,8 @@ logger = logging.getLogger("phy")
 BLOCK_SPIKES = 4096
 #: Spikes per block of the `.kwx` passes (`_scan_kwx`): 100 MB at 1024 channels, 3 features.
 KWX_BLOCK_SPIKES = 4096
+#: The `.kwx` pages a source keeps mapped before it releases them (`SortingSource.features`).
+KWX_RESIDENT_BYTES = 512 * 2 ** 20
 #: Band-pass of waveforms and noise: the detection band.
 FILTER_LOW_HZ = 500.0
 FILTER_HIGH_FACTOR = 0.475
@@ -200,6 +202,7 @@ class SortingSource:
         self.n_before = int(round(waveform_ms[0] * self.sample_rate / 1000))
         self.n_after = int(round(waveform_ms[1] * self.sample_rate / 1000))
         self.traces = getattr(model, "traces", None)
+        self._kwx_read = 0  # bytes of `.kwx` pages read since they were last released
         self._scan_masks()
         self._noise = None
         self._basis = None
@@ -320,13 +323,18 @@ class SortingSource:
         fm = getattr(self.model, "features_masks", None)
         if isinstance(fm, np.ndarray) and fm.ndim == 3:
             # A memory map of the .kwx: gather only these columns (a few pages per spike),
-            # unmapping them block by block: a cluster's neighbourhood may span most of the
-            # file (2.7 GB resident at once at 200 s, 1024 channels).
+            # block by block, unmapping what was read once it adds up to `KWX_RESIDENT_BYTES`
+            # (a cluster's neighbourhood may span most of the file: 2.7 GB at once at 200 s,
+            # 1024 channels; a small file stays mapped: its pages are read again and again).
             out = np.empty((len(spike_ids), len(columns)))
+            row_bytes = fm.strides[0]
             for start in range(0, len(spike_ids), KWX_BLOCK_SPIKES * 4):
                 ids = spike_ids[start:start + KWX_BLOCK_SPIKES * 4]
                 out[start:start + len(ids)] = fm[ids[:, None], columns[None, :], 0]
-                release_pages(fm)
+                self._kwx_read += len(ids) * min(row_bytes, 2 * 4096)
+                if self._kwx_read > KWX_RESIDENT_BYTES:
+                    release_pages(fm)
+                    self._kwx_read = 0
             return out
         out = np.empty((len(spike_ids), len(columns)))
         for start in range(0, len(spike_ids), BLOCK_SPIKES):

@@ -95,6 +95,7 @@ def test_filtered_windows_are_spike_windows_to_the_bit():
 def test_kwx_scan_matches_numpy(kwik, block, monkeypatch):
     # In blocks (7 spikes: many, the last one partial) or in one: the same numbers.
     monkeypatch.setattr(sources, "KWX_BLOCK_SPIKES", block)
+    monkeypatch.setattr(sources, "KWX_RESIDENT_BYTES", 1 if block < 100 else 2 ** 40)
     with KwikModel(kwik) as model:
         source = SortingSource(model)
         assert block > model.n_spikes or block * 3 < model.n_spikes
