@@ -158,23 +158,21 @@ def _options(options: dict) -> Bunch:
         if not ok:
             raise TemplateMatchingError(f"Template matching: {message}.")
     o.amplitude_range = (amin, amax)
+    from .consolidate import ConsolidateParameters
     from .refine import RefineParameters
 
-    try:
-        o.refine_parameters = RefineParameters(**dict(o.refine or {}))
-    except TypeError as exc:
-        raise TemplateMatchingError(f"Template matching: refine: {exc}; known: "
-                                    f"{', '.join(RefineParameters.__dataclass_fields__)}.") \
-            from None
-    from .consolidate import ConsolidateParameters
-
-    try:
-        o.consolidate_parameters = ConsolidateParameters(**dict(o.consolidate or {}))
-    except TypeError as exc:
-        raise TemplateMatchingError(f"Template matching: consolidate: {exc}; known: "
-                                    f"{', '.join(ConsolidateParameters.__dataclass_fields__)}.") \
-            from None
+    o.refine_parameters = _parameters(RefineParameters, o.refine, "refine")
+    o.consolidate_parameters = _parameters(ConsolidateParameters, o.consolidate, "consolidate")
     return o
+
+
+def _parameters(cls, values: dict | None, option: str):
+    """``cls(**values)``, a parameters dataclass, or a clear error naming its fields."""
+    try:
+        return cls(**dict(values or {}))
+    except TypeError as exc:
+        raise TemplateMatchingError(f"Template matching: {option}: {exc}; known: "
+                                    f"{', '.join(cls.__dataclass_fields__)}.") from None
 
 
 def _group_channels(prm, channel_group: int | None) -> tuple[np.ndarray, np.ndarray]:
