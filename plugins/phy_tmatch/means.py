@@ -43,8 +43,6 @@ class WindowMeans:
         The band-pass: ``(n, m)`` float32 -> ``(n, m)`` float32 (`phy_detect.filtering.Filter`).
     n_t : int
         Samples of a window.
-    margin : int
-        Samples read and filtered on either side of a window.
     before : int
         Samples of a window before the trough of a residual event (`phy_tmatch.residual`).
     margin : int
