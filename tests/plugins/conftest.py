@@ -48,3 +48,18 @@ def make_template_dir():
     returns the raw ``(200, 6)`` int16 data (written to ``raw.dat`` when `dat`).
     """
     return _make_template_dir
+
+
+@pytest.fixture(scope="session")
+def linear32_seed1_8s(tmp_path_factory):
+    """A synthetic linear32 recording, seed 1, 8 s (read only: shared by test modules).
+
+    Units 2 (channel 9, SNR 5.0) and 4 (channel 12, SNR 7.1) are neighbours; unit 6
+    (channel 25, SNR 14.8) has 39 spikes.
+    """
+    from phy_synthetic.recording import synthesize_recording
+
+    folder = tmp_path_factory.mktemp("linear32_seed1_8s")
+    synthesize_recording(folder, name="rec", probe="linear32", duration_s=8.0, seed=1)
+    return folder
+

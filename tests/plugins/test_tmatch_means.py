@@ -16,22 +16,19 @@ from phy_detect.executors import SerialExecutor
 from phy_detect.filtering import Filter
 from phy_rawdata.model import open_traces
 from phy_rawdata.prm import read_prm
-from phy_synthetic.recording import synthesize_recording
 from phy_tmatch.means import WindowMeans
 from phy_tmatch.runner import filter_arguments, match_spikes
 
 # Seed 1, 8 s on linear32: unit 6 (channel 25, SNR 14.8) has 39 spikes.
-SEED, DURATION_S, LONE = 1, 8.0, 6
+LONE = 6
 # Fewer local channels than the lone unit spans (five channels at a fifth of its peak).
 SNIPPET_CHANNELS = 2
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("means_rec")
-    synthesize_recording(folder, name="rec", probe="linear32", duration_s=DURATION_S,
-                         seed=SEED)
-    return folder
+def recording(linear32_seed1_8s):
+    # Seed 1, 8 s: shared with other modules (conftest.py), read only.
+    return linear32_seed1_8s
 
 
 @pytest.fixture(scope="module")

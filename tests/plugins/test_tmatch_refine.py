@@ -16,7 +16,6 @@ import pytest
 from phy_core.bunch import Bunch
 from phy_detect.executors import SerialExecutor
 from phy_evaluate.metrics import evaluate
-from phy_synthetic.recording import synthesize_recording
 from phy_template.model import TemplateModel
 from phy_tmatch.refine import (
     RefineParameters,
@@ -41,16 +40,13 @@ from phy_tmatch.templates import TemplateMatchingError, build_templates
 
 # Seed 1, 8 s on linear32: units 2 (channel 9, SNR 5.0) and 4 (channel 12, SNR 7.1)
 # are neighbours; unit 6 (channel 25, SNR 14.8) has 39 spikes.
-SEED, DURATION_S = 1, 8.0
 NEIGHBOURS, LONE = (2, 4), 6
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("refine_rec")
-    synthesize_recording(folder, name="rec", probe="linear32", duration_s=DURATION_S,
-                         seed=SEED)
-    return folder
+def recording(linear32_seed1_8s):
+    # Seed 1, 8 s: shared with other modules (conftest.py), read only.
+    return linear32_seed1_8s
 
 
 @pytest.fixture(scope="module")
