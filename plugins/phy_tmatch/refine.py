@@ -1137,17 +1137,19 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     # Merges, most similar pairs first.
     refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
     same = int(round(0.2e-3 * sample_rate))
-    # The templates whose matched spikes each group holds (`_duplicates`).
-    owners = [{g[5]} if g[5] >= 0 else ({int(labels[g[8][0]])} if not g[10] and len(g[8])
-                                         else set()) for g in groups]
-    # A group of misfits is, by its making, at spikes other templates matched: it is their
-    # better explanation, not a copy of them.
-    owners = [set(range(templates.n_templates)) if g[2] is None and g[5] < 0 and len(g[8])
-              and labels[g[8][0]] <= MISFIT else o for g, o in zip(groups, owners)]
+    # The new groups made of misfits (`phy_tmatch.residual`).
+    of_misfits = [g[2] is None and g[5] < 0 and len(g[8]) > 0 and labels[g[8][0]] <= MISFIT
+                  for g in groups]
+    # The templates whose matched spikes each group holds (`_duplicates`). A group of
+    # misfits is, by its making, at spikes other templates matched: it is their better
+    # explanation, not a copy of them (it owns them all).
+    owners = [set(range(templates.n_templates)) if misfit else {g[5]} if g[5] >= 0
+              else ({int(labels[g[8][0]])} if not g[10] and len(g[8]) else set())
+              for g, misfit in zip(groups, of_misfits)]
     # The templates a group of misfits was taken from: its spikes were too large for them
     # (that is why they were collected), so the two are not merged.
-    parents = [set((MISFIT - labels[g[8]]).tolist()) if g[5] < 0 and g[2] is None and len(g[8])
-               and labels[g[8][0]] <= MISFIT else set() for g in groups]
+    parents = [set((MISFIT - labels[g[8]]).tolist()) if misfit else set()
+               for g, misfit in zip(groups, of_misfits)]
     max_lag = int(round(p.merge_max_lag_ms * 1e-3 * sample_rate))
     positions = np.asarray(positions, dtype=np.float64)
     pairs = []
