@@ -9,8 +9,9 @@ matching passes: splits, new templates from the residual, merges (`refine`,
 a template directory (Kilosort / phy 2 layout).
 
 Hooks only here: the work is in the submodules (`templates`, `kernels`,
-`matching`, `residual`, `refine`, `worker`, `runner`, `output`), imported when
-it runs.
+`matching`, `residual`, `refine` with `groups`, `snippet_whitener`, `split`,
+`comparison`, `amplitude` and `merging`, `worker`, `runner`, `output`), imported
+when it runs.
 """
 
 from __future__ import annotations

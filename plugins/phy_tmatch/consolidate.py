@@ -32,7 +32,7 @@ final spike trains, whole, and changes only the labels of the spikes:
   noise-divided waveforms at the best lag within ``merge_max_lag_ms`` at least
   ``merge_similarity``), of one amplitude (their norms times their spikes'
   median amplitudes within ``merge_amplitude_ratio``) and whose trains are
-  refractory with each other (`refine._refractory_conflict`) are one unit: the
+  refractory with each other (`comparison.refractory_conflict`) are one unit: the
   smaller one's spikes go to the larger template, their times and amplitudes
   converted to it.
 """
@@ -46,7 +46,7 @@ import numpy as np
 
 from phy_core.bunch import Bunch
 
-from .refine import _refractory_conflict, _similarity
+from .comparison import refractory_conflict, similarity
 
 logger = logging.getLogger("phy")
 
@@ -157,13 +157,13 @@ def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, sample
             ratio = size[k] / max(size[m], 1e-12)
             if not 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio:
                 continue
-            cos, _, lag = _similarity(scaled[k], scaled[m], max_lag)
+            cos, _, lag = similarity(scaled[k], scaled[m], max_lag)
             if cos < p.merge_similarity:
                 continue
             # The two date one spike differently (by their lag): closer pairs are one spike.
-            if _refractory_conflict(samples[kinds == k], samples[kinds == m],
-                                    max(refractory, same + abs(lag) + 1), same + abs(lag),
-                                    n_samples):
+            if refractory_conflict(samples[kinds == k], samples[kinds == m],
+                                   max(refractory, same + abs(lag) + 1), same + abs(lag),
+                                   n_samples):
                 logger.debug("Consolidation: templates %d and %d are alike (%.3f) but not "
                              "refractory.", k, m, cos)
                 continue

@@ -3,7 +3,9 @@
 Each test gives the template matching seed clusters that are wrong in a known
 way (a unit missing, two units in one cluster, one unit in two clusters), and
 checks against the ground truth that the refinement repairs them while the
-matching alone does not.
+matching alone does not. Then `refine` on synthetic snippets: the rescaling and
+the splits by amplitude. The refinement's parts have their own tests
+(test_tmatch_split, _comparison, _amplitude, _snippet_whitener).
 """
 
 from __future__ import annotations
@@ -17,23 +19,7 @@ from phy_core.bunch import Bunch
 from phy_detect.executors import SerialExecutor
 from phy_evaluate.metrics import evaluate
 from phy_template.model import TemplateModel
-from phy_tmatch.refine import (
-    RefineParameters,
-    SnippetWhitener,
-    _amplitude_modes,
-    _beyond_scale_and_shift,
-    _bisect,
-    _compare_snippets,
-    _duplicates,
-    _mean_amplitude,
-    _modes_independent,
-    _recording_jitter,
-    _refractory_conflict,
-    _two_gaussians,
-    _with_far_field,
-    refine,
-    split_units,
-)
+from phy_tmatch.refine import RefineParameters, refine
 from phy_tmatch.residual import local_channels, pooling_weights, residual_troughs
 from phy_tmatch.runner import match_spikes
 from phy_tmatch.templates import TemplateMatchingError, build_templates
@@ -112,237 +98,6 @@ def test_one_unit_given_as_two_seed_clusters_is_merged(recording, truth, tmp_pat
     assert set(info["consolidation"]) == {"n_duplicate_spikes", "n_dropped", "n_merged"}
 
 
-def test_bisection_splits_two_gaussians_and_not_one():
-    rng = np.random.default_rng(0)
-    p = RefineParameters()
-    dim = 200
-    signal = np.zeros(dim)
-    signal[:40] = 2.0  # a unit's mean waveform, in noise units
-    one = rng.standard_normal((120, dim)) + signal
-    assert _bisect(one, p) is None
-    assert len(split_units(one, p)) == 1
-    other = signal.copy()
-    other[20:60] = -1.5  # another unit, with 40 samples of its own
-    two = np.concatenate([one[:80], rng.standard_normal((40, dim)) + other])
-    labels = _bisect(two, p)
-    assert labels is not None
-    # The halves are the two units (either label).
-    assert abs(int(labels[:80].sum()) - int(labels[80:].sum())) >= 80 - 2
-    small = np.concatenate([one[:110], rng.standard_normal((p.min_spikes - 1, dim)) + other])
-    assert _bisect(small, p) is None  # a part smaller than min_spikes is not a unit
-
-
-def _numpy_em(y, labels, reg, n_iter=60):
-    """A two-Gaussian mixture's EM in plain numpy (scipy-free), the reference of the kernel."""
-    resp = np.stack([labels == 0, labels == 1], axis=1).astype(np.float64)
-    ll = -np.inf
-    for _ in range(n_iter):
-        logp = np.empty_like(resp)
-        for j in range(2):
-            w = resp[:, j] / resp[:, j].sum()
-            mean = w @ y
-            cov = (y - mean).T @ ((y - mean) * w[:, None]) + reg * np.eye(y.shape[1])
-            sign, log_det = np.linalg.slogdet(cov)
-            maha = np.einsum("nd,de,ne->n", y - mean, np.linalg.inv(cov), y - mean)
-            logp[:, j] = (np.log(resp[:, j].mean()) - 0.5 * maha - 0.5 * log_det
-                          - 0.5 * y.shape[1] * np.log(2 * np.pi))
-        total = np.logaddexp(logp[:, 0], logp[:, 1])
-        new_ll = float(total.sum())
-        resp = np.exp(logp - total[:, None])
-        done = new_ll - ll < 1e-6 * abs(new_ll)
-        ll = new_ll
-        if done:
-            break
-    return resp.argmax(axis=1), ll
-
-
-def test_compiled_mixture_em_is_the_numpy_em():
-    rng = np.random.default_rng(3)
-    a = rng.standard_normal((70, 3)) @ np.array([[1.0, 0.3, 0], [0, 0.8, 0.2], [0, 0, 0.5]])
-    y = np.concatenate([a, rng.standard_normal((40, 3)) * 0.7 + [2.5, -1.0, 0.5]])
-    start = (y[:, 1] > np.median(y[:, 1])).astype(np.int64)  # a poor start
-    labels, ll = _two_gaussians(y, start, 1e-3)
-    ref_labels, ref_ll = _numpy_em(y, start, 1e-3)
-    assert np.array_equal(labels, ref_labels)
-    assert ll == pytest.approx(ref_ll, rel=1e-9)
-    assert min(np.bincount(labels)) >= 35  # and it found the two clusters
-    # Too few points for a component's covariance: the start comes back, with -inf.
-    few = np.zeros(len(y), dtype=np.int64)
-    few[:3] = 1
-    labels, ll = _two_gaussians(y, few, 1e-3)
-    assert ll == -np.inf and labels is few
-
-
-def test_snippet_whitening_is_the_separable_whitening():
-    rng = np.random.default_rng(4)
-    n_t, n_channels, n_local = 9, 6, 4
-    mixing = rng.standard_normal((n_channels, n_channels))
-    covariance = mixing @ mixing.T + np.eye(n_channels)
-    sigma = np.sqrt(np.diag(covariance))
-    local = local_channels(np.c_[np.zeros(n_channels), 20.0 * np.arange(n_channels)], n_local)
-    whitener = SnippetWhitener(covariance, sigma, local)
-    groups = [(rng.standard_normal((30, n_t, n_local)), 2), (rng.standard_normal((1, n_t,
-                                                                                   n_local)), 3)]
-    whitener.fit_temporal(groups)
-    # The temporal covariance, from its definition, sum over spikes and channels.
-    x, home = groups[0]
-    y = np.stack([(s - x.mean(axis=0)) @ whitener.spatial(home).T for s in x])
-    s_t = sum(y[m] @ y[m].T for m in range(len(y))) / (len(y) * n_local)
-    assert np.allclose(np.linalg.inv(whitener.temporal @ whitener.temporal), s_t, rtol=1e-6)
-    # A snippet whitened is (W_t (x) W_c) vec(x), row-major.
-    out = whitener(x[:5], home)
-    kron = np.kron(whitener.temporal, whitener.spatial(home))
-    assert np.allclose(out, x[:5].reshape(5, -1) @ kron.T, rtol=1e-10, atol=1e-12)
-    chans = local[home][[0, 2, 3]]
-    out = whitener.on_channels(x[:5][:, :, [0, 2, 3]], chans)
-    kron = np.kron(whitener.temporal, whitener._spatial[tuple(int(c) for c in chans)])
-    assert np.allclose(out.reshape(5, -1), x[:5][:, :, [0, 2, 3]].reshape(5, -1) @ kron.T,
-                       rtol=1e-10, atol=1e-12)
-
-
-def test_snippet_comparison_joins_a_weak_units_residual_events_but_not_another_unit():
-    # A weak unit (trough 3x the noise on channel 0, 1.5x on channel 1) in white noise.
-    rng = np.random.default_rng(1)
-    p = RefineParameters()
-    n_t = 30
-    positions = np.c_[np.zeros(4), 20.0 * np.arange(4)]
-    local = local_channels(positions, 4)
-    whitener = SnippetWhitener(None, np.ones(4), local)
-    whitener.temporal = np.eye(n_t)
-    shape = np.zeros((n_t, 4))
-    shape[8:13, 0] = [-1.0, -2.5, -3.0, -2.5, -1.0]
-    shape[8:13, 1] = shape[8:13, 0] / 2
-    shape[14:20, 0] = 1.0
-
-    def events(n, waveform=shape):
-        return waveform + rng.standard_normal((n, n_t, 4))
-
-    matched = events(80)
-    # The same unit's events of a fair sample: indistinct by the test.
-    same, cos, ratio = _compare_snippets(matched, 0, events(30), 0, 0, whitener, local, p)
-    assert same and cos > 0.8
-    # The 8 deepest of 40 (residual events are chosen by their troughs): their mean is
-    # biased, yet alike in shape and amplitude, which is what joins them to the template.
-    pool = events(40)
-    deepest = pool[np.argsort(pool[:, 10, 0])[:8]]
-    same, cos, ratio = _compare_snippets(matched, 0, deepest, 0, 0, whitener, local, p)
-    assert cos >= p.fragment_similarity
-    assert 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio
-    # Another unit of the same amplitude on the channels next to it: neither.
-    other = np.zeros_like(shape)
-    other[:, 2], other[:, 3] = shape[:, 0], shape[:, 1]
-    same, cos, ratio = _compare_snippets(matched, 0, events(8, other), 0, 0, whitener, local, p)
-    assert not same and cos < p.fragment_similarity
-
-
-def test_means_differing_by_a_scale_and_a_fraction_of_a_sample_are_one_unit():
-    # Means of 50 events each (noise variance 2/50 per dimension of the difference):
-    # the same waveform 1.15x larger and 0.3 sample later is one unit; a waveform
-    # with a second trough, or 3 samples later, is not.
-    p = RefineParameters()
-    n_t, n = 40, 50
-    t = np.arange(n_t)[:, None]
-
-    def waveform(shift=0.0, scale=1.0, second=0.0):
-        trough = -6 * np.exp(-0.5 * ((t - 15 - shift) / 1.5) ** 2)
-        return (scale * trough * np.array([1.0, 0.5, 0.2])
-                + second * np.exp(-0.5 * ((t - 28) / 1.5) ** 2) * np.array([0, 1.0, 0]))
-
-    rng = np.random.default_rng(2)
-    noise = 2.0 / n
-
-    def verdict(b):
-        a = waveform().reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
-        b = b.reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
-        dims = np.argsort(-np.maximum(np.abs(a), np.abs(b)))[:30]
-        stat, bar = _beyond_scale_and_shift(a, b, n_t, dims, noise, p)
-        return stat < bar
-
-    assert verdict(waveform())
-    assert verdict(waveform(shift=0.3, scale=1.15))
-    assert not verdict(waveform(second=-3.0))
-    assert not verdict(waveform(shift=3.0))
-    assert not verdict(waveform(scale=2.0))
-
-
-def test_means_one_sample_apart_are_one_unit_with_a_whole_shift():
-    # The pursuit dates a spike to a whole sample: a unit whose trough falls between two
-    # samples has parts one sample apart, which only the whole shift calls one unit; a
-    # second trough stays a second unit.
-    p = RefineParameters()
-    n_t, n = 40, 200
-    t = np.arange(n_t)[:, None]
-
-    def waveform(shift=0.0, second=0.0):
-        trough = -6 * np.exp(-0.5 * ((t - 15 - shift) / 1.5) ** 2)
-        return (trough * np.array([1.0, 0.5, 0.2])
-                + second * np.exp(-0.5 * ((t - 28) / 1.5) ** 2) * np.array([0, 1.0, 0]))
-
-    rng = np.random.default_rng(3)
-
-    def verdict(b, whole_shift):
-        a = waveform().reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
-        b = b.reshape(-1) + rng.standard_normal(n_t * 3) * np.sqrt(1 / n)
-        dims = np.argsort(-np.maximum(np.abs(a), np.abs(b)))[:30]
-        stat, bar = _beyond_scale_and_shift(a, b, n_t, dims, 2.0 / n, p, whole_shift)
-        return stat < bar
-
-    for shift in (1.0, -1.0, 1.3):
-        assert not verdict(waveform(shift=shift), 0)
-        assert verdict(waveform(shift=shift), 1)
-    assert verdict(waveform(), 1)
-    assert not verdict(waveform(shift=1.0, second=-3.0), 1)
-    assert not verdict(waveform(shift=3.0), 1)
-
-
-def _group(samples, home, parent=-1, residual=False):
-    """A refinement group with what `_duplicates` reads (n, home, samples, parent, residual)."""
-    return [None, len(samples), None, home, np.asarray(samples), parent, len(samples), 1.0,
-            np.arange(0), home, residual, 1.0]
-
-
-def test_a_group_of_another_templates_spikes_seen_again_is_dropped():
-    # Two templates of independent units (homes 0 and 1, 20 um apart), and groups of
-    # residual events: at template 0's spikes (a misfit: dropped), independent of every
-    # spike (a unit: kept), at template 0's spikes but 200 um away (another unit: kept).
-    rng = np.random.default_rng(4)
-    duration, same = 600_000, 6
-    t0 = np.sort(rng.choice(duration, 200, replace=False))
-    t1 = np.sort(rng.choice(duration, 150, replace=False))
-    positions = np.array([[0.0, 0.0], [0.0, 20.0], [0.0, 200.0]])
-    homes = np.array([0, 1, 2])
-    # Only every other spike of template 0 among the events (a sample, as the workers
-    # keep), standing for two.
-    samples = np.concatenate([t0[::2], t1])
-    labels = np.concatenate([np.zeros(100, np.int64), np.ones(150, np.int64)])
-    counts = np.array([200, 150, 0])
-    p = RefineParameters(drop_duplicates=True)
-    misfit = t0[:60] + rng.integers(-3, 4, 60)
-    independent = np.sort(rng.choice(duration, 60, replace=False))
-    groups = [_group(t0[::2], 0), _group(t1, 1), _group(misfit, 1, residual=True),
-              _group(independent, 1, residual=True), _group(misfit, 2, residual=True)]
-    owners = [{0}, {1}, set(), set(), set()]
-    assert _duplicates(groups, owners, samples, labels, counts, homes, positions, same,
-                       p) == [2]
-    # The matched spikes of a group's own template are not another template's.
-    assert _duplicates([groups[2]], [{0}], samples, labels, counts, homes, positions, same,
-                       p) == []
-    # Two templates of the same spikes: the smaller is dropped, and no longer counts
-    # against the larger.
-    samples2 = np.concatenate([t0, t0[:150]])
-    labels2 = np.concatenate([np.zeros(200, np.int64), np.ones(150, np.int64)])
-    copies = [_group(t0, 0), _group(t0[:150], 1)]
-    assert _duplicates(copies, [{0}, {1}], samples2, labels2, np.array([200, 150, 0]), homes,
-                       positions, same, p) == [1]
-
-
-def test_refractory_conflict_counts_pairs_but_not_one_spike_seen_twice():
-    rate = 30000
-    a = np.arange(100) * rate // 10  # 10 Hz
-    assert not _refractory_conflict(a, a + 3, 45, 6, 100 * rate)  # the same spikes
-    assert not _refractory_conflict(a, a + rate // 20, 45, 6, 100 * rate)  # interleaved
-    assert _refractory_conflict(a, a + 20, 45, 6, 100 * rate)  # 0.7 ms apart: two units
-
 
 def test_residual_troughs_are_local_minima_over_channels_and_time():
     positions = np.c_[np.zeros(6), 20.0 * np.arange(6)]
@@ -398,15 +153,6 @@ def _spikes(rng, n: int, amplitude: float) -> np.ndarray:
         rng.standard_normal((n, N_T, N_CHANNELS))
 
 
-def test_mean_amplitude_is_the_spikes_amplitude_whatever_their_alignment():
-    rng = np.random.default_rng(3)
-    template = _spike().reshape(-1)
-    slope = np.gradient(_spike(), axis=0).reshape(-1)
-    x = _spikes(rng, 400, 0.6).reshape(400, -1)
-    mean, error = _mean_amplitude(x, template, slope)
-    assert abs(mean - 0.6) < 3 * error and error < 0.01
-    assert abs(_mean_amplitude(x[:40], template, slope)[0] - 0.6) < 0.05
-
 
 def _refine_one(template_scale: float, rng) -> tuple:
     """Refine one template, `template_scale` times the unit's mean waveform, from 80 of the
@@ -443,44 +189,6 @@ def test_a_template_larger_than_its_spikes_is_rescaled_to_their_mean():
 
 # -- Amplitude modes: two co-located units of one shape ------------------------------------
 
-
-def _two_unit_amplitudes(rng, n_small: int, n_large: int, ratio: float,
-                         noise_sd: float) -> tuple[np.ndarray, np.ndarray]:
-    """Amplitudes on a template of two units' mixed spikes (the smaller unit at 1), 10 %
-    jitter plus the estimate's noise; (amplitudes, true labels: 1 for the larger unit)."""
-    truth = np.r_[np.zeros(n_small, np.int64), np.ones(n_large, np.int64)]
-    means = np.where(truth == 1, ratio, 1.0)
-    a = means * (1 + 0.1 * rng.standard_normal(len(truth))) + noise_sd * rng.standard_normal(
-        len(truth))
-    return a, truth
-
-
-def test_amplitudes_of_two_units_form_two_modes_and_of_one_unit_one():
-    p = RefineParameters(amplitude_split=True, amplitude_jitter=0.1)
-    rng = np.random.default_rng(11)
-    # Seed 0's units 24 and 39 (384 channels): 17 and 32 spikes, amplitude ratio 1.42,
-    # estimate noise 0.09 of the template's amplitude (here of the smaller unit's).
-    found = 0
-    for _ in range(20):
-        a, truth = _two_unit_amplitudes(rng, 17, 32, 1.42, 0.09)
-        labels = _amplitude_modes(a, 0.09 ** 2, p)
-        if labels is not None:
-            found += 1
-            # The modes overlap: the next matching pass, not these labels, assigns spikes.
-            assert (labels == truth).mean() >= 0.7
-    assert found >= 12
-    # One unit: 10 % jitter and the estimate's noise, whatever the count.
-    false = 0
-    for n in (20, 49, 100, 300):
-        for _ in range(25):
-            a = 1 + 0.1 * rng.standard_normal(n) + 0.09 * rng.standard_normal(n)
-            false += _amplitude_modes(a, 0.09 ** 2, p) is not None
-    assert false <= 2
-    # Two modes closer than `amplitude_split_ratio`, or a mode of a few spikes, are one unit.
-    a, _ = _two_unit_amplitudes(rng, 100, 100, 1.2, 0.02)
-    assert _amplitude_modes(a, 0.02 ** 2, p) is None
-    a, _ = _two_unit_amplitudes(rng, 5, 95, 1.6, 0.02)
-    assert _amplitude_modes(a, 0.02 ** 2, p) is None
 
 
 def _refine_two_modes(p: RefineParameters, n_small: int, n_large: int, ratio: float,
@@ -559,7 +267,7 @@ def test_two_templates_of_one_shape_whose_amplitudes_form_two_modes_are_not_merg
         assert out.cluster_ids.tolist() == [7, 9]
         # Kept apart by their amplitudes, they are built with the spikes their means
         # averaged (not their 17 and 32 matched spikes), and keep the same channels
-        # (`_counted`).
+        # (`Group.counted`).
         if joined:
             assert out.n_spikes.tolist() == [200, 200]
 
@@ -608,18 +316,6 @@ def _interleaved(rng, n: int) -> np.ndarray:
     """`n` spike samples at random times over 20 s, at least 3 ms apart."""
     return np.sort(rng.choice(20 * 30000 // 90, n, replace=False)) * 90
 
-
-def test_recording_jitter_is_the_median_of_the_templates_spread_beyond_the_noise():
-    rng = np.random.default_rng(21)
-    sets = [(1 + 0.15 * rng.standard_normal(200) + 0.05 * rng.standard_normal(200), 0.05 ** 2)
-            for _ in range(6)]
-    # A template of two units (two modes 1.4 apart) spreads more: the median ignores it.
-    sets.append((np.r_[np.ones(100), 1.4 * np.ones(100)] + 0.05 * rng.standard_normal(200),
-                 0.05 ** 2))
-    assert abs(_recording_jitter(sets, 30) - 0.15) < 0.02
-    # Too few spikes or too few templates: nothing measured.
-    assert _recording_jitter(sets[:2], 30) is None
-    assert _recording_jitter([(a[:20], v) for a, v in sets], 30) is None
 
 
 def test_single_units_with_a_wider_jitter_are_not_split_by_amplitude():
@@ -671,84 +367,3 @@ def test_a_unit_whose_amplitude_drifts_is_one_unit():
         shuffled += _refine_units(p, [rng.permutation(amps)], [samples], rng).n_split
     assert drift == 0
     assert shuffled >= 3
-
-
-def test_amplitude_modes_of_two_units_are_independent_of_time_and_intervals():
-    p = RefineParameters()
-    rng = np.random.default_rng(5)
-    independent = 0
-    for _ in range(20):
-        # Two units: which one fired is independent of when, and of the interval before.
-        labels = rng.integers(0, 2, 60)
-        independent += _modes_independent(labels, _interleaved(rng, 60), p)
-        # A bursting unit: its smaller spikes (label 0) come 4-8 ms after another.
-        first = rng.permutation(_interleaved(rng, 40))
-        samples = np.r_[first, first[:20] + rng.integers(120, 240, 20)]
-        assert not _modes_independent(np.r_[np.ones(40), np.zeros(20)].astype(int), samples, p)
-        # A drifting unit: its larger spikes (label 1) late in the recording.
-        samples = _interleaved(rng, 60)
-        labels = (np.arange(60) + 15 * rng.standard_normal(60) > 30).astype(int)
-        assert not _modes_independent(labels, samples, p)
-    assert independent >= 19
-
-
-# -- Shape beyond a scale: two co-located units of one shape, amplitudes 1.15 apart -----------
-
-
-def _moved_spike(offset: float, shift: float = 0.0) -> np.ndarray:
-    """`_spike` with its footprint `offset` channels further (a unit a few um away)."""
-    t = np.arange(N_T)[:, None] - 15.0 - shift
-    shape = -np.exp(-0.5 * (t / 2.0) ** 2) + 0.4 * np.exp(-0.5 * ((t - 6.0) / 4.0) ** 2)
-    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - HOME - offset) / 2.0) ** 2)
-    return 8.0 * shape * footprint[None, :]
-
-
-def _pair_snippets(rng, n_a: int, n_b: int, ratio: float, offset: float,
-                   jitter: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Flat snippets of two units (the second `ratio` times larger, its footprint moved by
-    `offset` channels), misaligned by up to half a sample, in white noise; (x, truth)."""
-    spikes = [a * _spike(d) for a, d in zip(1 + jitter * rng.standard_normal(n_a),
-                                            rng.uniform(-0.5, 0.5, n_a))]
-    spikes += [a * _moved_spike(offset, d) for a, d in zip(
-        ratio * (1 + jitter * rng.standard_normal(n_b)), rng.uniform(-0.5, 0.5, n_b))]
-    x = np.stack(spikes) + rng.standard_normal((n_a + n_b, N_T, N_CHANNELS))
-    return x.reshape(n_a + n_b, -1), np.r_[np.zeros(n_a, np.int64), np.ones(n_b, np.int64)]
-
-
-def test_two_units_of_one_shape_beyond_a_scale_are_split():
-    # Cosine 0.97, norms 1.15 apart (units 89 and 130 of the 1024 channels: 0.98, 1.14):
-    # each spike is ~5 noise sigmas from the other unit beyond a scale, but the parts'
-    # means are alike: without `distinct_beyond_scale` the split is vetoed as one unit
-    # whose amplitude varies.
-    beyond = RefineParameters()
-    alike = RefineParameters(distinct_beyond_scale=False)
-    for seed in range(3):
-        rng = np.random.default_rng(seed)
-        x, truth = _pair_snippets(rng, 150, 60, 1.15, 0.6)
-        assert len(split_units(x, alike, n_t=N_T)) == 1
-        parts = split_units(x, beyond, n_t=N_T)
-        assert len(parts) == 2
-        labels = np.zeros(len(x), np.int64)
-        labels[parts[1]] = 1
-        assert max((labels == truth).mean(), (labels != truth).mean()) >= 0.9
-        # One unit, its amplitude varying by 10 or 20 %: not split.
-        for jitter in (0.1, 0.2):
-            x, _ = _pair_snippets(rng, 210, 0, 1.0, 0.0, jitter)
-            assert len(split_units(x, beyond, n_t=N_T)) == 1
-
-
-def test_a_split_part_alike_to_its_template_keeps_its_far_field():
-    p = RefineParameters()
-    parent = _spike()
-    chans = np.arange(4, 13)
-    part = np.zeros_like(parent)
-    part[:, chans] = 1.2 * parent[:, chans] + 0.05 * np.random.default_rng(0).standard_normal(
-        (N_T, len(chans)))
-    out = _with_far_field(part, parent, chans, p)
-    assert np.array_equal(out[:, chans], part[:, chans])
-    far = np.setdiff1d(np.arange(N_CHANNELS), chans)
-    assert np.allclose(out[:, far], 1.2 * parent[:, far], rtol=0.02, atol=1e-3)
-    # A part of another unit (centred elsewhere) is left as it is.
-    other = np.zeros_like(parent)
-    other[:, chans] = np.roll(parent, 5, axis=1)[:, chans]
-    assert np.array_equal(_with_far_field(other, parent, chans, p), other)
