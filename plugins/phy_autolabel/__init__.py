@@ -2,7 +2,9 @@
 
 Hooks only here; the work is in the submodules, imported when it runs:
 `metrics` (the metrics as functions of arrays), `sources` (reading what a
-sorting has, out of core), `quality` (the metrics of every cluster), `rule`
+sorting has, out of core), `pages` (a bound on the memory-mapped pages those
+reads keep), `kernels` (their numba loops), `quality` (the metrics of every
+cluster), `rule`
 (the thresholds), `label` (deciding and saving), `command` (``phy
 label-auto``).
 """

@@ -45,6 +45,13 @@ from .metrics import (
 )
 from .sources import SortingSource
 
+#: Clusters whose features and waveforms are read together (one pass over the ``.kwx`` and
+#: one over the raw traces for them all, `_read_together`: each spike read maps 64 KB or
+#: more of a file, so that clusters reading their spikes one after the other mapped the
+#: 4.4 GB ``.kwx`` of a 200 s, 1024-channel recording about 60 times over). What they read
+#: takes up to ~70 MB of features (22,000 spikes x 12 float64 each) and ~55 MB of windows.
+GATHER_CLUSTERS = 32
+
 #: Order and format of the metrics in tables.
 METRIC_COLUMNS = (
     ("n_spikes", "{:d}"), ("firing_rate_hz", "{:.2f}"), ("n_violations", "{:d}"),
@@ -134,51 +141,81 @@ def _subsample(ids: np.ndarray, n_max: int) -> np.ndarray:
 
 
 def _waveform_features(source: SortingSource, ids_in, ids_out, channels,
-                       n_pcs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       n_pcs: int, windows: tuple | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Waveforms projected on the sorting's waveform principal components, channel by channel.
 
     One basis for every channel and cluster (`SortingSource.waveform_basis`), as
     detection computes features: the cost per cluster is a projection. Returns
     ``(f_in, f_out, waveforms_in)``: the cluster's waveforms serve its SNR too.
+    `windows`: ``(waveforms_in, waveforms_out)`` when they were read already.
     """
     basis = source.waveform_basis(n_pcs)
-    w_in = source.waveforms(ids_in, channels)
-    w_out = source.waveforms(ids_out, channels)
+    w_in, w_out = windows if windows is not None else \
+        (source.waveforms(ids_in, channels), source.waveforms(ids_out, channels))
     n_dims = w_in.shape[2] * basis.shape[1]
     f_in = np.einsum("nsc,sk->nck", w_in, basis).reshape(len(w_in), n_dims)
     f_out = np.einsum("nsc,sk->nck", w_out, basis).reshape(len(w_out), n_dims)
     return f_in, f_out, w_in
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """Which spikes and channels a cluster's metrics read."""
+
+    spikes: np.ndarray  # the cluster's
+    channels: np.ndarray  # its principal channels
+    others: np.ndarray  # the other spikes unmasked there
+    ids_in: np.ndarray  # subsamples of `spikes` and `others`
+    ids_out: np.ndarray
+
+
+def _select(source: SortingSource, cluster_id: int, p: MetricParameters) -> _Selection:
+    spikes = source.spikes_per_cluster[cluster_id]
+    channels = source.principal_channels(cluster_id, p.n_isolation_channels)
+    others = np.setdiff1d(source.spikes_near(channels), spikes, assume_unique=True)
+    use_waveforms = source.n_features_per_channel == 0
+    max_in = p.max_waveform_spikes if use_waveforms else p.max_cluster_spikes
+    max_out = p.max_other_waveform_spikes if use_waveforms else p.max_other_spikes
+    return _Selection(spikes, channels, others, _subsample(spikes, max_in),
+                      _subsample(others, max_out))
+
+
 def cluster_quality(source: SortingSource, cluster_id: int,
-                    parameters: MetricParameters = MetricParameters()) -> ClusterQuality:
-    """The metrics of one cluster (see the module docstring)."""
+                    parameters: MetricParameters = MetricParameters(),
+                    read: dict | None = None) -> ClusterQuality:
+    """The metrics of one cluster (see the module docstring).
+
+    `read`: what `compute_quality` read already for several clusters together
+    (`_read_together`): the ``selection`` of spikes and channels, ``features``
+    (of its spikes and of the others), ``windows`` (their waveforms, without
+    features) and ``snr_windows``.
+    """
+    read = read or {}
     p = parameters
     cluster_id = int(cluster_id)
-    spikes = source.spikes_per_cluster[cluster_id]
+    selection = read.get("selection") or _select(source, cluster_id, p)
+    spikes, channels, others = selection.spikes, selection.channels, selection.others
     n = len(spikes)
     n_violations, contamination = refractory_violations(
         source.spike_samples[spikes], source.sample_rate, source.duration_s,
         p.refractory_period_ms, p.censored_period_ms)
-    channels = source.principal_channels(cluster_id, p.n_isolation_channels)
-    others = np.setdiff1d(source.spikes_near(channels), spikes, assume_unique=True)
     together, together_with = coincidence(
         source.spike_samples[spikes], source.spike_samples[others],
         source.spike_clusters[others],
         int(round(p.coincidence_window_ms * source.sample_rate / 1000)))
 
     use_waveforms = source.n_features_per_channel == 0
-    max_in = p.max_waveform_spikes if use_waveforms else p.max_cluster_spikes
-    max_out = p.max_other_waveform_spikes if use_waveforms else p.max_other_spikes
-    ids_in, ids_out = _subsample(spikes, max_in), _subsample(others, max_out)
+    ids_in, ids_out = selection.ids_in, selection.ids_out
     weights = np.full(len(ids_out), len(others) / max(len(ids_out), 1))
 
     f_in = f_out = w_in = None
     if not use_waveforms:
-        f_in, f_out = source.features(ids_in, channels), source.features(ids_out, channels)
+        f_in, f_out = read["features"] if "features" in read else \
+            (source.features(ids_in, channels), source.features(ids_out, channels))
     elif source.has_traces:
         f_in, f_out, w_in = _waveform_features(source, ids_in, ids_out, channels,
-                                               p.n_waveform_pcs)
+                                               p.n_waveform_pcs, read.get("windows"))
 
     distance = l_ratio = separation = math.nan
     nearest = -1
@@ -193,8 +230,11 @@ def cluster_quality(source: SortingSource, cluster_id: int,
     noise = source.noise_std(channels)
     if noise is not None and n:
         ids_snr = _subsample(spikes, p.max_waveform_spikes)
-        waveforms = w_in.copy() if w_in is not None and np.array_equal(ids_snr, ids_in) \
-            else source.waveforms(ids_snr, channels)
+        if w_in is not None and np.array_equal(ids_snr, ids_in):
+            waveforms = w_in.copy()
+        else:
+            waveforms = read["snr_windows"] if "snr_windows" in read else \
+                source.waveforms(ids_snr, channels)
         waveforms /= np.where(noise > 0, noise, 1.0)
         mean = waveforms.mean(axis=0)
         snr, column = peak_snr(mean, np.ones(len(channels)))
@@ -259,8 +299,46 @@ def compute_quality(source: SortingSource, cluster_ids=None,
     if channels:
         source.noise_std(np.unique(np.concatenate(channels)))
     out = {}
-    for cluster_id in cluster_ids:
-        out[int(cluster_id)] = cluster_quality(source, int(cluster_id), parameters)
-        if reporter is not None:
-            reporter.increment()
+    for start in range(0, len(cluster_ids), GATHER_CLUSTERS):
+        batch = [int(c) for c in cluster_ids[start:start + GATHER_CLUSTERS]]
+        read = _read_together(source, batch, parameters)
+        for cluster_id in batch:
+            out[cluster_id] = cluster_quality(source, cluster_id, parameters,
+                                              read=read.pop(cluster_id))
+            if reporter is not None:
+                reporter.increment()
     return out
+
+
+def _read_together(source: SortingSource, cluster_ids: list[int],
+                   parameters: MetricParameters) -> dict[int, dict]:
+    """What `cluster_quality` reads for each of `cluster_ids` (its `read` argument), read
+    for all of them in one pass over the ``.kwx`` (`SortingSource.gather_features`) and
+    one over the raw traces (`SortingSource.gather_waveforms`): the same numbers."""
+    p = parameters
+    selections = {c: _select(source, c, p) for c in cluster_ids}
+    read: dict[int, dict] = {c: {"selection": selections[c]} for c in cluster_ids}
+    if source.n_features_per_channel and source.gathers_in_one_pass:
+        requests = [(ids, selections[c].channels) for c in cluster_ids
+                    for ids in (selections[c].ids_in, selections[c].ids_out)]
+        gathered = iter(source.gather_features(requests))
+        for c in cluster_ids:
+            read[c]["features"] = (next(gathered), next(gathered))
+    if not source.has_traces:
+        return read
+    requests, where = [], []
+    for c in cluster_ids:
+        s = selections[c]
+        if not len(s.spikes):
+            continue
+        if source.n_features_per_channel == 0:
+            requests += [(s.ids_in, s.channels), (s.ids_out, s.channels)]
+            where.append((c, "windows", 2))
+        ids_snr = _subsample(s.spikes, p.max_waveform_spikes)
+        if source.n_features_per_channel or not np.array_equal(ids_snr, s.ids_in):
+            requests.append((ids_snr, s.channels))
+            where.append((c, "snr_windows", 1))
+    gathered = iter(source.gather_waveforms(requests))
+    for c, key, n in where:
+        read[c][key] = (next(gathered), next(gathered)) if n == 2 else next(gathered)
+    return read

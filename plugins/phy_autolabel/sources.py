@@ -10,7 +10,9 @@ reading only the rows and columns asked:
   for each channel the spikes whose mask is non-zero there (to find the
   spikes near a cluster);
 - features of chosen spikes on chosen channels (from the ``.kwx`` memory map
-  directly when there is one, touching only those columns);
+  directly when there is one, touching only those columns; for several
+  clusters at once in one pass over it, `gather_features`), the pages it maps
+  kept within `KWX_RESIDENT_BYTES` (`phy_autolabel.pages`);
 - per-spike template amplitudes when the sorting has them (template
   directories), band-passed waveforms of chosen spikes on chosen channels,
   and the noise of chosen channels, from the raw traces when there are any
@@ -32,8 +34,15 @@ logger = logging.getLogger("phy")
 BLOCK_SPIKES = 4096
 #: Spikes per block of the `.kwx` passes (`_scan_kwx`): 100 MB at 1024 channels, 3 features.
 KWX_BLOCK_SPIKES = 4096
-#: The `.kwx` pages a source keeps mapped before it releases them (`SortingSource.features`).
+#: Spikes per block of the `.kwx` feature gathers (`SortingSource.features`): each spike read
+#: maps up to ~64-128 KB of the file (fault-around), so a block maps at most ~130 MB.
+KWX_GATHER_SPIKES = 1024
+#: The `.kwx` pages a source keeps mapped before it releases them (`pages.PageBudget`,
+#: measured): a small file stays mapped whole, a large one costs at most this much.
 KWX_RESIDENT_BYTES = 512 * 2 ** 20
+#: Samples of the recording per block of `SortingSource.gather_waveforms` (64 MB of
+#: int16 rows at 1024 channels: the pages it keeps mapped).
+WAVEFORM_BLOCK_SAMPLES = 32768
 #: Band-pass of waveforms and noise: the detection band.
 FILTER_LOW_HZ = 500.0
 FILTER_HIGH_FACTOR = 0.475
@@ -90,6 +99,16 @@ _NUMBA_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int6
                                             np.float64))
 
 
+def _numba_windows(traces, n_before: int, n_after: int, sample_rate: float) -> bool:
+    """Whether `_filtered_windows` reads windows of `traces` (else it returns None)."""
+    if not isinstance(traces, np.ndarray) or traces.ndim != 2 \
+            or traces.dtype.newbyteorder("=") != traces.dtype or traces.dtype not in _NUMBA_DTYPES:
+        return False
+    _, margin = _bandpass(sample_rate)
+    _, padding = _filtfilt_constants(sample_rate)
+    return n_before + n_after + 2 * margin > padding  # else too short to pad: scipy says why
+
+
 def _filtered_windows(traces, columns: np.ndarray, samples: np.ndarray, n_before: int,
                       n_after: int, sample_rate: float) -> np.ndarray | None:
     """Band-passed windows ``(n, n_before + n_after, len(columns))`` of an in-memory or
@@ -99,15 +118,12 @@ def _filtered_windows(traces, columns: np.ndarray, samples: np.ndarray, n_before
     Only these rows and columns are read (`SpikeWindows` reads whole rows, spike by
     spike), and numba filters all the windows' columns together.
     """
-    if not isinstance(traces, np.ndarray) or traces.ndim != 2 \
-            or traces.dtype.newbyteorder("=") != traces.dtype or traces.dtype not in _NUMBA_DTYPES:
+    if not _numba_windows(traces, n_before, n_after, sample_rate):
         return None
     from .kernels import filtered_windows
 
     sos, margin = _bandpass(sample_rate)
     zi, padding = _filtfilt_constants(sample_rate)
-    if n_before + n_after + 2 * margin <= padding:  # too short to pad: scipy says why
-        return None
     starts = np.asarray(samples, dtype=np.int64) - n_before
     return filtered_windows(traces, starts, np.asarray(columns, dtype=np.int64),
                             n_before + n_after, margin, sos, zi, padding)
@@ -202,7 +218,7 @@ class SortingSource:
         self.n_before = int(round(waveform_ms[0] * self.sample_rate / 1000))
         self.n_after = int(round(waveform_ms[1] * self.sample_rate / 1000))
         self.traces = getattr(model, "traces", None)
-        self._kwx_read = 0  # bytes of `.kwx` pages read since they were last released
+        self._kwx_pages = None  # the `.kwx` pages' budget (`_kwx_budget`)
         self._scan_masks()
         self._noise = None
         self._basis = None
@@ -247,10 +263,13 @@ class SortingSource:
         """`_scan_masks` on the ``.kwx`` memory map: read in place by numba kernels.
 
         Two passes of `KWX_BLOCK_SPIKES` spikes at a time, the file's pages released
-        after each block (`release_pages`): a 200 s, 1024-channel ``.kwx`` (4.4 GB)
-        stayed resident whole otherwise.
+        whenever they add up to `KWX_RESIDENT_BYTES` (`pages.PageBudget`): a 200 s,
+        1024-channel ``.kwx`` (4.4 GB) stayed resident whole otherwise; a small one
+        stays mapped for the feature gathers that follow.
         """
         from .kernels import add_cluster_sums, fill_channel_spikes
+
+        pages = self._kwx_budget(fm)
 
         cluster_rows = np.searchsorted(self.cluster_ids, self.spike_clusters)
         nfpc, n_clusters = self.n_features_per_channel, len(self.cluster_ids)
@@ -262,7 +281,7 @@ class SortingSource:
         for start, stop in blocks:
             add_cluster_sums(fm[start:stop], cluster_rows[start:stop], mask_sums,
                              feature_sums, counts)
-            release_pages(fm)
+            pages.read((stop - start) * fm.strides[0])
         n = np.bincount(cluster_rows, minlength=n_clusters).astype(np.float64)
         n = np.maximum(n, 1.0)[:, None]
         self.mean_masks = mask_sums / n
@@ -271,7 +290,7 @@ class SortingSource:
         fill, spikes = offsets[:-1].copy(), np.empty(offsets[-1], np.int64)
         for start, stop in blocks:
             fill_channel_spikes(fm[start:stop], nfpc, start, fill, spikes)
-            release_pages(fm)
+            pages.read((stop - start) * fm.strides[0])
         self._channel_spikes = [spikes[offsets[c]:offsets[c + 1]]
                                 for c in range(self.n_channels)]
 
@@ -320,27 +339,76 @@ class SortingSource:
         nfpc = self.n_features_per_channel
         spike_ids = np.asarray(spike_ids, dtype=np.int64)
         columns = (np.asarray(channels)[:, None] * nfpc + np.arange(nfpc)).ravel()
-        fm = getattr(self.model, "features_masks", None)
-        if isinstance(fm, np.ndarray) and fm.ndim == 3:
-            # A memory map of the .kwx: gather only these columns (a few pages per spike),
-            # block by block, unmapping what was read once it adds up to `KWX_RESIDENT_BYTES`
-            # (a cluster's neighbourhood may span most of the file: 2.7 GB at once at 200 s,
-            # 1024 channels; a small file stays mapped: its pages are read again and again).
+        fm = self._kwx_map()
+        if fm is not None:
+            # A memory map of the .kwx: gather only these columns, block by block, the
+            # pages unmapped once they add up to `KWX_RESIDENT_BYTES` (a cluster's
+            # neighbourhood may span most of the file: 2.7 GB at once at 200 s, 1024
+            # channels; each spike maps 64 KB or more of it: `pages`).
+            pages = self._kwx_budget(fm)
             out = np.empty((len(spike_ids), len(columns)))
-            row_bytes = fm.strides[0]
-            for start in range(0, len(spike_ids), KWX_BLOCK_SPIKES * 4):
-                ids = spike_ids[start:start + KWX_BLOCK_SPIKES * 4]
+            for start in range(0, len(spike_ids), KWX_GATHER_SPIKES):
+                ids = spike_ids[start:start + KWX_GATHER_SPIKES]
                 out[start:start + len(ids)] = fm[ids[:, None], columns[None, :], 0]
-                self._kwx_read += len(ids) * min(row_bytes, 2 * 4096)
-                if self._kwx_read > KWX_RESIDENT_BYTES:
-                    release_pages(fm)
-                    self._kwx_read = 0
+                pages.read(len(ids) * max(fm.strides[0], 64 * 1024))
             return out
         out = np.empty((len(spike_ids), len(columns)))
         for start in range(0, len(spike_ids), BLOCK_SPIKES):
             block = np.asarray(self.model.features[spike_ids[start:start + BLOCK_SPIKES]])
             out[start:start + len(block)] = block[:, columns]
         return out
+
+    @property
+    def gathers_in_one_pass(self) -> bool:
+        """Whether `gather_features` reads a ``.kwx`` memory map in one pass."""
+        return self._kwx_map() is not None
+
+    def _kwx_map(self) -> np.ndarray | None:
+        """The model's ``.kwx`` array when it is in memory or memory-mapped, else None."""
+        fm = getattr(self.model, "features_masks", None)
+        return fm if isinstance(fm, np.ndarray) and fm.ndim == 3 else None
+
+    def _kwx_budget(self, fm: np.ndarray):
+        """The `pages.PageBudget` of the ``.kwx`` pages, one for all the reads of `fm`."""
+        from .pages import PageBudget
+
+        if self._kwx_pages is None or self._kwx_pages.array is not fm:
+            self._kwx_pages = PageBudget(fm, KWX_RESIDENT_BYTES)
+        return self._kwx_pages
+
+    def gather_features(self, requests) -> list[np.ndarray]:
+        """`features` of several ``(spike_ids, channels)`` requests, the same numbers.
+
+        From a ``.kwx`` memory map, in one pass over the file, block by block: every
+        page is mapped once (read one request after the other, each spike maps 64 KB
+        or more around it, again for each request that reads it once the pages were
+        released), and released as `features` releases them.
+        """
+        fm = self._kwx_map()
+        if fm is None:
+            return [self.features(ids, channels) for ids, channels in requests]
+        pages = self._kwx_budget(fm)
+        nfpc = self.n_features_per_channel
+        plans = []
+        for ids, channels in requests:
+            ids = np.asarray(ids, dtype=np.int64)
+            order = np.argsort(ids, kind="stable")
+            columns = (np.asarray(channels)[:, None] * nfpc + np.arange(nfpc)).ravel()
+            plans.append((ids[order], order, columns,
+                          np.empty((len(ids), len(columns)))))
+        stops = [int(ids[-1]) + 1 for ids, _, _, _ in plans if len(ids)]
+        end = max(stops, default=0)
+        for start in range(0, end, KWX_BLOCK_SPIKES):
+            stop = start + KWX_BLOCK_SPIKES
+            n_read = 0
+            for ids, order, columns, out in plans:
+                a, b = np.searchsorted(ids, [start, stop])
+                if b > a:
+                    out[order[a:b]] = fm[ids[a:b, None], columns[None, :], 0]
+                    n_read += b - a
+            if n_read:
+                pages.read(min(n_read, stop - start) * max(fm.strides[0], 64 * 1024))
+        return [out for _, _, _, out in plans]
 
     def template_amplitudes(self, spike_ids) -> np.ndarray | None:
         """The sorter's per-spike amplitudes (template scaling), or None if it has none."""
@@ -379,6 +447,44 @@ class SortingSource:
             return np.asarray(windows[spike_ids], dtype=np.float64)
         finally:
             release_pages(self.traces)
+
+    def gather_waveforms(self, requests) -> list[np.ndarray]:
+        """`waveforms` of several ``(spike_ids, channels)`` requests, the same numbers.
+
+        In one pass over the recording, `WAVEFORM_BLOCK_SAMPLES` at a time: at 1024
+        channels a window's rows span ~160 pages (all its channels), which each request
+        mapped anew once `waveforms` had released them (14 M pages mapped for the
+        ~110 k windows of a 20 s template directory's metrics, most of their CPU time,
+        in the kernel); here each page is mapped once for all the requests, and
+        released after its block.
+        """
+        if not requests:
+            return []
+        traces, _ = _columns(self.traces, np.zeros(0, np.int64))
+        if not _numba_windows(traces, self.n_before, self.n_after, self.sample_rate):
+            return [self.waveforms(ids, channels) for ids, channels in requests]
+        plans = []
+        for ids, channels in requests:
+            ids = np.asarray(ids, dtype=np.int64)
+            _, columns = _columns(self.traces, np.asarray(channels, dtype=np.int64))
+            samples = self.spike_samples[ids]
+            order = np.argsort(samples, kind="stable")
+            plans.append((samples[order], order, columns,
+                          np.empty((len(ids), self.n_before + self.n_after, len(columns)))))
+        try:
+            end = max((int(s[-1]) + 1 for s, _, _, _ in plans if len(s)), default=0)
+            for start in range(0, end, WAVEFORM_BLOCK_SAMPLES):
+                stop = start + WAVEFORM_BLOCK_SAMPLES
+                for samples, order, columns, out in plans:
+                    a, b = np.searchsorted(samples, [start, stop])
+                    if b > a:
+                        out[order[a:b]] = _filtered_windows(
+                            traces, columns, samples[a:b], self.n_before, self.n_after,
+                            self.sample_rate)
+                release_pages(self.traces)
+        finally:
+            release_pages(self.traces)
+        return [out for _, _, _, out in plans]
 
     def waveform_basis(self, n_pcs: int, n_spikes: int = 2000) -> np.ndarray:
         """Principal components of the band-passed waveforms, ``(n_samples, n_pcs)``.

@@ -95,6 +95,7 @@ def test_filtered_windows_are_spike_windows_to_the_bit():
 def test_kwx_scan_matches_numpy(kwik, block, monkeypatch):
     # In blocks (7 spikes: many, the last one partial) or in one: the same numbers.
     monkeypatch.setattr(sources, "KWX_BLOCK_SPIKES", block)
+    monkeypatch.setattr(sources, "KWX_GATHER_SPIKES", block)
     monkeypatch.setattr(sources, "KWX_RESIDENT_BYTES", 1 if block < 100 else 2 ** 40)
     with KwikModel(kwik) as model:
         source = SortingSource(model)
@@ -125,6 +126,68 @@ def test_kwx_scan_matches_numpy(kwik, block, monkeypatch):
     # spikes_near: the union over channels.
     near = source.spikes_near([0, 5, 6])
     np.testing.assert_array_equal(near, np.nonzero((masks[:, [0, 5, 6]] > 0).any(axis=1))[0])
+
+
+def test_features_of_several_requests_in_one_pass(kwik, monkeypatch):
+    """`gather_features` reads the .kwx once for many requests (blocks of 7 spikes, the
+    pages released after each): the numbers of the plain read, in each request's order."""
+    monkeypatch.setattr(sources, "KWX_BLOCK_SPIKES", 7)
+    monkeypatch.setattr(sources, "KWX_RESIDENT_BYTES", 1)
+    with KwikModel(kwik) as model:
+        source = SortingSource(model)
+        assert source.gathers_in_one_pass
+        features = np.asarray(model.features[:], np.float64)
+        nfpc = source.n_features_per_channel
+        n = model.n_spikes
+        rng = np.random.default_rng(0)
+        requests = [(np.arange(0, n, 3), [4, 1]), (np.zeros(0, np.int64), [2]),
+                    (rng.permutation(n)[:40], [7, 8, 9]), (np.array([n - 1, 0, 5]), [0])]
+        gathered = source.gather_features(requests)
+        releases = source._kwx_pages.n_releases
+    assert releases > 0
+    for (ids, channels), out in zip(requests, gathered):
+        columns = (np.asarray(channels)[:, None] * nfpc + np.arange(nfpc)).ravel()
+        assert out.shape == (len(ids), len(columns)) and out.dtype == np.float64
+        np.testing.assert_array_equal(out, features[ids][:, columns])
+
+
+def test_waveforms_of_several_requests_in_one_pass(kwik, monkeypatch):
+    """`gather_waveforms` reads the recording once for many requests (blocks of 500
+    samples, the pages released after each): the numbers of `waveforms`, request by
+    request, in each request's order."""
+    monkeypatch.setattr(sources, "WAVEFORM_BLOCK_SAMPLES", 500)
+    with KwikModel(kwik) as model:
+        source = SortingSource(model)
+        n = model.n_spikes
+        rng = np.random.default_rng(1)
+        requests = [(np.arange(0, n, 4), [4, 1]), (np.zeros(0, np.int64), [2]),
+                    (rng.permutation(n)[:30], [7, 8, 9, 31]), (np.array([n - 1, 0]), [0])]
+        gathered = source.gather_waveforms(requests)
+        for (ids, channels), out in zip(requests, gathered):
+            expected = source.waveforms(ids, channels)
+            assert out.shape == expected.shape and out.dtype == np.float64
+            np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("features", [True, False])
+def test_metrics_read_together_are_those_of_each_cluster_alone(kwik, monkeypatch, features):
+    """`compute_quality` reads the features and windows of several clusters together
+    (two at a time here): each cluster's metrics as `cluster_quality` reads them alone,
+    with the .kwx's features and without (waveforms' principal components)."""
+    from phy_autolabel import quality
+
+    monkeypatch.setattr(quality, "GATHER_CLUSTERS", 2)
+    monkeypatch.setattr(sources, "WAVEFORM_BLOCK_SAMPLES", 5000)
+    with KwikModel(kwik) as model:
+        source = SortingSource(model)
+        if not features:  # as a template directory: the metrics read waveforms
+            source.n_features_per_channel = 0
+        together = quality.compute_quality(source)
+        alone = {int(c): quality.cluster_quality(source, int(c)) for c in source.cluster_ids}
+    assert list(together) == list(alone) and len(alone) >= 3
+    assert all(np.isfinite(q.snr) for q in alone.values())
+    np.testing.assert_equal({c: q.as_dict() for c, q in together.items()},
+                            {c: q.as_dict() for c, q in alone.items()})
 
 
 def test_noise_of_the_whole_recording_fills_the_cache(kwik, monkeypatch):
