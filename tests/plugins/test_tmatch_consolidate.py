@@ -7,6 +7,8 @@ which templates are one unit), on templates made by `build_templates` as the run
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from phy_core.bunch import Bunch
@@ -139,3 +141,91 @@ def test_two_templates_of_one_shape_firing_independently_are_not_merged():
     out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
     assert info["n_merged"] == 0
     assert np.array_equal(out.spike_templates, result.spike_templates)
+
+
+def _clipped(rng, n: int, mean: float, spread: float) -> np.ndarray:
+    """`n` amplitudes of one unit as the pursuit gives them: clipped to 0.75-1.35."""
+    return np.clip(rng.normal(mean, spread, n), 0.75, 1.35)
+
+
+def test_another_units_spikes_at_the_bottom_of_a_templates_range_are_removed():
+    rng = np.random.default_rng(4)
+    # Template 0: a unit of 600 spikes (amplitudes 1.02 +- 0.1) and 90 spikes of a weaker
+    # unit at the pursuit's lower bound. Template 1, 200 um away: a weak unit whose template
+    # is too large (0.9 +- 0.12: 11 % of its spikes clipped at the bound, as the Gaussian
+    # predicts). Template 2: a unit whose median is at the bound (left to the other tests).
+    own, foreign = _train(rng, 600), _train(rng, 90, dead=5000)
+    weak, low = _train(rng, 2000), _train(rng, 300)
+    trains = [np.concatenate([own, foreign]), weak, low]
+    amplitudes = [np.concatenate([_clipped(rng, len(own), 1.02, 0.1), np.full(len(foreign),
+                                                                          0.75)]),
+                  _clipped(rng, len(weak), 0.9, 0.12), np.full(len(low), 0.75)]
+    templates = _templates([_waveform(2, 6.0), _waveform(12, 4.0), _waveform(22, 4.0)])
+    result = _result(trains, amplitudes)
+    out, _ = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    # The expected count, computed here independently: n Phi((0.75 - median) / spread).
+    # (The normal distribution's quartile is 0.6745 of its spread.)
+    a0 = amplitudes[0].astype(np.float32)
+    median, q75 = np.quantile(a0.astype(np.float64), [0.5, 0.75])
+    z = (0.75 - median) / ((q75 - median) / 0.6744897501960817)
+    expected = len(a0) * 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    at_bound = a0 <= np.float32(0.75)
+    assert at_bound.sum() > 3 * expected + 5  # the case is the one the rule is for
+    kept_0 = out.spike_samples[out.spike_templates == 0]
+    assert not np.isin(foreign, kept_0).any()
+    # Template 0 loses its spikes at the bound, no other; 1 and 2 lose none.
+    assert np.array_equal(np.sort(kept_0), np.sort(trains[0][~at_bound]))
+    assert np.array_equal(out.spike_samples[out.spike_templates == 1], np.sort(weak))
+    assert np.array_equal(out.spike_samples[out.spike_templates == 2], np.sort(low))
+    # Off: every spike stays.
+    same, _ = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
+                          ConsolidateParameters(remove_foreign=False))
+    assert len(same.spike_samples) == len(result.spike_samples)
+
+
+def test_a_rare_template_at_the_bottom_of_its_range_is_dropped():
+    rng = np.random.default_rng(5)
+    # 100 s at 0.1 Hz: fewer than 10 spikes is rare. Template 0: 8 spikes at the bound
+    # (fragments); 1: 8 spikes near amplitude 1 (a rare unit, kept); 2: 14 spikes at the
+    # bound (not rare); 3: a unit of 500 spikes.
+    trains = [_train(rng, 8, dead=100000), _train(rng, 8, dead=100000),
+              _train(rng, 14, dead=100000), _train(rng, 500)]
+    amplitudes = [np.full(8, 0.75), _clipped(rng, 8, 1.0, 0.05), np.full(14, 0.75),
+                  _clipped(rng, 500, 1.0, 0.1)]
+    templates = _templates([_waveform(2, 5.0), _waveform(9, 5.0), _waveform(16, 5.0),
+                            _waveform(22, 8.0)])
+    result = _result(trains, amplitudes)
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_dropped"] == 1
+    assert not (out.spike_templates == 0).any()
+    for k in (1, 2, 3):
+        assert np.array_equal(out.spike_samples[out.spike_templates == k], np.sort(trains[k]))
+    # At a tenth of the rate, template 0 is not rare either.
+    same, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
+                             ConsolidateParameters(min_rate_hz=0.01))
+    assert info["n_dropped"] == 0 and len(same.spike_samples) == len(result.spike_samples)
+
+
+def test_a_template_of_a_strong_units_remainders_is_dropped():
+    rng = np.random.default_rng(6)
+    # Template 0: a strong unit (2000 spikes in 100 s). Template 1, 100 um away: 300
+    # remainders of its spikes, each dated 8-25 samples after one (outside the 0.2 ms of a
+    # spike seen twice, within 1 ms). Template 2, 40 um away: an independent weak unit.
+    strong = _train(rng, 2000)
+    follow = np.sort(rng.choice(strong, 300, replace=False)) + rng.integers(8, 26, 300)
+    other = _train(rng, 400)
+    amplitudes = [np.ones(len(strong)), np.full(len(follow), 0.8), np.ones(len(other))]
+    templates = _templates([_waveform(6, 40.0), _waveform(11, 5.0), _waveform(8, 5.0)])
+    result = _result([strong, follow, other], amplitudes)
+    # Not duplicates in the 0.2 ms sense: none within 6 samples.
+    assert not _brute_force_coincidences(strong, follow, int(round(0.2e-3 * RATE))).any()
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_dropped"] == 1 and not (out.spike_templates == 1).any()
+    # The independent unit: its chance coincidences within 1 ms (about 2000 * 61 / 3e6 of
+    # its spikes, computed here by brute force) are far from half of them: kept whole.
+    assert _brute_force_coincidences(strong, other, 30).mean() < 0.2
+    assert np.array_equal(out.spike_samples[out.spike_templates == 2], np.sort(other))
+    assert np.array_equal(out.spike_samples[out.spike_templates == 0], np.sort(strong))
+    same, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
+                             ConsolidateParameters(drop_remainders=False))
+    assert info["n_dropped"] == 0 and len(same.spike_samples) == len(result.spike_samples)
