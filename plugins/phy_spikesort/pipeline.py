@@ -320,6 +320,27 @@ class _TemplateNoiseInBackground:
         return self._result[0] if self._result else None
 
 
+def _warm_up_template_workers(executor, prm) -> None:
+    """The workers load the template matching's numba kernels and open the recording
+    (`phy_tmatch.worker.warm_up`, ~0.1-0.3 s of CPU each), without waiting.
+
+    Submitted while the masked EM runs here, when a worker is idle: at the template
+    matching's start they would compete with this process, which reads the clusters and
+    chooses the spikes, and its first jobs would wait behind them. The template matching
+    warms them up again, which then costs nothing.
+    """
+    if not hasattr(executor, "warm_up"):
+        return
+    from phy_tmatch.noise import filter_arguments
+    from phy_tmatch.worker import warm_up
+
+    try:
+        executor.warm_up(warm_up, str(prm.path), filter_arguments(prm))
+    except Exception as exc:  # noqa: BLE001 - the template matching warms them up itself
+        logger.debug("Template warm-up in the workers failed (%s: %s).", type(exc).__name__,
+                     exc)
+
+
 class _OneJobAtATime:
     """An executor whose `imap` keeps one job in flight: one worker busy at a time."""
 
@@ -549,11 +570,18 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
             todo = [g for g in todo if g == channel_group]
         cluster_s = tmatch_s = cluster_cpu_s = label_worker_cpu_s = 0.0
         template_dirs, early_labels = {}, {}
+        warmed = False
         for group in todo:
             t1, cpu1 = time.perf_counter(), time.process_time()
             tmatch_noise = None
             if (tmatch_options is not None and group not in clustered and group not in matched
                     and getattr(workers.get(), "name", "") != "serial"):
+                if not warmed:
+                    # Each worker loads the template matching's kernels now, beside the EM,
+                    # rather than at its start, beside this process; first, so that each
+                    # idle worker takes one (the noise jobs then find them loaded).
+                    _warm_up_template_workers(workers.get(), prm)
+                    warmed = True
                 # The template matching's noise, which needs no cluster, measured by a
                 # worker (idle otherwise) while the masked EM runs here.
                 tmatch_noise = _TemplateNoiseInBackground(workers.get(), prm.path, group,

@@ -166,17 +166,33 @@ def add_back_misfits(xt: np.ndarray, snippets: np.ndarray, templates, starts: np
 POOL_BLOCK = 4096
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def pooled_residual(xt, inv_sigma, nbr, weights, out):  # pragma: no cover - compiled
     """``out[c] = sum_p weights[c, p] xt[nbr[c, p]] / sigma[nbr[c, p]]`` (rows: channels).
+
+    `sampled_pooled_residual` without the sample.
+    """
+    sampled_pooled_residual(xt, inv_sigma, nbr, weights, out, 0,
+                            np.empty((0, 0), dtype=np.float32))
+
+
+@njit(cache=True, fastmath=True)
+def sampled_pooled_residual(xt, inv_sigma, nbr, weights, out, step,
+                            sampled):  # pragma: no cover - compiled
+    """`pooled_residual`, and with ``step > 0`` ``sampled[:] = out[:, ::step]`` too.
 
     Channel-major, so that every inner loop is a contiguous SIMD loop. Blocks of
     `POOL_BLOCK` samples are the outer loop, and four neighbours are added per
     pass over the accumulator (each sample's terms still added in the order of
-    `nbr`, so the result is the same as one neighbour at a time).
+    `nbr`, so the result is the same as one neighbour at a time). The sample is
+    copied from the accumulator while it is in the cache: its median then reads a
+    contiguous array, not one value per cache line of `out` (`POOL_BLOCK` is a
+    multiple of `step`).
     """
     n_channels, n = xt.shape
     n_pool = nbr.shape[1]
+    if step > 0 and POOL_BLOCK % step:
+        raise ValueError("sampled_pooled_residual: step must divide POOL_BLOCK.")
     # A buffer of its own: LLVM vectorizes the loop only when it cannot alias `xt`.
     acc = np.empty(POOL_BLOCK, dtype=np.float32)
     for t0 in range(0, n, POOL_BLOCK):
@@ -207,6 +223,9 @@ def pooled_residual(xt, inv_sigma, nbr, weights, out):  # pragma: no cover - com
                     acc[t] += w * row[t]
                 p += 1
             out[c, t0:t1] = acc[:nb]
+            if step > 0:
+                for q in range((nb + step - 1) // step):
+                    sampled[c, t0 // step + q] = acc[q * step]
 
 
 @njit(cache=True)
@@ -218,6 +237,21 @@ def residual_troughs(z, threshold, nbr, half_width, lo, hi,
     lower channel) over its neighbour channels and ``t +- half_width``. Sorted
     by channel, then sample.
     """
+    return scaled_troughs(z, np.ones(z.shape[0], dtype=z.dtype), threshold, nbr, half_width,
+                          lo, hi, max_events)
+
+
+@njit(cache=True)
+def scaled_troughs(z, scale, threshold, nbr, half_width, lo, hi,
+                   max_events):  # pragma: no cover - compiled
+    """`residual_troughs` of ``z / scale[:, None]``, dividing only the values it compares.
+
+    The same divisions (float32, correctly rounded) as dividing `z` first, so the
+    same troughs, without a pass that reads and writes the whole chunk: a row's
+    minimum over a scan block is the minimum of the divided values divided (a
+    division by a positive number is monotone), and only the blocks below the
+    threshold are divided value by value.
+    """
     n_channels, n = z.shape
     out = np.empty((max_events, 2), dtype=np.int64)
     count = 0
@@ -225,22 +259,24 @@ def residual_troughs(z, threshold, nbr, half_width, lo, hi,
     scan = 64
     for c in range(n_channels):
         row = z[c]
+        s = scale[c]
         for t0 in range(lo, hi, scan):
             t1 = min(t0 + scan, hi)
             low = row[t0]
             for t in range(t0 + 1, t1):
                 low = min(low, row[t])
-            if low >= -threshold:
+            if low / s >= -threshold:
                 continue
             for t in range(t0, t1):
-                v = row[t]
+                v = row[t] / s
                 if v >= -threshold:
                     continue
                 best = True
                 for p in range(nbr.shape[1]):
                     cc = nbr[c, p]
+                    sc = scale[cc]
                     for u in range(max(0, t - half_width), min(n, t + half_width + 1)):
-                        w = z[cc, u]
+                        w = z[cc, u] / sc
                         if w < v or (w == v and (u < t or (u == t and cc < c))):
                             best = False
                             break
@@ -312,15 +348,18 @@ def collect_events(collect: Bunch, templates, chunk, xt: np.ndarray, starts: np.
     # Residual events.
     inv_sigma = (1.0 / np.maximum(collect.sigma_channels, 1e-12)).astype(np.float32)
     pooled = scratch("pooled", xt.shape, xt.dtype)  # reused by the worker's next chunk
-    pooled_residual(xt, inv_sigma, collect.pool_channels, collect.pool_weights, pooled)
-    spread = abs_medians(pooled, 16) / _MAD_TO_STD  # = np.median(np.abs(pooled[:, ::16]), 1)
-    pooled /= np.maximum(spread, 1e-12)[:, None]
-    # Troughs whose window fits in the chunk.
+    # Every 16th sample of each row, whose median is the statistic's spread.
+    sampled = scratch("pooled_sample", (xt.shape[0], (xt.shape[1] + 15) // 16), xt.dtype)
+    sampled_pooled_residual(xt, inv_sigma, collect.pool_channels, collect.pool_weights,
+                            pooled, 16, sampled)
+    spread = abs_medians(sampled, 1) / _MAD_TO_STD  # = np.median(np.abs(pooled[:, ::16]), 1)
+    # Troughs whose window fits in the chunk, of the statistic over its spread (divided
+    # as it is compared: the same values as dividing `pooled` first).
     n = xt.shape[1]
     lo, hi = max(keep_lo, before), min(keep_hi, n - (n_t - before) + 1)
-    troughs = residual_troughs(pooled, np.float32(collect.residual_threshold),
-                               collect.pool_channels, n_t // 2, lo, max(lo, hi),
-                               int(collect.max_residual))
+    troughs = scaled_troughs(pooled, np.maximum(spread, 1e-12).astype(np.float32),
+                             np.float32(collect.residual_threshold), collect.pool_channels,
+                             n_t // 2, lo, max(lo, hi), int(collect.max_residual))
     r_times, r_homes = troughs[:, 0], troughs[:, 1]
     keep = np.concatenate([_evenly(np.flatnonzero(r_homes == c),
                                    int(collect.max_residual_per_channel))

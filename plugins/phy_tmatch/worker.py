@@ -172,15 +172,16 @@ def warm_up(prm_path: str, filter_arguments: dict | None = None) -> None:
         transpose(x, np.empty((2, 20), np.float32))
         transpose_columns(x, np.array([1]), np.empty((1, 20), np.float32))
         abs_medians(np.ascontiguousarray(x.T), 1)
-        from .residual import pooled_residual, residual_troughs, subtract_spikes
+        from .residual import sampled_pooled_residual, scaled_troughs, subtract_spikes
 
         xt = rng.standard_normal((1, 20)).astype(np.float32)
         subtract_spikes(xt, np.zeros(1, np.int64), np.zeros(1, np.int64), one, ptr, idx,
                         spatial, temporal)
         pooled = np.empty_like(xt)
         nbr = np.zeros((1, 1), dtype=np.int64)
-        pooled_residual(xt, one, nbr, spatial, pooled)
-        residual_troughs(pooled, np.float32(1.0), nbr, 2, 0, 20, 4)
+        sampled_pooled_residual(xt, one, nbr, spatial, pooled, 16,
+                                np.empty((1, 2), np.float32))
+        scaled_troughs(pooled, one, np.float32(1.0), nbr, 2, 0, 20, 4)
 
 
 def spike_segments(setup: Setup, chunk, samples: np.ndarray) -> list | None:

@@ -93,7 +93,9 @@ def test_warm_up_runs_once_in_every_worker(tmp_path):
     finally:
         executor.close()
     warmed = log.read_text().split()
-    assert len(warmed) == 4 and len(set(warmed[:2])) == 2  # once in each worker first
+    # Both workers ran it in their initializer, plus the two submitted runs (which of
+    # the workers takes those depends on the scheduling: under load, one may take both).
+    assert len(warmed) == 4 and len(set(warmed)) == 2
     # No-ops elsewhere, and the jobs still run.
     serial = SerialExecutor()
     assert serial.warm_up(_pid_after, str(tmp_path / "never.txt"), 0) == []
