@@ -34,7 +34,9 @@ final spike trains, whole, and changes only the labels of the spikes:
   median amplitudes within ``merge_amplitude_ratio``) and whose trains are
   refractory with each other (`comparison.refractory_conflict`) are one unit: the
   smaller one's spikes go to the larger template, their times and amplitudes
-  converted to it.
+  converted to it. Not two that the last refinement compared and kept apart
+  (`apart`: alike in waveform, two units by their spikes; a pair of co-located
+  units with few spikes has no refractory conflict to show).
 - **Remainders.** What the pursuit leaves of a strong unit's spike where its
   template differs from it is matched by a smaller template nearby, dated up to
   a template's half-length away rather than within ``same_ms`` (the 384-channel,
@@ -173,8 +175,12 @@ def duplicate_spikes(samples: np.ndarray, kinds: np.ndarray, peaks: np.ndarray,
 
 def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, samples: np.ndarray,
                  amplitudes: np.ndarray, homes: np.ndarray, positions: np.ndarray,
-                 n_samples: int, sample_rate: float, p: ConsolidateParameters) -> list:
-    """Pairs of templates of one unit, ``(cosine, larger, smaller, lag)``, most alike first."""
+                 n_samples: int, sample_rate: float, p: ConsolidateParameters,
+                 apart: frozenset = frozenset()) -> list:
+    """Pairs of templates of one unit, ``(cosine, larger, smaller, lag)``, most alike first.
+
+    Not the pairs of `apart` (sets of two template indices).
+    """
     n_templates = len(dense)
     counts = np.bincount(kinds, minlength=n_templates)
     alive = np.flatnonzero(counts >= p.min_spikes)
@@ -195,6 +201,10 @@ def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, sample
                 continue
             cos, _, lag = similarity(scaled[k], scaled[m], max_lag)
             if cos < p.merge_similarity:
+                continue
+            if frozenset((int(k), int(m))) in apart:
+                logger.debug("Consolidation: templates %d and %d are alike (%.3f) but the "
+                             "refinement told their spikes apart.", k, m, cos)
                 continue
             # The two date one spike differently (by their lag): closer pairs are one spike.
             if refractory_conflict(samples[kinds == k], samples[kinds == m],
@@ -285,7 +295,7 @@ def _medians(values: np.ndarray, kinds: np.ndarray, n_templates: int) -> np.ndar
 def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.ndarray,
                 n_samples: int, sample_rate: float,
                 p: ConsolidateParameters = ConsolidateParameters(),
-                amplitude_min: float = 0.75) -> tuple[Bunch, dict]:
+                amplitude_min: float = 0.75, apart=()) -> tuple[Bunch, dict]:
     """The last pass's spikes without duplicates, over-split units merged (module docstring).
 
     Parameters
@@ -298,6 +308,10 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
     positions : (C, 2) channel positions (um).
     amplitude_min : float
         The pursuit's smallest amplitude (`MatchParameters.amplitude_min`).
+    apart : iterable of (int, int)
+        Pairs of templates (indices) not to merge: the last refinement compared
+        their spikes and found two units (`phy_tmatch.refine`'s ``kept_apart``:
+        co-located units of one shape, 1024 channels' units 89 and 130 at 20 s).
 
     Returns
     -------
@@ -369,7 +383,8 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
     if p.merge:
         k_kinds = kinds[keep]
         pairs = _merge_pairs(dense, sigma, k_kinds, samples[keep], amplitudes[keep], homes,
-                             positions, n_samples, sample_rate, p)
+                             positions, n_samples, sample_rate, p,
+                             frozenset(frozenset((int(a), int(b))) for a, b in apart))
         kinds = kinds.copy()
         samples = samples.copy()
         amplitudes = amplitudes.copy()

@@ -56,6 +56,9 @@ class Group:
     snippet_mean : bool
         Whether its mean is its snippets' mean, on its snippet home's local
         channels only (widened by `phy_tmatch.means.WindowMeans`).
+    amplitude_copy : bool
+        Whether it is a scaled copy of an amplitude split (the pursuit gives it
+        the amplitude prior: `phy_tmatch.runner`).
     """
 
     mean: np.ndarray
@@ -71,6 +74,7 @@ class Group:
     residual: bool
     scale: float = 1.0
     snippet_mean: bool = False
+    amplitude_copy: bool = False
 
     def counted(self, copies: set[int]) -> int:
         """The spike count its template is built with (`build_templates`' channel test).

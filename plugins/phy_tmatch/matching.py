@@ -24,7 +24,10 @@ amplitudes lets a spike prefer, of two templates of one shape and different
 sizes, the one on which its amplitude is near 1 (`amplitude_prior`). Measured
 on the synthetic recordings (384 channels, seeds 0 and 1; 1024 channels), it
 changed the sorted units' accuracy by at most one unit either way, at no
-measurable cost: left off.
+measurable cost: left off for all templates. `amplitude_prior_templates`
+limits it to some (the others match as without it): `phy_tmatch.runner` gives
+it to the scaled copies of the refinement's amplitude split
+(``amplitude_copy_prior_std``), which tie on every spike without it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class MatchParameters:
     refractory: int = 30  # samples
     max_rounds: int = 12
     amplitude_prior_std: float | None = None  # None: no amplitude prior (`amplitude_prior`)
+    # The templates (indices) the prior applies to; None: all. The scaled copies of an
+    # amplitude split (`phy_tmatch.refine`) want it; the other templates match as without.
+    amplitude_prior_templates: tuple[int, ...] | None = None
 
 
 def margin_samples(n_t: int, parameters: MatchParameters, filter_margin: int) -> int:
@@ -88,13 +94,21 @@ def amplitude_prior(norm2: np.ndarray, sigma: np.ndarray,
     constant, ``2 sigma^2 / |T|^2`` times the log-likelihood of ``a``; in the
     same units the prior's log-density is ``-w (a - 1)^2`` with
     ``w = sigma^2 / (|T|^2 s^2)`` (``1 / s^2`` if the noise of ``B`` were
-    white in the whitened metric). See `phy_tmatch.kernels`.
+    white in the whitened metric). See `phy_tmatch.kernels`. With
+    ``amplitude_prior_templates``, the other templates' weight is 0 (no prior);
+    None when that leaves none.
     """
     s = parameters.amplitude_prior_std
-    if s is None:
+    chosen = parameters.amplitude_prior_templates
+    if s is None or (chosen is not None and not len(chosen)):
         return None
     sigma = np.asarray(sigma, np.float64)
-    return (sigma * sigma / (np.asarray(norm2, np.float64) * float(s) ** 2)).astype(np.float32)
+    weights = sigma * sigma / (np.asarray(norm2, np.float64) * float(s) ** 2)
+    if chosen is not None:
+        keep = np.zeros(len(weights), dtype=bool)
+        keep[np.asarray(chosen, dtype=np.int64)] = True
+        weights[~keep] = 0.0
+    return weights.astype(np.float32)
 
 
 def channel_major(filtered: np.ndarray, scratch: bool = False,

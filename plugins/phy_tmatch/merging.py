@@ -50,8 +50,9 @@ def _two_amplitude_modes(g: Group, h: Group, events: EventSnippets, samples: np.
 def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[int]],
                 events: EventSnippets, sigma: np.ndarray, positions: np.ndarray, max_lag: int,
                 samples: np.ndarray, jitter: float | None,
-                p: RefineParameters) -> tuple[list, set[int]]:
-    """The pairs of groups that may be one unit, and the templates found to be copies.
+                p: RefineParameters) -> tuple[list, set[int], list]:
+    """The pairs of groups that may be one unit, the templates found to be copies, and the
+    pairs kept apart.
 
     Parameters
     ----------
@@ -65,15 +66,18 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
 
     Returns
     -------
-    (pairs, copies)
+    (pairs, copies, apart)
         ``(cosine, i, j, lag, by_snippets)`` per pair of alike groups ``i < j``
         (`lag` aligns `j` on `i`; `by_snippets`: alike by their events, not by
         their waveforms); the cluster ids of the templates of one shape told
-        apart by their amplitudes (`Group.counted`).
+        apart by their amplitudes (`Group.counted`); ``(i, j)`` per pair alike
+        in waveform (``merge_similarity``, ``merge_amplitude_ratio``) that their
+        spikes told apart (beyond a scale and a shift, or by their amplitudes).
     """
     whitener, local, snippets = events.whitener, events.local, events.snippets
     copies: set[int] = set()
     pairs = []
+    apart = []
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
             hi, hj = groups[i].home, groups[j].home
@@ -88,6 +92,7 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
             cos, ratio, lag = similarity(a, b, max_lag)
             alike = cos >= p.merge_similarity and \
                 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio
+            by_waveform = alike
             by_snippets = False
             if alike and p.distinct_beyond_scale and not (groups[i].residual
                                                           or groups[j].residual) \
@@ -139,7 +144,9 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
                          "alike" if alike else "distinct")
             if alike:
                 pairs.append((cos, i, j, lag, by_snippets))
-    return pairs, copies
+            elif by_waveform:
+                apart.append((i, j))
+    return pairs, copies, apart
 
 
 def merge_groups(groups: list[Group], pairs: list, owners: list[set[int]],

@@ -52,7 +52,7 @@ channels near their home channel. From them, in the parent process:
   another unit's shape leaves a residual, the difference of the two, that would
   become a template of the same spikes (most false clusters of the 1024
   channels).
-- **Split by amplitude** (``amplitude_split``, off by default): two co-located
+- **Split by amplitude** (``amplitude_split``, on): two co-located
   units of one shape (amplitude ratio 1.42: units 24 and 39 of the 384-channel
   seed 0) share a template, and the split above sees one unit whose amplitude
   varies. A template kept whole whose spikes' amplitudes on it form two modes
@@ -62,10 +62,13 @@ channels near their home channel. From them, in the parent process:
   do not depend on time or on the interval since the previous spike
   (`modes_independent`: a unit that drifts or bursts) becomes two scaled
   copies; the next pass assigns
-  the spikes, which needs the pursuit's amplitude prior (``amplitude_prior_std``
-  of `phy_tmatch.runner`: without it the two copies tie on every spike). Two
+  the spikes, which needs the pursuit's amplitude prior (without it the two
+  copies tie on every spike): `refine` names the copies (``amplitude_copies``)
+  and `phy_tmatch.runner` gives them, and them only, the prior
+  (``amplitude_copy_prior_std``; on every template, ``amplitude_prior_std``, it
+  lost a weak unit of the 1024 channels to its strong neighbour). Two
   groups alike in shape whose amplitudes form two modes are not merged (the
-  copies of the previous round).
+  copies of the previous round), and are named copies too.
 - **Rescale** a template that is neither split nor merged to the mean amplitude
   of its matched spikes (`mean_amplitude`) when that is off 1 by more than its
   standard error allows and by `rescale_min_change` to `rescale_max_change`: a
@@ -160,17 +163,20 @@ class RefineParameters:
     (`mean_amplitude`; smaller errors are within the pursuit's amplitude range;
     the means of groups of residual events, 0.5-0.7, are also off in shape, and
     rescaling them let them take their neighbours' spikes);
-    ``amplitude_split`` (off by default), ``amplitude_split_ratio``,
+    ``amplitude_split`` (on), ``amplitude_split_ratio``,
     ``amplitude_split_margin``, ``amplitude_split_free_margin``,
     ``amplitude_split_min_fraction``, ``amplitude_jitter`` (one unit's amplitude
     spread over its mean; None: measured on the recording, `recording_jitter`,
     from the templates with at least ``amplitude_jitter_min_spikes`` matched
-    spikes), ``amplitude_split_independence``
+    spikes, when there are ``amplitude_jitter_min_templates`` of them; else no
+    split by amplitude: the median of 6 templates' spreads, 8 s of 32 channels,
+    was 0.069 for units of 10 %, and a single unit was split; over 44-126
+    templates, 0.094-0.102), ``amplitude_split_independence``
     (a bar in standard deviations of a correlation): a template the shape test
     left whole is split in two scaled copies when its spikes' amplitudes form
-    two modes (`amplitude_modes`: two co-located units of one shape; it wants
-    the pursuit's amplitude prior) that are independent of time and of the
-    interval since the previous spike (`modes_independent`: a unit that drifts
+    two modes (`amplitude_modes`: two co-located units of one shape; the copies
+    get the pursuit's amplitude prior, `phy_tmatch.runner`) that are independent
+    of time and of the interval since the previous spike (`modes_independent`: a unit that drifts
     or bursts is one unit). ``split_far_field`` (on): the parts of a split alike
     to their template keep its waveform beyond their home's local channels
     (`with_far_field`). ``misfits``: new templates also from the spikes matched
@@ -201,12 +207,13 @@ class RefineParameters:
     drop_duplicates: bool = True
     duplicate_fraction: float = 0.5
     split_far_field: bool = True
-    amplitude_split: bool = False
+    amplitude_split: bool = True
     amplitude_split_ratio: float = 1.3
     amplitude_split_margin: float = 4.0
     amplitude_split_min_fraction: float = 0.2
     amplitude_jitter: float | None = None
     amplitude_jitter_min_spikes: int = 30
+    amplitude_jitter_min_templates: int = 10
     amplitude_split_independence: float = 3.0
     amplitude_split_free_margin: float = 0.0
     misfits: bool = True
@@ -230,6 +237,8 @@ def _amplitude_jitter(templates, labels: np.ndarray, template_homes: np.ndarray,
                 sets.append(amplitudes(events.whitened(rows, home),
                                        *events.on_waveform(dense[k], home)))
         jitter = recording_jitter(sets, p.amplitude_jitter_min_spikes)
+        if len(sets) < p.amplitude_jitter_min_templates:
+            jitter = None  # too few templates for a median to be one unit's jitter
         logger.debug("Refinement: amplitude jitter measured on %d templates: %s.", len(sets),
                      "none" if jitter is None else f"{jitter:.3f}")
     return jitter
@@ -293,7 +302,8 @@ def _template_groups(templates, dense: np.ndarray, counts: np.ndarray, labels: n
                             mean=dense[k] * scale, n_spikes=n_equal, cluster_id=None,
                             home=home, samples=samples[r], parent=k, n_averaged=n_equal,
                             spread=spread(x[part], p), rows=r, snippet_home=home,
-                            residual=False, scale=1.0, snippet_mean=False))
+                            residual=False, scale=1.0, snippet_mean=False,
+                            amplitude_copy=True))
                     continue
                 mean, error = mean_amplitude(x, template_w, slope_w)
                 change = abs(mean - 1.0)
@@ -406,7 +416,13 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     -------
     Bunch
         ``means`` (K', n_t, C) float64, ``n_spikes`` (K',), ``cluster_ids`` (K',),
-        ``changed`` (bool), and the counts ``n_split``, ``n_new``, ``n_merged``,
+        ``changed`` (bool), ``amplitude_copies`` (the cluster ids of the templates
+        that are scaled copies of one shape: an amplitude split's, or two kept apart
+        by their amplitudes; `phy_tmatch.runner` gives them the pursuit's amplitude
+        prior), ``kept_apart`` (n, 2): the cluster ids of the pairs alike in waveform
+        (``merge_similarity``, ``merge_amplitude_ratio``) that their spikes told
+        apart (beyond a scale and a shift, or by their amplitudes; the consolidation
+        leaves them apart), and the counts ``n_split``, ``n_new``, ``n_merged``,
         ``n_dropped``.
     """
     n_t, n_channels = templates.n_samples, templates.n_channels
@@ -439,8 +455,9 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     max_lag = int(round(p.merge_max_lag_ms * 1e-3 * sample_rate))
     positions = np.asarray(positions, dtype=np.float64)
     # `copies`: the templates found to be copies of one shape at two amplitudes.
-    pairs, copies = alike_pairs(groups, owners, parents, snippet_events, sigma, positions,
-                                max_lag, samples, jitter, p)
+    # `apart`: the pairs alike in waveform that their spikes told apart (`kept_apart`).
+    pairs, copies, apart = alike_pairs(groups, owners, parents, snippet_events, sigma,
+                                       positions, max_lag, samples, jitter, p)
     alive, n_merged = merge_groups(groups, pairs, owners, snippet_events, refractory, same,
                                    n_samples)
     kept = [g for g, a in zip(groups, alive) if a]
@@ -476,6 +493,12 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             g.mean = g.mean * g.scale
             n_rescaled += 1
     ids = []
+    # Two units of one shape, each a template scaled from the other's (split now, or kept
+    # apart by their amplitudes): the pursuit's amplitude prior tells their spikes apart.
+    is_copy = [g.amplitude_copy or g.cluster_id in copies for g in kept]
+    position = {id(g): n for n, g in enumerate(kept)}
+    kept_apart = [(position[id(groups[i])], position[id(groups[j])]) for i, j in apart
+                  if id(groups[i]) in position and id(groups[j]) in position]
     for g in kept:
         if g.cluster_id is None:
             g.cluster_id = next_id
@@ -489,4 +512,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         means=np.stack([g.mean for g in kept]) if kept else np.zeros((0, n_t, n_channels)),
         n_spikes=np.array([g.counted(copies) for g in kept], dtype=np.int64),
         cluster_ids=np.array(ids, dtype=np.int64), changed=changed, n_split=n_split,
+        amplitude_copies=np.array([i for i, c in zip(ids, is_copy) if c], dtype=np.int64),
+        kept_apart=np.array([(ids[a], ids[b]) for a, b in kept_apart],
+                            dtype=np.int64).reshape(-1, 2),
         n_new=n_new, n_merged=n_merged, n_dropped=n_dropped, n_rescaled=n_rescaled)

@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,10 @@ DEFAULTS = dict(
     amplitude_range=(MatchParameters.amplitude_min, MatchParameters.amplitude_max),
     amplitude_tolerance=MatchParameters.amplitude_tolerance,
     amplitude_prior_std=MatchParameters.amplitude_prior_std,
+    # The amplitude prior of the templates an amplitude split made (the refinement's
+    # `amplitude_split`: two units of one shape, whose spikes tie on both copies without
+    # it), when `amplitude_prior_std` (every template's) is None. None: none.
+    amplitude_copy_prior_std=0.3,
     refractory_ms=1.0,
     max_rounds=MatchParameters.max_rounds,
     n_noise_excerpts=5,
@@ -142,6 +146,8 @@ def _options(options: dict) -> Bunch:
         (o.amplitude_tolerance >= 0, "amplitude_tolerance must be >= 0"),
         (o.amplitude_prior_std is None or o.amplitude_prior_std > 0,
          "amplitude_prior_std must be None or > 0"),
+        (o.amplitude_copy_prior_std is None or o.amplitude_copy_prior_std > 0,
+         "amplitude_copy_prior_std must be None or > 0"),
         (o.refractory_ms >= 0, "refractory_ms must be >= 0"),
         (int(o.max_rounds) >= 1, "max_rounds must be >= 1"),
         (int(o.n_noise_excerpts) >= 1 and o.noise_excerpt_s > 0,
@@ -340,6 +346,24 @@ def _excerpt_chunks(n_samples: int, n_excerpts: int, size: int, margin: int) -> 
     starts = np.linspace(0, n_samples - size, n).round().astype(np.int64)
     return [Chunk(i, int(s), int(s) + size, max(0, int(s) - margin),
                   min(n_samples, int(s) + size + margin)) for i, s in enumerate(starts)]
+
+
+def _copy_prior(parameters, templates, copy_ids: set[int], o: Bunch):
+    """The pass's pursuit parameters: with the amplitude prior on the amplitude copies.
+
+    The templates of `copy_ids` (scaled copies of one shape made by the refinement's
+    amplitude split, `phy_tmatch.refine`) get the prior ``amplitude_copy_prior_std``
+    unless every template has one (``amplitude_prior_std``); the others match without
+    (the prior on every template lost a weak unit of the 1024 channels next to a strong
+    one: 6 of its spikes more went to the weak one's template).
+    """
+    if parameters.amplitude_prior_std is not None or o.amplitude_copy_prior_std is None:
+        return parameters
+    chosen = np.flatnonzero(np.isin(templates.cluster_ids, sorted(copy_ids)))
+    if not len(chosen):
+        return parameters
+    return replace(parameters, amplitude_prior_std=float(o.amplitude_copy_prior_std),
+                   amplitude_prior_templates=tuple(int(k) for k in chosen))
 
 
 def _make_templates(means, n_spikes, cluster_ids, noise_std, covariance, channel_positions,
@@ -594,6 +618,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     refinements, t_noise, t_matching = [], 0.0, 0.0
     known_sigma: dict = {}  # digest of a template -> its projection's noise
     next_id = int(max(np.max(spike_clusters, initial=0), np.max(cluster_ids, initial=0))) + 1
+    copy_ids: set[int] = set()  # the amplitude splits' copies so far (`_copy_prior`)
+    kept_apart = np.zeros((0, 2), dtype=np.int64)
     for round_ in range(n_rounds + 1):
         last = round_ == n_rounds
         t_round = time.perf_counter()
@@ -614,7 +640,9 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
 
             collect.template_home = home_channels(templates)
         setup = Setup(prm_path, channels, filter_, "match", before=before, n_t=n_t,
-                      templates=templates, parameters=parameters, sigma=sigma, token=token,
+                      templates=templates,
+                      parameters=_copy_prior(parameters, templates, copy_ids, o),
+                      sigma=sigma, token=token,
                       collect=None if last else collect, cross_correlations=cc)
         parts, rounds, capped = [], [], 0
         # The refinement's events, capped per template and home channel as they arrive
@@ -658,6 +686,8 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
                              window_means=window_means)
             events = None  # not through the next pass
             next_id = int(max(next_id, np.max(refined.cluster_ids, initial=0) + 1))
+            copy_ids.update(int(c) for c in refined.amplitude_copies)
+            kept_apart = refined.kept_apart  # the last refinement's (`consolidate`)
             refinements.append({key: int(refined[key]) for key in
                                 ("n_split", "n_new", "n_merged", "n_dropped", "n_rescaled")}
                                | dict(n_templates=len(refined.cluster_ids)))
@@ -684,9 +714,13 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     if len(result.spike_samples) and n_rounds > 0:
         from .consolidate import consolidate
 
+        index = {int(c): k for k, c in enumerate(templates.cluster_ids)}
+        apart = [(index[int(a)], index[int(b)]) for a, b in kept_apart
+                 if int(a) in index and int(b) in index]
         result, consolidated = consolidate(result, templates, noise_std, channel_positions,
                                            n_samples, rate, o.consolidate_parameters,
-                                           amplitude_min=float(o.amplitude_range[0]))
+                                           amplitude_min=float(o.amplitude_range[0]),
+                                           apart=apart)
     t_end = time.perf_counter()
     duration = n_samples / rate
     logger.info("Template matching: %d spikes from %d templates in %.1f s of recording in "

@@ -229,3 +229,20 @@ def test_a_template_of_a_strong_units_remainders_is_dropped():
     same, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
                              ConsolidateParameters(drop_remainders=False))
     assert info["n_dropped"] == 0 and len(same.spike_samples) == len(result.spike_samples)
+
+
+def test_two_templates_the_refinement_told_apart_are_not_merged():
+    # Two units of one shape at one site with few spikes (60 and 200 in 100 s: units 89
+    # and 130 of the 1024 channels, 20 s): no pair of their spikes comes within the
+    # refractory period, so the consolidation takes them for one unit; the refinement,
+    # which compared their spikes (`refine`'s ``kept_apart``), knows better.
+    rng = np.random.default_rng(4)
+    a, b = _train(rng, 60, dead=30000), _train(rng, 200, dead=9000)
+    templates = _templates([_waveform(8, 10.0), _waveform(8, 11.0, shift=1)])
+    result = _result([a, b], [np.ones(len(a)), np.ones(len(b))])
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_merged"] == 1
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
+                            apart=[(1, 0)])
+    assert info["n_merged"] == 0
+    assert np.array_equal(out.spike_templates, result.spike_templates)

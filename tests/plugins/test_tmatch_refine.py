@@ -217,6 +217,8 @@ def test_a_template_of_two_amplitude_modes_is_split_in_two_scaled_copies():
     p = RefineParameters(amplitude_split=True, amplitude_jitter=0.1)
     out, _ = _refine_two_modes(p, 30, 40, 1.5, rng)
     assert out.n_split == 1 and len(out.means) == 2 and 7 not in out.cluster_ids.tolist()
+    # Both are named as copies: the next pass gives them the amplitude prior.
+    assert sorted(out.amplitude_copies.tolist()) == sorted(out.cluster_ids.tolist())
     # Scaled copies of the template: the unit's waveform at each unit's amplitude.
     scales = sorted(float(np.linalg.norm(m) / np.linalg.norm(_spike())) for m in out.means)
     assert abs(scales[0] - 1.0) < 0.1 and abs(scales[1] - 1.5) < 0.15
@@ -229,10 +231,10 @@ def test_a_template_of_two_amplitude_modes_is_split_in_two_scaled_copies():
     assert np.array_equal(copies.channels(0), copies.channels(1))
     # Without the option the shape test sees one unit whose amplitudes vary, and one
     # unit's spikes are not split with it.
-    out, _ = _refine_two_modes(RefineParameters(), 30, 40, 1.5, rng)
-    assert out.n_split == 0 and len(out.means) == 1
+    out, _ = _refine_two_modes(RefineParameters(amplitude_split=False), 30, 40, 1.5, rng)
+    assert out.n_split == 0 and len(out.means) == 1 and not len(out.amplitude_copies)
     out, _ = _refine_two_modes(p, 35, 35, 1.0, rng)
-    assert out.n_split == 0 and len(out.means) == 1
+    assert out.n_split == 0 and len(out.means) == 1 and not len(out.amplitude_copies)
 
 
 def _refine_proportional_pair(p: RefineParameters, seed: int) -> Bunch:
@@ -258,13 +260,15 @@ def test_two_templates_of_one_shape_whose_amplitudes_form_two_modes_are_not_merg
     # Without the option, the snippet comparison joins them in most draws (the copies of
     # an amplitude split would be joined in the next round); with it, never.
     seeds = range(10)
-    merged = [len(_refine_proportional_pair(RefineParameters(), s).cluster_ids) == 1
-              for s in seeds]
+    merged = [len(_refine_proportional_pair(RefineParameters(amplitude_split=False),
+                                            s).cluster_ids) == 1 for s in seeds]
     assert sum(merged) >= 5
     p = RefineParameters(amplitude_split=True, amplitude_jitter=0.1)
     for s, joined in zip(seeds, merged):
         out = _refine_proportional_pair(p, s)
         assert out.cluster_ids.tolist() == [7, 9]
+        if joined:  # found to be copies of one shape: the prior's
+            assert out.amplitude_copies.tolist() == [7, 9]
         # Kept apart by their amplitudes, they are built with the spikes their means
         # averaged (not their 17 and 32 matched spikes), and keep the same channels
         # (`Group.counted`).
@@ -327,8 +331,10 @@ def test_single_units_with_a_wider_jitter_are_not_split_by_amplitude():
         amps = [1 + 0.18 * np.random.default_rng([seed, k]).standard_normal(60)
                 for k in range(len(HOMES))]
         samples = [_interleaved(np.random.default_rng(seed), 60) for _ in HOMES]
-        counts = [_refine_units(RefineParameters(amplitude_split=True, **options), amps,
-                                samples, np.random.default_rng(seed)).n_split
+        # (Measured on 4 templates: the test's, not the default's, minimum.)
+        counts = [_refine_units(RefineParameters(amplitude_split=True,
+                                                 amplitude_jitter_min_templates=3, **options),
+                                amps, samples, np.random.default_rng(seed)).n_split
                   for options in ({}, dict(amplitude_jitter=0.1),
                                   dict(amplitude_jitter=0.1,
                                        amplitude_split_free_margin=-np.inf))]
@@ -348,9 +354,13 @@ def test_two_units_of_one_shape_are_split_with_the_jitter_measured_on_the_record
                      1.16 * (1 + 0.1 * rng.standard_normal(40))]
         amps = [1 + 0.1 * rng.standard_normal(80) for _ in range(3)] + [pair]
         samples = [rng.permutation(_interleaved(rng, len(a))) for a in amps]
-        out = _refine_units(RefineParameters(amplitude_split=True), amps, samples, rng)
+        p = RefineParameters(amplitude_split=True, amplitude_jitter_min_templates=3)
+        out = _refine_units(p, amps, samples, rng)
         assert set(out.cluster_ids.tolist()) >= {7, 8, 9}  # the single units kept whole
         split += out.n_split == 1 and 10 not in out.cluster_ids.tolist()
+        # By default, 4 templates are too few to measure one unit's jitter on: no split.
+        out = _refine_units(RefineParameters(), amps, samples, np.random.default_rng(seed))
+        assert out.n_split == 0 and not len(out.amplitude_copies)
     assert split >= 4
 
 
@@ -367,3 +377,83 @@ def test_a_unit_whose_amplitude_drifts_is_one_unit():
         shuffled += _refine_units(p, [rng.permutation(amps)], [samples], rng).n_split
     assert drift == 0
     assert shuffled >= 3
+
+
+# -- The amplitude prior of an amplitude split's copies ---------------------------------------
+
+
+def test_the_amplitude_prior_weighs_the_chosen_templates_only():
+    from phy_tmatch.matching import MatchParameters, amplitude_prior
+
+    norm2 = np.array([4.0, 9.0, 16.0], np.float32)
+    sigma = np.array([1.0, 1.5, 2.0], np.float32)
+    everyone = amplitude_prior(norm2, sigma, MatchParameters(amplitude_prior_std=0.3))
+    # w = sigma^2 / (|T|^2 s^2), computed here directly.
+    np.testing.assert_allclose(everyone, sigma ** 2 / (norm2 * 0.09), rtol=1e-6)
+    chosen = amplitude_prior(norm2, sigma, MatchParameters(amplitude_prior_std=0.3,
+                                                           amplitude_prior_templates=(0, 2)))
+    np.testing.assert_array_equal(chosen, [everyone[0], 0.0, everyone[2]])
+    # None chosen: no prior at all (the plain pursuit's kernel).
+    assert amplitude_prior(norm2, sigma, MatchParameters(amplitude_prior_std=0.3,
+                                                         amplitude_prior_templates=())) is None
+
+
+def test_the_copies_of_an_amplitude_split_get_the_prior_in_the_next_passes():
+    from phy_tmatch.matching import MatchParameters
+    from phy_tmatch.runner import _copy_prior, _options
+
+    templates = Bunch(cluster_ids=np.array([4, 12, 13, 20]))
+    base = MatchParameters()
+    o = _options({})
+    # The copies (cluster ids 12 and 20, say, of two rounds) by their index in the set.
+    p = _copy_prior(base, templates, {12, 20, 99}, o)
+    assert p.amplitude_prior_std == 0.3 and p.amplitude_prior_templates == (1, 3)
+    assert p.z_threshold == base.z_threshold and p.refractory == base.refractory
+    # No copy, the option off, or a prior on every template: the parameters as they are.
+    assert _copy_prior(base, templates, set(), o) is base
+    assert _copy_prior(base, templates, {99}, o) is base
+    assert _copy_prior(base, templates, {12}, _options(dict(amplitude_copy_prior_std=None))) \
+        is base
+    every = MatchParameters(amplitude_prior_std=0.2)
+    assert _copy_prior(every, templates, {12}, o) is every
+    with pytest.raises(TemplateMatchingError, match="amplitude_copy_prior_std"):
+        _options(dict(amplitude_copy_prior_std=0.0))
+
+
+# -- Two units of one shape told apart by their spikes: kept apart ---------------------------
+
+
+def _refine_pair_of_templates(rng, ratio: float, offset: float) -> Bunch:
+    """Refine two templates, the means of 150 and 60 spikes of two units (the second
+    `ratio` times larger, its footprint `offset` channels further), each matched its own."""
+    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - HOME - offset) / 2.0) ** 2)
+    # `_spike`'s footprint moved: a unit a few um away (10 % jitter, up to half a sample
+    # off, in white noise, as `_spikes`).
+    moved = [_spike(d)[:, HOME:HOME + 1] * footprint[None, :] for d in rng.uniform(-0.5, 0.5,
+                                                                                   60)]
+    unit2 = ratio * (1 + 0.1 * rng.standard_normal(60))[:, None, None] * np.stack(moved) + \
+        rng.standard_normal((60, N_T, N_CHANNELS))
+    x = np.concatenate([_spikes(rng, 150, 1.0), unit2])
+    truth = np.r_[np.zeros(150, np.int64), np.ones(60, np.int64)]
+    positions = np.c_[np.zeros(N_CHANNELS), 20.0 * np.arange(N_CHANNELS)]
+    means = np.stack([x[truth == k].mean(axis=0) for k in (0, 1)])
+    templates = build_templates(means, np.array([150, 60]), np.array([7, 9]),
+                                np.ones(N_CHANNELS))
+    local = local_channels(positions, N_CHANNELS)
+    events = Bunch(samples=rng.permutation(len(x)) * 3000, labels=truth, homes=np.full(
+        len(x), HOME), snippets=x[:, :, local[HOME]].astype(np.float32))
+    return refine(templates, events, np.array([150, 60]), np.ones(N_CHANNELS), local,
+                  positions, len(x) * 3000, 30000.0, next_id=10, p=RefineParameters())
+
+
+def test_templates_alike_whose_spikes_tell_two_units_apart_are_named_kept_apart():
+    # Units 89 and 130 of the 1024 channels (cosine 0.98, norms 1.14 apart): the
+    # refinement keeps their templates apart, and says so (the consolidation, which
+    # sees their waveforms only, merged them).
+    for seed in range(3):
+        out = _refine_pair_of_templates(np.random.default_rng(seed), 1.15, 0.6)
+        assert out.cluster_ids.tolist() == [7, 9]
+        assert out.kept_apart.tolist() == [[7, 9]]
+    # Two templates of one unit are merged: nothing kept apart.
+    out = _refine_pair_of_templates(np.random.default_rng(0), 1.0, 0.0)
+    assert len(out.cluster_ids) == 1 and out.kept_apart.shape == (0, 2)
