@@ -10,6 +10,13 @@ gives such a template the rest of its channels: the mean of some of its
 events' windows, read and band-passed again in this process, on the channels
 it asks for.
 
+The windows are of the residual the pass left, like the snippets (`set_matched`):
+the spikes the pass matched in a window are subtracted, all but the window's own
+(a matched spike's, or a misfit's, which its snippet shows whole). Otherwise the
+windows of residual events left where a template explained a larger unit's spike
+only in part hold that unit's whole spike: their mean would be its waveform on
+the channels the snippets did not see, joined to the remainder on theirs.
+
 Each window is filtered on its own with `margin` samples on either side
 (rather than the chunks' exact margin, `phy_detect.filtering.Filter.margin_samples`,
 hundreds of milliseconds): the band-pass's response to the window's edges has
@@ -69,25 +76,53 @@ class WindowMeans:
         self.n_channels, self.significance = int(n_channels), float(significance)
         self.channel_fraction = float(channel_fraction)
         self.n_samples = int(traces.shape[0])
+        self._matched = None  # `set_matched`
 
-    def __call__(self, starts: np.ndarray, channels: np.ndarray) -> tuple[np.ndarray, int]:
+    def set_matched(self, starts: np.ndarray, templates: np.ndarray, amplitudes: np.ndarray,
+                    waveforms: np.ndarray | None) -> None:
+        """The spikes a matching pass found, taken out of the windows (`windows`).
+
+        `starts` (first samples), `templates` (indices into `waveforms`, ``(K, n_t, C)``,
+        the templates as the pursuit subtracted them) and `amplitudes` (as subtracted)
+        of every matched spike; ``waveforms=None`` forgets them.
+        """
+        if waveforms is None:
+            self._matched = None
+            return
+        order = np.argsort(starts, kind="stable")
+        self._matched = (np.asarray(starts, dtype=np.int64)[order],
+                         np.asarray(templates, dtype=np.int64)[order],
+                         np.asarray(amplitudes, dtype=np.float32)[order], waveforms)
+
+    def __call__(self, starts: np.ndarray, channels: np.ndarray,
+                 own: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The mean of the windows ``[start, start + n_t)`` on `channels` (indices of the group).
 
         Returns the mean ``(n_t, len(channels))`` float64 and the number of windows
         averaged (windows too close to the recording's edges are left out).
         """
-        windows = self.windows(starts, channels)
+        windows = self.windows(starts, channels, own)
         if windows.shape[1] == 0:
             return np.zeros((self.n_t, len(channels))), 0
         return windows.mean(axis=1, dtype=np.float64), windows.shape[1]
 
-    def windows(self, starts: np.ndarray, channels: np.ndarray) -> np.ndarray:
-        """The band-passed windows ``(n_t, n, len(channels))`` float32 (see `__call__`)."""
+    def windows(self, starts: np.ndarray, channels: np.ndarray,
+                own: np.ndarray | None = None) -> np.ndarray:
+        """The band-passed windows ``(n_t, n, len(channels))`` float32 (see `__call__`).
+
+        Given the pass's matched spikes (`set_matched`), each window is the residual
+        the pass left there: the spikes matched in it are subtracted, except the
+        window's own (`own`: the template whose matched spike starts at the window's
+        start, -1 for none), as the snippets of `phy_tmatch.residual` are made.
+        """
         starts = np.asarray(starts, dtype=np.int64)
+        own = np.full(len(starts), -1, np.int64) if own is None else np.asarray(own, np.int64)
         channels = np.asarray(channels, dtype=np.int64)
         m, n_t = self.margin, self.n_t
-        fits = starts[(starts - m >= 0) & (starts + n_t + m <= self.n_samples)]
-        starts = np.sort(fits[_evenly(len(fits), self.max_spikes)])
+        inside = np.flatnonzero((starts - m >= 0) & (starts + n_t + m <= self.n_samples))
+        chosen = inside[_evenly(len(inside), self.max_spikes)]
+        chosen = chosen[np.argsort(starts[chosen], kind="stable")]
+        starts, own = starts[chosen], own[chosen]
         if len(starts) == 0 or len(channels) == 0:
             return np.zeros((n_t, 0, len(channels)), dtype=np.float32)
         file_channels = self.channels[channels]
@@ -98,10 +133,38 @@ class WindowMeans:
             raw = np.asarray(self.traces[s - m:s + n_t + m])
             np.copyto(block[:, i], raw[:, file_channels], casting="unsafe")
         filtered = np.asarray(self.filter(block.reshape(width, -1)), dtype=np.float32)
-        return filtered.reshape(width, len(starts), len(channels))[m:m + n_t]
+        windows = filtered.reshape(width, len(starts), len(channels))[m:m + n_t]
+        if self._matched is not None:
+            self._subtract_matched(windows, starts, own, channels)
+        return windows
+
+    def _subtract_matched(self, windows: np.ndarray, starts: np.ndarray, own: np.ndarray,
+                          channels: np.ndarray) -> None:
+        """Take the matched spikes (`set_matched`) out of `windows`, in place."""
+        spike_starts, spike_templates, amplitudes, waveforms = self._matched
+        n_t = self.n_t
+        lo = np.searchsorted(spike_starts, starts - n_t + 1, side="left")
+        hi = np.searchsorted(spike_starts, starts + n_t, side="left")
+        # Only the templates of the spikes in the windows, on these channels.
+        involved = np.unique(np.concatenate([spike_templates[a:b] for a, b in zip(lo, hi)]
+                                            + [np.zeros(0, np.int64)]))
+        if len(involved) == 0:
+            return
+        local = np.asarray(waveforms[involved][:, :, channels], dtype=np.float32)
+        row = np.full(int(waveforms.shape[0]), -1, np.int64)
+        row[involved] = np.arange(len(involved))
+        for i in range(len(starts)):
+            for j in range(lo[i], hi[i]):
+                k, d = int(spike_templates[j]), int(spike_starts[j] - starts[i])
+                if d == 0 and k == own[i]:
+                    continue  # the window's own spike
+                # Window rows [a, b) are the template's rows [a - d, b - d).
+                a, b = max(0, d), min(n_t, n_t + d)
+                windows[a:b, i] -= amplitudes[j] * local[row[k], a - d:b - d]
 
     def widen(self, mean: np.ndarray, starts: np.ndarray, known: np.ndarray,
-              sigma: np.ndarray, positions: np.ndarray) -> np.ndarray:
+              sigma: np.ndarray, positions: np.ndarray,
+              own: np.ndarray | None = None) -> np.ndarray:
         """`mean` ``(n_t, C)``, known on the channels `known`, on its other channels too.
 
         `known` are in order of distance from the snippets' home (`local_channels`).
@@ -116,10 +179,11 @@ class WindowMeans:
         ``mean / sigma``; each gets the mean of the windows at `starts` (those of the
         events averaged in `mean`), if its peak stands out of that mean's noise: by
         `significance` times both the channel's noise and the spread of its windows
-        (divided by the square root of their number). The windows hold the other
-        units' spikes too (the snippets had them removed): where they fall at random
-        they average out, but a few large ones can make a mean of a weak unit's
-        windows stand out of the noise alone on a channel it does not reach.
+        (divided by the square root of their number). Without the pass's matched
+        spikes (`set_matched`) the windows hold the other units' spikes too: where
+        they fall at random they average out, but a few large ones can make a mean
+        of a weak unit's windows stand out of the noise alone on a channel it does
+        not reach.
         """
         known = np.asarray(known, dtype=np.int64)
         rim = known[len(known) - max(1, len(known) // 4):]
@@ -134,7 +198,7 @@ class WindowMeans:
         new = np.setdiff1d(near, known)
         if len(new) == 0:
             return mean
-        windows = self.windows(starts, new)
+        windows = self.windows(starts, new, own)
         n = windows.shape[1]
         if n < 2:
             return mean

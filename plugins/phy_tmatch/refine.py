@@ -80,11 +80,12 @@ channels near their home channel. From them, in the parent process:
 A template that is neither split nor merged keeps its waveform (rescaled); a new, split
 or merged one gets a new cluster id (ids are never reused) and the mean of its
 snippets (on its home channel's local channels) as waveform, and, given a
-`phy_tmatch.means.WindowMeans`, the mean of those events' windows read from the
-recording on its other channels (a unit stands out beyond the local channels;
-its template would leave that part of its spikes to be matched again by
-others). The result is a set of mean waveforms from which `phy_tmatch.runner`
-rebuilds the templates and matches again.
+`phy_tmatch.means.WindowMeans`, the mean of those events' windows of the pass's
+residual, read from the recording, on its other channels (a unit stands out
+beyond the local channels; its template would leave that part of its spikes to
+be matched again by others), unless it has its template's far field already
+(a split part, `with_far_field`). The result is a set of mean waveforms from
+which `phy_tmatch.runner` rebuilds the templates and matches again.
 
 This module holds the parameters and the driver (`refine`); the work is in
 `phy_tmatch.groups` (a candidate unit, `Group`, and the events' snippets),
@@ -409,8 +410,10 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         The first unused cluster id.
     window_means : phy_tmatch.means.WindowMeans or None
         If given, a template made from the events' snippets (which have the `L`
-        local channels only) gets its other channels from the recording
-        (`WindowMeans.widen`); otherwise it keeps the local channels alone.
+        local channels only) and nothing beyond them gets its other channels from
+        the recording (`WindowMeans.widen`, on the windows of the pass's residual:
+        the caller gives it the pass's spikes, `WindowMeans.set_matched`);
+        otherwise it keeps the local channels alone.
 
     Returns
     -------
@@ -481,10 +484,17 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         kinds = np.where(labels >= 0, labels, np.where(labels <= MISFIT, MISFIT - labels, -1))
         starts = samples - np.where(kinds >= 0, troughs[np.maximum(kinds, 0)],
                                     window_means.before)
+        outside = np.ones(n_channels, dtype=bool)
         for g in kept:
-            if g.snippet_mean and len(g.rows):
+            outside[:] = True
+            outside[local[g.snippet_home]] = False
+            # A split part alike to its template has that template's far field
+            # (`with_far_field`): the mean of its few windows there was worse (units 89
+            # and 130 of the 200 s, 1024-channel recording, co-located, took each other's
+            # spikes).
+            if g.snippet_mean and len(g.rows) and not g.mean[:, outside].any():
                 g.mean = window_means.widen(g.mean, starts[g.rows], local[g.snippet_home],
-                                            sigma, positions)
+                                            sigma, positions, own=kinds[g.rows])
     # Rescaled after the merges, which compare the waveforms as the pass matched them:
     # rescaling first moved neighbouring weak units within the merge's amplitude ratio
     # (1024 channels: 5 units lost).

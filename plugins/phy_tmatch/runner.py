@@ -117,10 +117,11 @@ DEFAULTS = dict(
     max_residual_per_channel=300,
     refine={},
     # A template the refinement makes from its events' snippets (`snippet_channels` only)
-    # gets its other channels from the recording (`phy_tmatch.means`). Off: the same on
-    # the 20 s recordings; on the 1024-channel, 200 s one, the spikes matched again fell
-    # from 31,231 to 1,325 and the false clusters from 16/184 to 13/182, but one unit was
-    # lost at SNR >= 5 (103/106) and one at SNR >= 3 (148/152).
+    # and nothing beyond them gets its other channels from the pass's residual, read from
+    # the recording (`phy_tmatch.means`). Off: the same on the 384-channel recordings,
+    # better on the 1024-channel 20 s one (99 -> 101/106 at >= 5x, 140 -> 142/152), but on
+    # the 200 s one 106 -> 105/106, 151 -> 149/152, false clusters 10/178 -> 11/180 (unit
+    # 54, SNR 7.2, at 0.805 without: its template took 7 more spikes of a neighbour).
     full_means=False,
     # After the last pass of a refinement (`phy_tmatch.consolidate`): spikes matched again
     # by a smaller template removed, templates of one unit merged.
@@ -680,11 +681,19 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             sample = None
             _release_freed_memory()  # the chunks' events, copied into `events`
             counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
+            if window_means is not None:
+                # The windows are read as the pass left them (the snippets are of its residual).
+                window_means.set_matched(
+                    result.spike_samples - templates.trough[result.spike_templates],
+                    result.spike_templates, np.clip(result.amplitudes, *o.amplitude_range),
+                    templates.dense())
             refined = refine(templates, events, counts, noise_std, collect.local,
                              channel_positions, n_samples, rate, next_id,
                              o.refine_parameters, covariance=covariance,
                              window_means=window_means)
             events = None  # not through the next pass
+            if window_means is not None:
+                window_means.set_matched(None, None, None, None)
             next_id = int(max(next_id, np.max(refined.cluster_ids, initial=0) + 1))
             copy_ids.update(int(c) for c in refined.amplitude_copies)
             kept_apart = refined.kept_apart  # the last refinement's (`consolidate`)

@@ -89,3 +89,41 @@ def test_a_template_made_from_residual_events_keeps_its_far_channels(recording, 
     # Without: the snippets' channels alone; with: (nearly) all those of the unit.
     assert narrow <= SNIPPET_CHANNELS
     assert wide >= 0.8 * len(footprint)
+
+
+def test_the_windows_are_of_the_residual_the_pass_left(recording, truth):
+    # The spikes a pass matched are taken out of the windows, but a window's own spike.
+    prm = read_prm(recording / "rec.prm")
+    traces = open_traces(prm)
+    filter_ = Filter(**filter_arguments(prm))
+    n_channels, n_samples = int(traces.shape[1]), int(traces.shape[0])
+    n_t, before = 40, 12
+    rng = np.random.default_rng(0)
+    waveforms = rng.normal(size=(3, n_t, n_channels)).astype(np.float32)
+    spike_starts = np.sort(rng.choice(np.arange(300, n_samples - 300), 2000, replace=False))
+    spike_templates = rng.integers(0, 3, len(spike_starts))
+    amplitudes = rng.uniform(0.75, 1.35, len(spike_starts)).astype(np.float32)
+    # Independently: the pass's model of the recording, every matched spike added in place.
+    model = np.zeros((n_samples, n_channels))
+    for s, k, a in zip(spike_starts, spike_templates, amplitudes):
+        model[s:s + n_t] += a * waveforms[k]
+    # Windows at some matched spikes (their own kept) and at other samples.
+    own_rows = np.arange(0, len(spike_starts), 97)
+    starts = np.concatenate([spike_starts[own_rows], rng.integers(300, n_samples - 300, 20)])
+    own = np.concatenate([spike_templates[own_rows], np.full(20, -1)])
+    channels = np.array([0, 7, 8, 30])
+    means = WindowMeans(traces, np.arange(n_channels), filter_, n_t, before, max_spikes=1000)
+    raw = means.windows(starts, channels, own)
+    means.set_matched(spike_starts, spike_templates, amplitudes, waveforms)
+    residual = means.windows(starts, channels, own)
+    order = np.argsort(starts, kind="stable")  # the windows come in time order
+    expected = np.stack([model[s:s + n_t][:, channels] for s in starts[order]], axis=1)
+    for i, (s, k) in enumerate(zip(starts[order], own[order])):
+        if k >= 0:  # the window's own spike stays
+            at = np.flatnonzero((spike_starts == s) & (spike_templates == k))[0]
+            expected[:, i] -= amplitudes[at] * waveforms[k][:, channels]
+    assert np.abs(expected).max() > 1  # the test's premise: spikes in the windows
+    np.testing.assert_allclose(raw - residual, expected, atol=1e-4)
+    # Forgotten: the windows of the recording again.
+    means.set_matched(None, None, None, None)
+    np.testing.assert_array_equal(means.windows(starts, channels, own), raw)
