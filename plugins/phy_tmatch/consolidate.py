@@ -36,7 +36,17 @@ final spike trains, whole, and changes only the labels of the spikes:
   smaller one's spikes go to the larger template, their times and amplitudes
   converted to it. Not two that the last refinement compared and kept apart
   (`apart`: alike in waveform, two units by their spikes; a pair of co-located
-  units with few spikes has no refractory conflict to show).
+  units with few spikes has no refractory conflict to show). Less alike
+  (cosine from ``merge_refractory_similarity``) suffices when their trains
+  show they are one unit beyond doubt: chance gives at least
+  ``merge_refractory_expected`` pairs within the refractory period and they
+  have at most ``merge_refractory_fraction`` of them. A weak unit's two
+  templates differ most on its far channels, which one template keeps and the
+  other does not or has wrong (the 384-channel, 200 s recording: a unit of
+  SNR 4 at the probe's edge over two templates of 1,552 and 682 spikes, one on
+  4 channels, the other on 9; cosine 0.89, amplitude ratio 0.89, 1 pair in the
+  refractory period where chance gives 14). The refinement had kept them apart
+  by their snippets (cosine 0.98 but beyond its bar), not by their spike trains.
 - **Remainders.** What the pursuit leaves of a strong unit's spike where its
   template differs from it is matched by a smaller template nearby, dated up to
   a template's half-length away rather than within ``same_ms`` (the 384-channel,
@@ -77,7 +87,7 @@ from scipy.special import ndtr
 
 from phy_core.bunch import Bunch
 
-from .comparison import refractory_conflict, similarity
+from .comparison import coincidences, refractory_conflict, similarity
 
 logger = logging.getLogger("phy")
 
@@ -105,6 +115,9 @@ class ConsolidateParameters:
     merge_amplitude_ratio: float = 1.3
     merge_max_lag_ms: float = 0.4
     merge_radius_um: float = 60.0
+    merge_refractory_similarity: float = 0.85
+    merge_refractory_expected: float = 8.0
+    merge_refractory_fraction: float = 0.2
     refractory_ms: float = 1.5
     drop_remainders: bool = True
     remainder_ms: float = 1.0
@@ -173,6 +186,21 @@ def duplicate_spikes(samples: np.ndarray, kinds: np.ndarray, peaks: np.ndarray,
     return remove, pairs
 
 
+def _refractory_evidence(s1: np.ndarray, s2: np.ndarray, window: int, same: int,
+                         duration: int, p: ConsolidateParameters) -> bool:
+    """Whether two trains are refractory with each other beyond doubt: one unit's.
+
+    Chance gives at least ``merge_refractory_expected`` pairs within `window`
+    (beyond `same`: one spike dated twice) and the trains have at most
+    ``merge_refractory_fraction`` of them (two independent units: Poisson, at
+    most 1 of 8 expected with probability 0.3 %).
+    """
+    expected = len(s1) * len(s2) * 2 * (window - same) / max(duration, 1)
+    if expected < p.merge_refractory_expected:
+        return False
+    return coincidences(s1, s2, window, same) <= p.merge_refractory_fraction * expected
+
+
 def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, samples: np.ndarray,
                  amplitudes: np.ndarray, homes: np.ndarray, positions: np.ndarray,
                  n_samples: int, sample_rate: float, p: ConsolidateParameters,
@@ -200,7 +228,10 @@ def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, sample
             if not 1 / p.merge_amplitude_ratio <= ratio <= p.merge_amplitude_ratio:
                 continue
             cos, _, lag = similarity(scaled[k], scaled[m], max_lag)
-            if cos < p.merge_similarity:
+            if cos < p.merge_similarity and not (
+                    cos >= p.merge_refractory_similarity and _refractory_evidence(
+                        samples[kinds == k], samples[kinds == m],
+                        max(refractory, same + abs(lag) + 1), same + abs(lag), n_samples, p)):
                 continue
             if frozenset((int(k), int(m))) in apart:
                 logger.debug("Consolidation: templates %d and %d are alike (%.3f) but the "

@@ -246,3 +246,41 @@ def test_two_templates_the_refinement_told_apart_are_not_merged():
                             apart=[(1, 0)])
     assert info["n_merged"] == 0
     assert np.array_equal(out.spike_templates, result.spike_templates)
+
+
+def _wide(home: int, peak: float, width: float) -> np.ndarray:
+    """`_waveform` with a wider footprint (`width` channels against 2)."""
+    t = np.arange(N_T)[:, None] - 15.0
+    shape = -np.exp(-0.5 * (t / 2.0) ** 2) + 0.4 * np.exp(-0.5 * ((t - 6.0) / 4.0) ** 2)
+    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - home) / width) ** 2)
+    return peak * shape * footprint[None, :]
+
+
+def test_two_templates_of_one_unit_unlike_on_their_far_channels_are_merged_if_refractory():
+    # One unit's two templates, alike on the peak channel, one wider (cosine 0.89: below
+    # ``merge_similarity``, as a weak unit's at the probe's edge on the 384-channel,
+    # 200 s recording): their 1,500 spikes never come closer than the dead time, where
+    # chance gives 12 pairs of two independent units' trains: one unit.
+    rng = np.random.default_rng(5)
+    templates = _templates([_waveform(8, 10.0), _wide(8, 9.0, 4.0)])
+    dense = templates.dense()
+    cos = float(np.sum(dense[0] * dense[1]) / np.linalg.norm(dense[0]) / np.linalg.norm(dense[1]))
+    assert 0.85 < cos < ConsolidateParameters().merge_similarity
+    train = _train(rng, 1500)
+    part = rng.random(len(train)) < 0.3
+    result = _result([train[~part], train[part]], [np.ones((~part).sum()), np.ones(part.sum())])
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_merged"] == 1
+    assert np.array_equal(out.spike_templates, np.zeros(len(train)))
+    assert np.array_equal(out.spike_samples, train)
+    # Two independent units with these templates: their trains come close by chance.
+    a, b = _train(rng, 1050), _train(rng, 450)
+    result = _result([a, b], [np.ones(len(a)), np.ones(len(b))])
+    assert consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION,
+                       RATE)[1]["n_merged"] == 0
+    # Too few spikes for chance to give enough pairs: the refractory trains do not tell.
+    few = train[:300]
+    part = part[:300]
+    result = _result([few[~part], few[part]], [np.ones((~part).sum()), np.ones(part.sum())])
+    assert consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION,
+                       RATE)[1]["n_merged"] == 0
