@@ -3,6 +3,11 @@
 Write a temporary file in the same directory (same filesystem, so the
 rename is atomic), flush and fsync it, rename it over the target, then
 fsync the directory so the rename itself survives a crash.
+
+A writer of several files in one directory may pass ``sync_directory=False``
+to each file and call `fsync_directory` once after the last rename (each
+directory fsync costs a disk flush): every file is still fsynced before its
+rename, and the renames are durable when that call returns.
 """
 
 from __future__ import annotations
@@ -40,10 +45,13 @@ def fsync_directory(directory: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_writer(path: str | os.PathLike, mode: str = "wb",
+                  sync_directory: bool = True) -> Iterator[IO]:
     """Open a temporary file that replaces `path` when the block ends without error.
 
     On an exception the temporary file is removed and `path` is untouched.
+    With ``sync_directory=False`` the rename is not yet durable: the caller
+    must call `fsync_directory` on ``path``'s directory before relying on it.
 
     Examples
     --------
@@ -69,10 +77,13 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    fsync_directory(path.parent)
+    if sync_directory:
+        fsync_directory(path.parent)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` (text is UTF-8) to `path` atomically."""
-    with atomic_writer(path, "w" if isinstance(data, str) else "wb") as f:
+def atomic_write(path: str | os.PathLike, data: bytes | str,
+                 sync_directory: bool = True) -> None:
+    """Write `data` (text is UTF-8) to `path` atomically (see `atomic_writer`)."""
+    with atomic_writer(path, "w" if isinstance(data, str) else "wb",
+                       sync_directory=sync_directory) as f:
         f.write(data)

@@ -53,3 +53,34 @@ def test_fsync_is_called(tmp_path, monkeypatch):
 def test_bad_mode():
     with pytest.raises(ValueError), atomic_writer("x", "a"):
         pass
+
+
+def _record_fsyncs_and_renames(monkeypatch):
+    """Log ``("fsync", path)`` and ``("rename", target)`` events in order."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", str(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_deferred_directory_sync_leaves_the_file_synced_before_its_rename(tmp_path,
+                                                                            monkeypatch):
+    events = _record_fsyncs_and_renames(monkeypatch)
+    atomic_write(tmp_path / "a", b"1", sync_directory=False)
+    atomic_write(tmp_path / "b", b"2")
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync", "rename", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".a."))   # the temporary file
+    assert events[1] == ("rename", str(tmp_path / "a"))
+    assert events[-1] == ("fsync", str(tmp_path))             # only b's write syncs the directory
+    assert (tmp_path / "a").read_bytes() == b"1" and (tmp_path / "b").read_bytes() == b"2"

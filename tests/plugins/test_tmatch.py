@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from phy_detect.executors import SerialExecutor
 from phy_synthetic.recording import synthesize_recording
 from phy_template.model import TemplateModel
 from phy_tmatch.kernels import BLOCK, cross_correlations, project, pursue, pursue_in
+from phy_tmatch.output import write_template_directory
 from phy_tmatch.runner import match_spikes as tmatch_spikes
 from phy_tmatch.runner import template_match
 from phy_tmatch.templates import TemplateMatchingError, TemplateSet
@@ -833,3 +836,30 @@ def test_the_refinement_gets_at_most_the_capped_events(recording, ground_truth, 
     per_template, per_home, per_home_misfits = _group_counts(events)
     assert per_template.max() == 5 and per_home.max() == 3 and per_home_misfits.max() <= 3
     assert events.snippets.dtype == np.float64 and len(events.samples) == len(events.snippets)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_template_directory_files_are_synced_before_their_renames_and_the_directory_after(
+        tmp_path, monkeypatch):
+    templates = _random_templates(np.random.default_rng(0))
+    result = Bunch(spike_samples=np.array([5, 40, 90]), spike_templates=np.array([0, 2, 1]),
+                   amplitudes=np.ones(3))
+    prm = Bunch(traces=Bunch(raw_data_files=[str(tmp_path / "rec.dat")], n_channels=6,
+                             dtype="int16", offset=0, sample_rate=20000.0))
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: real_replace(src, dst) or events.append(
+        ("rename", str(dst))))
+    out = write_template_directory(tmp_path / "tm", prm, templates, result, np.arange(6),
+                                   np.zeros((6, 2)), cluster_groups={10: 2}, info=dict(a=1))
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    dir_syncs = [i for i, event in enumerate(events) if event == ("fsync", str(out))]
+    assert len(renames) == 10 and len(dir_syncs) == 2
+    for i in renames:   # each file's data reached the disk before its rename
+        assert events[i - 1][0] == "fsync"
+        assert Path(events[i - 1][1]).name.startswith("." + Path(events[i][1]).name + ".")
+    # params.py is renamed last, after a directory sync that makes the other renames durable
+    assert events[renames[-1]][1] == str(out / "params.py")
+    assert renames[-2] < dir_syncs[0] < renames[-1] < dir_syncs[1] == len(events) - 1
+    assert TemplateModel(out).n_spikes == 3
