@@ -4,6 +4,9 @@ the recording's jitter, modes independent of time and intervals."""
 from __future__ import annotations
 
 import numpy as np
+from tmatch_spikes import interleaved as _interleaved
+from tmatch_spikes import spike as _spike
+from tmatch_spikes import spikes as _spikes
 
 from phy_tmatch.amplitude import (
     amplitude_modes,
@@ -12,30 +15,6 @@ from phy_tmatch.amplitude import (
     recording_jitter,
 )
 from phy_tmatch.refine import RefineParameters
-
-N_T, N_CHANNELS, HOME = 40, 16, 8
-
-
-def _spike(shift: float = 0.0) -> np.ndarray:
-    """A unit's waveform ``(N_T, N_CHANNELS)`` in noise units, delayed by `shift` samples."""
-    t = np.arange(N_T)[:, None] - 15.0 - shift
-    shape = -np.exp(-0.5 * (t / 2.0) ** 2) + 0.4 * np.exp(-0.5 * ((t - 6.0) / 4.0) ** 2)
-    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - HOME) / 2.0) ** 2)
-    return 8.0 * shape * footprint[None, :]
-
-
-def _spikes(rng, n: int, amplitude: float) -> np.ndarray:
-    """`n` spikes of amplitudes ``amplitude * (1 +- 10 %)``, misaligned by up to half a
-    sample, in white noise of unit variance: ``(n, N_T, N_CHANNELS)``."""
-    shifts = rng.uniform(-0.5, 0.5, n)
-    amplitudes = amplitude * (1.0 + 0.1 * rng.standard_normal(n))
-    return np.stack([a * _spike(d) for a, d in zip(amplitudes, shifts)]) + \
-        rng.standard_normal((n, N_T, N_CHANNELS))
-
-
-def _interleaved(rng, n: int) -> np.ndarray:
-    """`n` spike samples at random times over 20 s, at least 3 ms apart."""
-    return np.sort(rng.choice(20 * 30000 // 90, n, replace=False)) * 90
 
 
 def test_mean_amplitude_is_the_spikes_amplitude_whatever_their_alignment():

@@ -14,6 +14,10 @@ import json
 
 import numpy as np
 import pytest
+from tmatch_spikes import HOME, N_CHANNELS, N_T
+from tmatch_spikes import interleaved as _interleaved
+from tmatch_spikes import spike as _spike
+from tmatch_spikes import spikes as _spikes
 
 from phy_core.bunch import Bunch
 from phy_detect.executors import SerialExecutor
@@ -132,26 +136,6 @@ def test_clear_errors_for_refinement_options(recording, truth, tmp_path):
 
 
 # -- Rescaling a template to its spikes' amplitude ------------------------------------------
-
-N_T, N_CHANNELS, HOME = 40, 16, 8
-
-
-def _spike(shift: float = 0.0) -> np.ndarray:
-    """A unit's waveform ``(N_T, N_CHANNELS)`` in noise units, delayed by `shift` samples."""
-    t = np.arange(N_T)[:, None] - 15.0 - shift
-    shape = -np.exp(-0.5 * (t / 2.0) ** 2) + 0.4 * np.exp(-0.5 * ((t - 6.0) / 4.0) ** 2)
-    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - HOME) / 2.0) ** 2)
-    return 8.0 * shape * footprint[None, :]
-
-
-def _spikes(rng, n: int, amplitude: float) -> np.ndarray:
-    """`n` spikes of amplitudes ``amplitude * (1 +- 10 %)``, misaligned by up to half a
-    sample, in white noise of unit variance: ``(n, N_T, N_CHANNELS)``."""
-    shifts = rng.uniform(-0.5, 0.5, n)
-    amplitudes = amplitude * (1.0 + 0.1 * rng.standard_normal(n))
-    return np.stack([a * _spike(d) for a, d in zip(amplitudes, shifts)]) + \
-        rng.standard_normal((n, N_T, N_CHANNELS))
-
 
 
 def _refine_one(template_scale: float, rng) -> tuple:
@@ -314,11 +298,6 @@ def _refine_units(p: RefineParameters, amplitudes: list[np.ndarray],
     duration = int(max(s.max() for s in samples)) + 3000
     return refine(templates, events, counts, np.ones(N_CHANNELS), local, positions, duration,
                   30000.0, next_id=7 + k, p=p)
-
-
-def _interleaved(rng, n: int) -> np.ndarray:
-    """`n` spike samples at random times over 20 s, at least 3 ms apart."""
-    return np.sort(rng.choice(20 * 30000 // 90, n, replace=False)) * 90
 
 
 

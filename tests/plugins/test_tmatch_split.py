@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tmatch_spikes import HOME, N_CHANNELS, N_T
+from tmatch_spikes import spike as _spike
 
 from phy_tmatch.refine import RefineParameters
 from phy_tmatch.split import _bisect, _two_gaussians, split_units, with_far_field
-
-N_T, N_CHANNELS, HOME = 40, 16, 8
 
 
 def test_bisection_splits_two_gaussians_and_not_one():
@@ -74,14 +74,6 @@ def test_compiled_mixture_em_is_the_numpy_em():
 
 
 # -- Shape beyond a scale: two co-located units of one shape, amplitudes 1.15 apart -----------
-
-
-def _spike(shift: float = 0.0) -> np.ndarray:
-    """A unit's waveform ``(N_T, N_CHANNELS)`` in noise units, delayed by `shift` samples."""
-    t = np.arange(N_T)[:, None] - 15.0 - shift
-    shape = -np.exp(-0.5 * (t / 2.0) ** 2) + 0.4 * np.exp(-0.5 * ((t - 6.0) / 4.0) ** 2)
-    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - HOME) / 2.0) ** 2)
-    return 8.0 * shape * footprint[None, :]
 
 
 def _moved_spike(offset: float, shift: float = 0.0) -> np.ndarray:
