@@ -41,6 +41,8 @@ that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
 - ``false good``: clusters labelled good by `phy_autolabel` that match no
   true unit (best accuracy < 0.5), over the clusters labelled good: ``EM``
   for the masked EM's Kwik file, ``TM`` for the template directory.
+- The line after a row lists the units at >= 3x that the final sorting
+  misses (accuracy < 0.8), with their SNR and number of spikes.
 - ``false clusters``: the same over all the clusters the final sorting
   proposes as units (the masked EM's: not its noise and MUA clusters 0 and
   1; the template matching's: all its templates).
@@ -116,10 +118,16 @@ def evaluate_template_dir(path: Path, gt_path: Path) -> dict:
                       model.spike_clusters, float(gt["sample_rate"]), unit_snr=gt["unit_snr"],
                       cluster_groups=model.cluster_groups)
     s = result.summary
+    # The units at >= 3x missed, with their spike counts: on a short recording, a unit with a
+    # handful of spikes cannot make a template of its own.
+    missed = np.flatnonzero((result.snr >= 3) & (result.accuracy < s.accuracy_threshold))
     return dict(tm_accurate_5=s.n_accurate_snr_5, tm_accurate_3=s.n_accurate_snr_3,
                 tm_good=s.n_good, tm_false_good=s.n_false_good,
                 tm_clusters=int(len(result.clusters)),
-                tm_false=int((result.cluster_best_accuracy < FALSE_UNIT_THRESHOLD).sum()))
+                tm_false=int((result.cluster_best_accuracy < FALSE_UNIT_THRESHOLD).sum()),
+                tm_missed=[[int(result.units[k]), float(result.snr[k]),
+                            int(result.n_spikes[k]), float(result.accuracy[k])]
+                           for k in missed])
 
 
 def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None) -> dict:
@@ -196,6 +204,14 @@ def row(r: dict) -> str:
             f"{good:>17} {false:>14}")
 
 
+def missed_line(r: dict) -> str:
+    """The units at >= 3x below 0.8 after template matching, weakest first."""
+    missed = sorted(r.get("tm_missed", []), key=lambda m: m[1])
+    return "#   TM units >= 3x below 0.8 (unit: SNR, spikes, accuracy): " + (
+        "; ".join(f"{u}: {snr:.1f}, {n}, {acc:.2f}" for u, snr, n, acc in missed)
+        or "none")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_recording_arguments(parser, "32,384")
@@ -236,8 +252,11 @@ def main() -> None:
     for c in channels:
         probe = PROBES[c]
         prm = recording(data_dir, probe, args.duration, args.seed)
-        print(row(run(prm, out_root / f"{probe}-{args.duration:g}s-seed{args.seed}",
-                      refine_rounds=refine_rounds)), flush=True)
+        result = run(prm, out_root / f"{probe}-{args.duration:g}s-seed{args.seed}",
+                     refine_rounds=refine_rounds)
+        print(row(result), flush=True)
+        if "tm_missed" in result:
+            print(missed_line(result), flush=True)
 
 
 if __name__ == "__main__":
