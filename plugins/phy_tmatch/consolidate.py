@@ -51,11 +51,18 @@ final spike trains, whole, and changes only the labels of the spikes:
   template differs from it is matched by a smaller template nearby, dated up to
   a template's half-length away rather than within ``same_ms`` (the 384-channel,
   200 s recordings: 420 and 236 spikes of one unit of SNR 18.5, every one
-  within 1 ms of that unit's template's spikes, 21-29 % within 0.2 ms). A
-  template more than ``drop_fraction`` of whose spikes lie within
-  ``remainder_ms`` of the spikes of one larger template within
-  ``duplicate_radius_um``, and more than ``duplicate_excess`` times the
-  coincidences chance gives plus ``duplicate_min_count``, is dropped whole.
+  within 1 ms of that unit's template's spikes, 21-29 % within 0.2 ms). So is
+  what its waveform leaves after its template's window ends (the band-passed
+  spike of a unit of SNR 16-19 is still 13 % of its peak 1.4 ms after its
+  trough: on seed 2 at 200 s, five templates of 133-773 spikes, each one 41-45
+  samples after a spike of one of two such units). A template more than
+  ``drop_fraction`` of whose spikes lie within ``remainder_ms`` of the spikes
+  of one larger template within ``duplicate_radius_um``, and more than
+  ``duplicate_excess`` times the coincidences chance gives plus
+  ``duplicate_min_count``, is dropped whole; with ``drop_tails``, so is one
+  that passes the same test within a template's length (the two windows
+  overlap; a 2.2 ms window: an independent unit has that many only if the
+  larger one fires at over ``drop_fraction`` / 4.4 ms, 110 Hz).
 - **Another unit's spikes at the bottom of the range.** The pursuit clips a
   spike's amplitude at ``amplitude_min``; a template's own unit reaches it only
   in the tail of its amplitudes (10 % jitter: 1-6 % of a unit's spikes on the
@@ -74,7 +81,25 @@ final spike trains, whole, and changes only the labels of the spikes:
   remainders of other units' spikes, which the refinement made a template of
   from a handful of events (at 200 s, 6-18 spikes each: most false clusters);
   a unit so rare that the pursuit fits it only at its smallest amplitude is
-  not one a sorting can show. At 20 s the bound is ``min_spikes``.
+  not one a sorting can show. At 20 s the bound is ``min_spikes``. So is one
+  whose median is as near the top of the range (``amplitude_max``): events
+  larger than the template, clipped (a unit's own spikes reach 1.35 at 3.5
+  times its 10 % jitter); on seed 2 at 200 s, 6-8 spikes of units of SNR 16-19
+  at 1.27-1.35 on smaller templates nearby.
+- **Rare composites.** Two units firing together make one event that neither
+  template can match alone when the sum is beyond the pursuit's amplitude
+  ceiling; the refinement makes a template of a handful of such events, and
+  of a strong unit's spikes over another's. Such a template, with fewer spikes
+  than ``min_rate_hz`` times the duration, has no waveform of its own: one or
+  two of the common templates within ``duplicate_radius_um`` (positive
+  scales, lags up to half a window, fitted by least squares) make up
+  ``composite_explained`` of its energy (squared norm over the noise). It is
+  dropped (its spikes with it: they were lost to the units already). On the
+  384-channel recordings at 200 s, 0.88-0.94 for templates of 7-16 spikes of
+  two co-located units firing together or of one unit's spikes taken by a
+  smaller copy. The shape alone does not tell them from units (two units'
+  templates make up to 0.95 of a third's): the rate does, as for the rare
+  fragments; the shape keeps a rare template of a waveform of its own.
 """
 
 from __future__ import annotations
@@ -121,11 +146,14 @@ class ConsolidateParameters:
     refractory_ms: float = 1.5
     drop_remainders: bool = True
     remainder_ms: float = 1.0
+    drop_tails: bool = True
     remove_foreign: bool = True
     foreign_excess: float = 3.0
     foreign_min_count: int = 5
     foreign_min_spikes: int = 10
     min_rate_hz: float = 0.1
+    drop_composites: bool = True
+    composite_explained: float = 0.85
 
 
 def coincident_pairs(samples: np.ndarray, kinds: np.ndarray, window: int) -> tuple:
@@ -313,6 +341,86 @@ def foreign_spikes(amplitudes: np.ndarray, kinds: np.ndarray, n_templates: int,
     return out
 
 
+def _best_fit(target: np.ndarray, waveforms: np.ndarray, candidates, max_lag: int) -> tuple:
+    """The candidate waveform, lag and positive scale closest to `target` (least squares).
+
+    `target` ``(n_t, C)``; `waveforms` ``(K, n_t, C)``; a candidate at lag ``l`` is
+    ``waveforms[j]`` delayed by ``l`` samples. Returns ``(gain, j, lag, scale)``, ``gain``
+    the squared norm it removes from `target` (0 and ``j = -1`` when none fits).
+    """
+    n_t = len(target)
+    best = (0.0, -1, 0, 0.0)
+    on = np.any(target != 0, axis=0)
+    for j in candidates:
+        # Only the channels either one has (the others add nothing to either sum).
+        channels = np.flatnonzero(on | np.any(waveforms[j] != 0, axis=0))
+        w, x = waveforms[j][:, channels], target[:, channels]
+        for lag in range(-max_lag, max_lag + 1):
+            if lag >= 0:
+                dot, energy = float((x[lag:] * w[:n_t - lag]).sum()), float(
+                    (w[:n_t - lag] ** 2).sum())
+            else:
+                dot, energy = float((x[:n_t + lag] * w[-lag:]).sum()), float(
+                    (w[-lag:] ** 2).sum())
+            if dot > 0 and energy > 0 and dot * dot / energy > best[0]:
+                best = (dot * dot / energy, int(j), lag, dot / energy)
+    return best
+
+
+def _delayed(w: np.ndarray, lag: int) -> np.ndarray:
+    """`w` ``(n_t, C)`` delayed by `lag` samples (zeros where it has none)."""
+    out = np.zeros_like(w)
+    if lag >= 0:
+        out[lag:] = w[:len(w) - lag]
+    else:
+        out[:len(w) + lag] = w[-lag:]
+    return out
+
+
+def composites(scaled: np.ndarray, rest: np.ndarray, bound: float, homes: np.ndarray,
+               positions: np.ndarray, p: ConsolidateParameters) -> np.ndarray:
+    """``(K,)`` bool: the rare templates whose waveform one or two common ones make up.
+
+    `scaled` ``(K, n_t, C)`` the templates over the noise; `rest` ``(K,)`` their spikes;
+    rare: fewer than `bound` (``min_rate_hz`` times the duration), common: the others.
+    A rare template is fitted (least squares, positive scales, lags up to half a
+    window) by the common template within ``duplicate_radius_um`` that removes most
+    of its energy, then its remainder by a second one; if the two leave less than
+    ``1 - composite_explained`` of it, it is dropped (module docstring).
+    """
+    n_t = scaled.shape[1]
+    max_lag = n_t // 2
+    out = np.zeros(len(scaled), dtype=bool)
+    common = rest >= bound
+    for k in np.flatnonzero((rest > 0) & ~common):
+        near = np.linalg.norm(positions[homes] - positions[homes[k]], axis=1) <= \
+            p.duplicate_radius_um
+        candidates = np.flatnonzero(common & near)
+        target = scaled[k]
+        total = float((target ** 2).sum())
+        if not len(candidates) or total <= 0:
+            continue
+        _, j1, lag1, a1 = _best_fit(target, scaled, candidates, max_lag)
+        if j1 < 0:
+            continue
+        residual = target - a1 * _delayed(scaled[j1], lag1)
+        _, j2, lag2, _ = _best_fit(residual, scaled, candidates[candidates != j1], max_lag)
+        if j2 >= 0:
+            # The two scales fitted together (the first alone took some of the second's).
+            basis = np.stack([_delayed(scaled[j1], lag1).ravel(),
+                              _delayed(scaled[j2], lag2).ravel()], axis=1)
+            scales = np.linalg.lstsq(basis, target.ravel(), rcond=None)[0]
+            if (scales > 0).all():
+                residual = target - (basis @ scales).reshape(target.shape)
+        explained = 1 - float((residual ** 2).sum()) / total
+        logger.debug("Consolidation: rare template %d, %d spikes: template %d (lag %d) and "
+                     "template %d (lag %d) make %.2f of it: %s.", k, rest[k], j1, lag1, j2,
+                     lag2, explained, "dropped" if explained >= p.composite_explained
+                     else "kept")
+        out[k] = explained >= p.composite_explained
+    return out
+
+
 def _medians(values: np.ndarray, kinds: np.ndarray, n_templates: int) -> np.ndarray:
     """The median of `values` per template (1 for a template without spikes)."""
     order = np.argsort(kinds, kind="stable")
@@ -326,7 +434,8 @@ def _medians(values: np.ndarray, kinds: np.ndarray, n_templates: int) -> np.ndar
 def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.ndarray,
                 n_samples: int, sample_rate: float,
                 p: ConsolidateParameters = ConsolidateParameters(),
-                amplitude_min: float = 0.75, apart=()) -> tuple[Bunch, dict]:
+                amplitude_min: float = 0.75, apart=(),
+                amplitude_max: float = 1.35) -> tuple[Bunch, dict]:
     """The last pass's spikes without duplicates, over-split units merged (module docstring).
 
     Parameters
@@ -339,6 +448,8 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
     positions : (C, 2) channel positions (um).
     amplitude_min : float
         The pursuit's smallest amplitude (`MatchParameters.amplitude_min`).
+    amplitude_max : float
+        Its largest (`MatchParameters.amplitude_max`).
     apart : iterable of (int, int)
         Pairs of templates (indices) not to merge: the last refinement compared
         their spikes and found two units (`phy_tmatch.refine`'s ``kept_apart``:
@@ -392,6 +503,12 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
         rows = np.flatnonzero(keep)
         remainder = remainders(samples[rows], kinds[rows], peaks, homes, positions, n_samples,
                                int(round(p.remainder_ms * 1e-3 * sample_rate)), p)
+        if p.drop_tails:
+            # Also at any lag where the two windows overlap (a strong unit's waveform
+            # outlasts its template's window: its tail is matched 1.4-1.5 ms on); chance
+            # grows with the window, so the 1 ms test above stays for the closer ones.
+            remainder |= remainders(samples[rows], kinds[rows], peaks, homes, positions,
+                                    n_samples, dense.shape[1] - 1, p)
         keep &= ~remainder[kinds]
         info["n_dropped"] += int(remainder.sum())
     n_foreign = 0
@@ -404,13 +521,21 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
     if p.min_rate_hz > 0:
         rest = np.bincount(kinds[keep], minlength=n_templates)
         medians = _medians(amplitudes[keep], kinds[keep], n_templates)
+        # At either end of the pursuit's range: clipped, another unit's spikes (or two).
         rare = (rest > 0) & (rest < p.min_rate_hz * n_samples / sample_rate) & (
-            medians < amplitude_min + p.drop_amplitude_margin)
+            (medians < amplitude_min + p.drop_amplitude_margin)
+            | (medians > amplitude_max - p.drop_amplitude_margin))
         for k in np.flatnonzero(rare):
             logger.debug("Consolidation: template %d has %d spikes, median amplitude %.2f: "
-                         "dropped (rare fragments).", k, rest[k], medians[k])
+                         "dropped (rare, clipped).", k, rest[k], medians[k])
         keep &= ~rare[kinds]
         info["n_dropped"] += int(rare.sum())
+        if p.drop_composites:
+            rest = np.bincount(kinds[keep], minlength=n_templates)
+            composite = composites(dense / sigma, rest, p.min_rate_hz * n_samples / sample_rate,
+                                   homes, positions, p)
+            keep &= ~composite[kinds]
+            info["n_dropped"] += int(composite.sum())
     if p.merge:
         k_kinds = kinds[keep]
         pairs = _merge_pairs(dense, sigma, k_kinds, samples[keep], amplitudes[keep], homes,

@@ -729,6 +729,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         result, consolidated = consolidate(result, templates, noise_std, channel_positions,
                                            n_samples, rate, o.consolidate_parameters,
                                            amplitude_min=float(o.amplitude_range[0]),
+                                           amplitude_max=float(o.amplitude_range[1]),
                                            apart=apart)
     t_end = time.perf_counter()
     duration = n_samples / rate

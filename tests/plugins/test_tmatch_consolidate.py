@@ -284,3 +284,87 @@ def test_two_templates_of_one_unit_unlike_on_their_far_channels_are_merged_if_re
     result = _result([few[~part], few[part]], [np.ones((~part).sum()), np.ones(part.sum())])
     assert consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION,
                        RATE)[1]["n_merged"] == 0
+
+
+def test_a_template_of_a_strong_units_tail_beyond_1_ms_is_dropped():
+    rng = np.random.default_rng(11)
+    # Template 1, 40 um from a strong unit (template 0): 400 matches of what is left of its
+    # waveform after its template's window, 33-38 samples after its spikes (beyond the 1 ms
+    # that was the remainders' window, within the N_T samples of a template).
+    strong = _train(rng, 2000)
+    tail = np.sort(rng.choice(strong, 400, replace=False)) + rng.integers(33, 39, 400)
+    other = _train(rng, 400)
+    amplitudes = [np.ones(len(strong)), np.full(len(tail), 0.9), np.ones(len(other))]
+    templates = _templates([_waveform(6, 40.0), _waveform(8, 5.0), _waveform(9, 5.0)])
+    result = _result([strong, tail, other], amplitudes)
+    # Within 1 ms of one of the strong unit's spikes: only by chance (its next one).
+    assert _brute_force_coincidences(strong, tail, 30).mean() < 0.1
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_dropped"] == 1 and not (out.spike_templates == 1).any()
+    # The independent unit 60 um away: by chance about 2000 * 79 / 3e6 of its spikes have
+    # one of the strong unit's within N_T - 1 samples (brute force), far from half: kept.
+    assert _brute_force_coincidences(strong, other, N_T - 1).mean() < 0.15
+    assert np.array_equal(out.spike_samples[out.spike_templates == 2], np.sort(other))
+    assert np.array_equal(out.spike_samples[out.spike_templates == 0], np.sort(strong))
+    # With the 1 ms window alone the tail stays.
+    same, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
+                             ConsolidateParameters(drop_tails=False))
+    assert info["n_dropped"] == 0 and len(same.spike_samples) == len(result.spike_samples)
+
+
+def test_a_rare_template_of_two_units_firing_together_is_dropped():
+    rng = np.random.default_rng(12)
+    # Units A (template 0) and B (template 1), 40 um apart, 500 spikes each in 100 s.
+    # Template 2: their sum, B 3 samples after A (made of the few times they fired
+    # together), 8 spikes (rare: under 0.1 Hz). Template 3: a rare unit of a shape of its
+    # own between them (slower, and positive first), 8 spikes; template 4: a rare copy of A
+    # at twice its size (A's spikes over another unit's of its shape), 8 spikes.
+    a, b = _waveform(6, 8.0), _waveform(8, 6.0, shift=3)
+    t = np.arange(N_T)[:, None] - 20.0
+    own = 6.0 * (np.exp(-0.5 * (t / 5.0) ** 2) - 0.8 * np.exp(-0.5 * ((t - 9.0) / 3.0) ** 2)) \
+        * np.exp(-0.5 * ((np.arange(N_CHANNELS) - 7) / 2.0) ** 2)[None, :]
+    templates = _templates([_waveform(6, 8.0), _waveform(8, 6.0), a + b, own,
+                            2 * _waveform(6, 8.0)])
+    trains = [_train(rng, 500), _train(rng, 500)] + [_train(rng, 8, dead=100000)
+                                                     for _ in range(3)]
+    amplitudes = [_clipped(rng, len(x), 1.0, 0.1) for x in trains]
+    result = _result(trains, amplitudes)
+    # Independently: least squares of each rare template on A and B at the true lag.
+    dense = templates.dense().astype(np.float64)
+    basis = np.stack([dense[0].ravel(), np.roll(dense[1], 3, axis=0).ravel()], axis=1)
+    for k, explained in ((2, 0.95), (4, 0.95)):
+        coef, residual, _, _ = np.linalg.lstsq(basis, dense[k].ravel(), rcond=None)
+        assert 1 - residual[0] / (dense[k] ** 2).sum() > explained and (coef > 0).all()
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_dropped"] == 2
+    assert not np.isin(out.spike_templates, (2, 4)).any()
+    for k in (0, 1, 3):
+        assert np.array_equal(out.spike_samples[out.spike_templates == k], np.sort(trains[k]))
+    # Off, or at a tenth of the rate (not rare): kept.
+    for p in (ConsolidateParameters(drop_composites=False),
+              ConsolidateParameters(min_rate_hz=0.01)):
+        same, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION,
+                                 RATE, p)
+        assert info["n_dropped"] == 0 and len(same.spike_samples) == len(result.spike_samples)
+
+
+def test_a_rare_template_at_the_top_of_its_range_is_dropped():
+    rng = np.random.default_rng(13)
+    # 100 s at 0.1 Hz: fewer than 10 spikes is rare. Template 0: 8 spikes, 6 of them clipped
+    # at the pursuit's ceiling (larger events than itself); 1: 8 spikes near 1 (a rare unit
+    # of a shape of its own, kept); 2: 14 spikes at the ceiling (not rare); 3: 500 spikes.
+    trains = [_train(rng, 8, dead=100000), _train(rng, 8, dead=100000),
+              _train(rng, 14, dead=100000), _train(rng, 500)]
+    amplitudes = [np.r_[np.full(6, 1.35), 1.1, 1.2], _clipped(rng, 8, 1.0, 0.05),
+                  np.full(14, 1.35), _clipped(rng, 500, 1.0, 0.1)]
+    templates = _templates([_waveform(2, 5.0), _waveform(9, 5.0), _waveform(16, 5.0),
+                            _waveform(22, 8.0)])
+    result = _result(trains, amplitudes)
+    out, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE)
+    assert info["n_dropped"] == 1 and not (out.spike_templates == 0).any()
+    for k in (1, 2, 3):
+        assert np.array_equal(out.spike_samples[out.spike_templates == k], np.sort(trains[k]))
+    # A pursuit whose range reaches 1.6: 1.35 is not its ceiling.
+    same, info = consolidate(result, templates, np.ones(N_CHANNELS), POSITIONS, DURATION, RATE,
+                             amplitude_max=1.6)
+    assert info["n_dropped"] == 0 and len(same.spike_samples) == len(result.spike_samples)
