@@ -76,6 +76,14 @@ channels near their home channel. From them, in the parent process:
   threshold, so its mean is too large (by 10-20 %), and a template too large
   matches only the unit's larger spikes. After the merges, which compare the
   waveforms the pass matched with.
+- **Rebuild** (``rebuild``, on) a template kept whole (rather than rescale it) whose
+  waveform is the mean of far fewer spikes than the pass's snippets of its
+  matched spikes (a template made from a few dozen residual events or misfits):
+  their mean, without the spikes of other amplitudes (`_rebuilt`), on its home's
+  local channels, so that `phy_tmatch.templates.build_templates` chooses its
+  channels by the noise of that mean, as for the masked EM's clusters, and the
+  template reaches its unit's whole footprint. Also after the merges. A template
+  made by the last refinement is not rebuilt (no later pass collects its spikes).
 
 A template that is neither split nor merged keeps its waveform (rescaled); a new, split
 or merged one gets a new cluster id (ids are never reused) and the mean of its
@@ -181,7 +189,16 @@ class RefineParameters:
     or bursts is one unit). ``split_far_field`` (on): the parts of a split alike
     to their template keep its waveform beyond their home's local channels
     (`with_far_field`). ``misfits``: new templates also from the spikes matched
-    at the amplitude's upper bound (the "find" step). The defaults were chosen
+    at the amplitude's upper bound (the "find" step). ``rebuild`` (on),
+    ``rebuild_ratio``, ``rebuild_min_spikes``, ``rebuild_trim``: a template kept
+    whole whose matched spikes' snippets are at least ``rebuild_ratio`` times the
+    spikes its waveform was averaged from, and at least ``rebuild_min_spikes``
+    (the median and spread of fewer amplitudes tell a neighbour's few spikes
+    from the unit's badly; 12 instead of 50 gave the same accuracy), gets the
+    mean of those snippets as waveform on its home's local channels
+    (`_rebuilt`), without the spikes whose amplitude on it is more
+    than ``rebuild_trim`` robust standard deviations off their median (another
+    unit's spikes it took). The defaults were chosen
     on the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
     """
 
@@ -218,6 +235,10 @@ class RefineParameters:
     amplitude_split_independence: float = 3.0
     amplitude_split_free_margin: float = 0.0
     misfits: bool = True
+    rebuild: bool = True
+    rebuild_ratio: float = 3.0
+    rebuild_min_spikes: int = 50
+    rebuild_trim: float = 4.0
 
 
 
@@ -368,6 +389,41 @@ def _event_groups(labels: np.ndarray, homes: np.ndarray, samples: np.ndarray, n_
     return groups
 
 
+def _rebuilt(g: Group, k: int, averaged: int, dense: np.ndarray, events: EventSnippets,
+             p: RefineParameters) -> tuple[np.ndarray, np.ndarray] | None:
+    """A kept template's waveform made again from its matched spikes, or None.
+
+    A template the refinement made from a few dozen residual events or misfits
+    keeps the channels that stood out of the noise of a mean of that few
+    (`phy_tmatch.templates.build_templates`: 4 sigma / sqrt(n)) after it has
+    matched thousands of its unit's spikes (200 s, 384 channels, seed 0: unit
+    59's template had 4 of its 6 channels, and unit 32's template took 85 of its
+    spikes). When the pass's snippets of its matched spikes (each the residual
+    plus the spike's own part, `phy_tmatch.residual`: neighbours' matched spikes
+    taken out) are at least ``rebuild_ratio`` times the `averaged` spikes its
+    waveform is the mean of, their mean replaces it on its home's local channels
+    (`g.snippet_home`); the rest of the waveform stays. Spikes whose amplitude on
+    the template (`amplitudes`: with its time derivative) is more than
+    ``rebuild_trim`` robust standard deviations (1.4826 MAD) off the median are
+    left out: a larger or smaller unit's spikes the template took at the
+    amplitude's bounds. Returns the waveform and the rows averaged.
+    """
+    rows, home = g.rows, int(g.snippet_home)
+    if len(rows) < max(p.rebuild_ratio * max(int(averaged), 1), p.rebuild_min_spikes):
+        return None
+    x = events.whitened(rows, home)
+    amps, _ = amplitudes(x, *events.on_waveform(dense[k], home))
+    centre = float(np.median(amps))
+    mad = 1.4826 * float(np.median(np.abs(amps - centre)))
+    used = rows[np.abs(amps - centre) <= p.rebuild_trim * max(mad, 1e-12)]
+    if len(used) < max(p.rebuild_ratio * max(int(averaged), 1), p.rebuild_min_spikes):
+        return None
+    mean = dense[k].copy()
+    chans = events.local[home]
+    mean[:, chans] = events.snippets[used].mean(axis=0)
+    return mean, used
+
+
 def _owners_and_parents(groups: list[Group], labels: np.ndarray,
                         n_templates: int) -> tuple[list[set[int]], list[set[int]]]:
     """Per group, the templates whose matched spikes it holds, and those it was taken from.
@@ -449,7 +505,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     new_groups = _event_groups(labels, homes, samples, n_t, sigma, snippet_events, p)
     groups += new_groups
     n_new = len(new_groups)
-    n_rescaled = 0
+    n_rescaled = n_rebuilt = 0
 
     # Merges, most similar pairs first.
     refractory = int(round(p.refractory_ms * 1e-3 * sample_rate))
@@ -476,6 +532,28 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             else:
                 n_dropped += 1
         kept = [g for i, g in enumerate(kept) if i not in drop]
+    if p.rebuild:
+        index = {int(c): k for k, c in enumerate(templates.cluster_ids)}
+        for g in kept:
+            # A kept template (not merged, not a copy of an amplitude split: the copies
+            # are scaled from their parent's mean on purpose) after the merges, which
+            # compare the waveforms the pass matched with.
+            if g.cluster_id is None or g.cluster_id in copies or g.parent >= 0:
+                continue
+            k = index[int(g.cluster_id)]
+            rebuilt = _rebuilt(g, k, int(templates.n_spikes[k]), dense, snippet_events, p)
+            if rebuilt is None:
+                continue
+            logger.debug("Refinement: template %d (cluster %d, %d channels) rebuilt from %d "
+                         "of its matched spikes (its waveform averaged %d).", k, g.cluster_id,
+                         len(templates.channels(k)), len(rebuilt[1]),
+                         int(templates.n_spikes[k]))
+            g.mean, g.rows = rebuilt
+            # Its channels are chosen by the noise of this mean (`build_templates`), and the
+            # next refinement knows how many spikes it averaged.
+            g.n_spikes = g.n_averaged = len(g.rows)
+            g.scale = 1.0  # the spikes' own mean amplitude
+            n_rebuilt += 1
     if window_means is not None:
         # The snippets' means get the channels beyond the snippets' (see `phy_tmatch.means`):
         # each event's window starts where its snippet did (a misfit of template k, like
@@ -514,10 +592,10 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             g.cluster_id = next_id
             next_id += 1
         ids.append(g.cluster_id)
-    changed = bool(n_split or n_new or n_merged or n_dropped or n_rescaled)
-    logger.info("Template refinement: %d split, %d new, %d merged, %d dropped, %d rescaled: "
-                "%d -> %d templates.", n_split, n_new, n_merged, n_dropped, n_rescaled,
-                templates.n_templates, len(kept))
+    changed = bool(n_split or n_new or n_merged or n_dropped or n_rescaled or n_rebuilt)
+    logger.info("Template refinement: %d split, %d new, %d merged, %d dropped, %d rescaled, "
+                "%d rebuilt: %d -> %d templates.", n_split, n_new, n_merged, n_dropped,
+                n_rescaled, n_rebuilt, templates.n_templates, len(kept))
     return Bunch(
         means=np.stack([g.mean for g in kept]) if kept else np.zeros((0, n_t, n_channels)),
         n_spikes=np.array([g.counted(copies) for g in kept], dtype=np.int64),
@@ -525,4 +603,5 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         amplitude_copies=np.array([i for i, c in zip(ids, is_copy) if c], dtype=np.int64),
         kept_apart=np.array([(ids[a], ids[b]) for a, b in kept_apart],
                             dtype=np.int64).reshape(-1, 2),
-        n_new=n_new, n_merged=n_merged, n_dropped=n_dropped, n_rescaled=n_rescaled)
+        n_new=n_new, n_merged=n_merged, n_dropped=n_dropped, n_rescaled=n_rescaled,
+        n_rebuilt=n_rebuilt)
