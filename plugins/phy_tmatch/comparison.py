@@ -124,10 +124,35 @@ def indistinct(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int, home: int, whit
     return stat < n_dims + p.split_significance * np.sqrt(2.0 * n_dims)
 
 
+def _fill_missing(x_a: np.ndarray, x_b: np.ndarray, lag: int, valid_a, valid_b) -> tuple:
+    """`x_a`, `x_b` ``(n, n_t, L)`` with the samples outside each one's `valid` range set to
+    the other's mean (aligned by `lag`: ``a[t + lag]`` is ``b[t]``) where it has one.
+
+    A re-centred group's snippets hold zeros where they were shifted (`phy_tmatch.refine`);
+    the temporal whitening would spread that difference over the samples both hold.
+    """
+    n_t = x_a.shape[1]
+    out = []
+    for x, valid, other, other_valid, offset in ((x_a, valid_a, x_b, valid_b, -lag),
+                                                 (x_b, valid_b, x_a, valid_a, lag)):
+        if valid is None or (valid[0] <= 0 and valid[1] >= n_t):
+            out.append(x)
+            continue
+        x = x.copy()
+        mean = other.mean(axis=0)
+        lo, hi = other_valid if other_valid is not None else (0, n_t)
+        for t in (*range(0, valid[0]), *range(valid[1], n_t)):
+            u = t + offset  # the other's sample
+            x[:, t] = mean[u] if lo <= u < hi and 0 <= u < n_t else 0.0
+        out.append(x)
+    return out[0], out[1]
+
+
 def compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int, lag: int,
                      whitener: SnippetWhitener, local: np.ndarray,
                      p: RefineParameters, separation: bool = False,
-                     whole_shift: int = 0) -> tuple:
+                     whole_shift: int = 0, valid_a: tuple[int, int] | None = None,
+                     valid_b: tuple[int, int] | None = None) -> tuple:
     """Whether two groups of snippets have means that differ by no more than their noise.
 
     `x_a`, `x_b`: the groups' snippets ``(n, n_t, L)`` on the local channels of
@@ -135,7 +160,11 @@ def compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int,
     means of the snippets, not the templates: a weak unit's template keeps only
     its few strongest channels, and its zeros elsewhere differ from a mean over
     its events by more than their noise. The chi-square bar of the split test,
-    in units of the groups' own spread (`spread`).
+    in units of the groups' own spread (`spread`). `valid_a`, `valid_b`: the
+    samples ``[lo, hi)`` where each group's snippets hold data (a re-centred
+    group's were shifted, zeros shifted in: `phy_tmatch.refine`); only the
+    samples both hold are compared, each group's others set to the other's mean
+    before the whitening (which mixes samples).
 
     Returns
     -------
@@ -152,13 +181,18 @@ def compare_snippets(x_a: np.ndarray, home_a: int, x_b: np.ndarray, home_b: int,
     pos_a = np.argsort(local[home_a])[pos_a]
     pos_b = np.argsort(local[home_b])[np.searchsorted(local[home_b], common,
                                                       sorter=np.argsort(local[home_b]))]
-    wa = whitener.on_channels(x_a[:, :, pos_a], common)
-    wb = whitener.on_channels(x_b[:, :, pos_b], common)
+    x_a, x_b = _fill_missing(x_a[:, :, pos_a], x_b[:, :, pos_b], lag, valid_a, valid_b)
+    wa = whitener.on_channels(x_a, common)
+    wb = whitener.on_channels(x_b, common)
     n_t = wa.shape[1]
-    if lag >= 0:
-        wa, wb = wa[:, lag:], wb[:, :n_t - lag]
-    else:
-        wa, wb = wa[:, :n_t + lag], wb[:, -lag:]
+    # The samples both hold (in `b`'s time, `a`'s shifted by the lag).
+    lo, hi = max(0, -lag), min(n_t, n_t - lag)
+    for valid, offset in ((valid_a, -lag), (valid_b, 0)):
+        if valid is not None:
+            lo, hi = max(lo, valid[0] + offset), min(hi, valid[1] + offset)
+    if hi - lo < 4:
+        return (False, 0.0, 0.0, 0.0) if separation else (False, 0.0, 0.0)
+    wa, wb = wa[:, lo + lag:hi + lag], wb[:, lo:hi]
     n_t = wa.shape[1]
     wa, wb = wa.reshape(len(wa), -1), wb.reshape(len(wb), -1)
     m_a, m_b = wa.mean(axis=0), wb.mean(axis=0)

@@ -50,7 +50,8 @@ def _two_amplitude_modes(g: Group, h: Group, events: EventSnippets, samples: np.
 def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[int]],
                 events: EventSnippets, sigma: np.ndarray, positions: np.ndarray, max_lag: int,
                 samples: np.ndarray, jitter: float | None,
-                p: RefineParameters) -> tuple[list, set[int], list]:
+                p: RefineParameters, valid: list[tuple[int, int]] | None = None,
+                delays: list[int] | None = None) -> tuple[list, set[int], list]:
     """The pairs of groups that may be one unit, the templates found to be copies, and the
     pairs kept apart.
 
@@ -63,6 +64,11 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
     max_lag : the largest lag of the waveform comparison, in samples.
     samples : (n,) the pass's events' samples.
     jitter : one unit's amplitude jitter (``amplitude_split``), or None.
+    valid : per group, the samples ``[lo, hi)`` where its snippets hold data (a
+        re-centred group's hold shifted-in zeros; `compare_snippets`), or None.
+    delays : per group, how far it was re-centred (`phy_tmatch.alignment`), or None:
+        the lag at which two groups were alike as the pass dated them is their
+        lag plus the difference of their delays.
 
     Returns
     -------
@@ -75,6 +81,8 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
         spikes told apart (beyond a scale and a shift, or by their amplitudes).
     """
     whitener, local, snippets = events.whitener, events.local, events.snippets
+    valid = valid or [None] * len(groups)
+    delays = delays or [0] * len(groups)
     copies: set[int] = set()
     pairs = []
     apart = []
@@ -96,24 +104,27 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
             by_snippets = False
             if alike and p.distinct_beyond_scale and not (groups[i].residual
                                                           or groups[j].residual) \
-                    and abs(lag) <= 1:
+                    and abs(lag) <= 1 and abs(lag + delays[j] - delays[i]) <= 1:
                 # Alike waveforms, but their spikes may tell two units apart (a split
                 # of a previous round, parts that `split._bisect` found beyond a scale and a
                 # shift). Residual events are left to the rules below (their means
                 # are biased by their selection), and so are groups alike only at a
                 # lag of several samples: co-located units are dated on their own
                 # troughs, a copy of one unit dated elsewhere is not (two fragments of
-                # strong units, 8-9 samples off, 384 channels seed 1).
+                # strong units, 8-9 samples off, 384 channels seed 1), even re-centred
+                # (its spikes are those detected off their trough: 384 channels seed 2,
+                # unit 58's copy 12 samples off differed by 2+ sigmas per spike).
                 one, cos_s, _, separation = compare_snippets(
                     snippets[groups[i].rows], groups[i].snippet_home, snippets[groups[j].rows],
                     groups[j].snippet_home, lag, whitener, local, p, separation=True,
-                    whole_shift=1)
+                    whole_shift=1, valid_a=valid[i], valid_b=valid[j])
                 # cos_s 0: too few spikes or channels to test.
                 alike = one or cos_s == 0.0 or separation < p.min_separation
             if not alike and cos >= p.merge_min_similarity:
                 alike, cos_s, ratio_s = compare_snippets(
                     snippets[groups[i].rows], groups[i].snippet_home, snippets[groups[j].rows],
-                    groups[j].snippet_home, lag, whitener, local, p)
+                    groups[j].snippet_home, lag, whitener, local, p, valid_a=valid[i],
+                    valid_b=valid[j])
                 # A group of residual events is selected by its troughs (its mean is
                 # biased: deeper where they were detected), so next to a template of
                 # the same unit it looks distinct by the test: alike in shape suffices.

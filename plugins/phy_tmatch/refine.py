@@ -4,6 +4,17 @@ A matching pass with collection (`phy_tmatch.residual`) gives, for a sample of
 each template's matched spikes and for the residual events, snippets on the
 channels near their home channel. From them, in the parent process:
 
+- **Re-centre** (``recentre``, on) a template, and the new groups below, whose
+  trough is off the window's alignment sample (where detection dates a
+  spike), with its events (`phy_tmatch.alignment`): masked EM makes clusters of
+  a strong unit's spikes detected a second time 8-23 samples off their trough,
+  whose templates are the unit again, alike to its template only at a lag
+  beyond the merges' (384 channels seed 2: unit 41's spikes on two templates 13
+  samples apart). Re-centred, they merge. The samples a shift empties are
+  zeros, left out of the comparisons of snippets; a pair whose lag as the pass
+  dated them (their lag plus the difference of their shifts) is more than a
+  sample is not compared beyond a scale (a copy's spikes are those detected off
+  their trough, not another unit's).
 - **Split** a template whose spikes are bimodal: the snippets, whitened
   (`SnippetWhitener`) and restricted to where they stand out of the noise, are
   reduced to their first `n_features` principal components, and a
@@ -113,6 +124,7 @@ import numpy as np
 
 from phy_core.bunch import Bunch
 
+from .alignment import alignment_delay, shift_events
 from .amplitude import (
     amplitude_modes,
     amplitudes,
@@ -120,7 +132,7 @@ from .amplitude import (
     modes_independent,
     recording_jitter,
 )
-from .comparison import duplicates, spread
+from .comparison import duplicates, shift, spread
 from .groups import EventSnippets, Group
 from .merging import alike_pairs, merge_groups
 from .residual import MISFIT
@@ -198,7 +210,14 @@ class RefineParameters:
     mean of those snippets as waveform on its home's local channels
     (`_rebuilt`), without the spikes whose amplitude on it is more
     than ``rebuild_trim`` robust standard deviations off their median (another
-    unit's spikes it took). The defaults were chosen
+    unit's spikes it took). ``recentre`` (on),
+    ``align_tolerance_ms``, ``align_sign``, ``align_min_fraction``: a template or
+    a new group whose waveform's extremum of ``align_sign`` (-1: its trough, as
+    detection's ``negative`` mode and the residual events; +1: its positive peak;
+    0: its largest ``|value|``), on the noise-divided waveform, is more than
+    ``align_tolerance_ms`` from the window's alignment sample is shifted there,
+    with its events (`phy_tmatch.alignment`); not when that extremum is under
+    ``align_min_fraction`` of the largest ``|value|``. The defaults were chosen
     on the synthetic recordings (2 ms dead time, 10 % amplitude jitter).
     """
 
@@ -239,6 +258,10 @@ class RefineParameters:
     rebuild_ratio: float = 3.0
     rebuild_min_spikes: int = 50
     rebuild_trim: float = 4.0
+    recentre: bool = True
+    align_tolerance_ms: float = 0.1
+    align_sign: int = -1
+    align_min_fraction: float = 0.5
 
 
 
@@ -444,10 +467,29 @@ def _owners_and_parents(groups: list[Group], labels: np.ndarray,
     return owners, parents
 
 
+def _template_delays(dense: np.ndarray, sigma: np.ndarray, before: int, tolerance: int,
+                     p: RefineParameters) -> np.ndarray:
+    """``(K,)``: the delay that puts each template's trough at `before` (0 if it is)."""
+    return np.array([alignment_delay(w, sigma, before, tolerance, p.align_sign,
+                                     p.align_min_fraction) for w in dense], dtype=np.int64)
+
+
+def _group_delays(groups: list[Group], sigma: np.ndarray, before: int, tolerance: int,
+                  p: RefineParameters) -> list[int]:
+    """Per group, the delay that puts its trough at `before`: 0 for a template kept whole
+    (aligned before) or a scaled copy of one; the new groups' (split parts, groups of
+    events) otherwise.
+    """
+    return [0 if g.cluster_id is not None or g.amplitude_copy else
+            alignment_delay(g.mean, sigma, before, tolerance, p.align_sign,
+                            p.align_min_fraction) for g in groups]
+
+
 def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndarray,
            local: np.ndarray, positions: np.ndarray, n_samples: int, sample_rate: float,
            next_id: int, p: RefineParameters = RefineParameters(),
-           covariance: np.ndarray | None = None, window_means=None) -> Bunch:
+           covariance: np.ndarray | None = None, window_means=None,
+           before: int | None = None) -> Bunch:
     """New mean waveforms from a matching pass's events (see the module docstring).
 
     Parameters
@@ -470,6 +512,9 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         the recording (`WindowMeans.widen`, on the windows of the pass's residual:
         the caller gives it the pass's spikes, `WindowMeans.set_matched`);
         otherwise it keeps the local channels alone.
+    before : int or None
+        The window's alignment sample (where detection puts a spike's trough;
+        ``recentre``). None: the templates' most common trough.
 
     Returns
     -------
@@ -492,6 +537,30 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     snippets = np.asarray(events.snippets, dtype=np.float64)
     samples = np.asarray(events.samples)
 
+    # Templates, and their events, aligned on their troughs (`phy_tmatch.alignment`): a
+    # unit's copy dated elsewhere is then alike to its template at no lag, and merges.
+    delay = np.zeros(len(labels), dtype=np.int64)  # each snippet's shift
+    # Where each snippet holds data: [lo, hi) (a shift brings zeros in).
+    held = np.stack([np.zeros(len(labels), np.int64), np.full(len(labels), n_t, np.int64)])
+    n_recentred = 0
+    recentre = p.recentre and templates.n_templates > 0
+    if recentre:
+        if before is None:
+            before = int(np.bincount(np.asarray(templates.trough)).argmax())
+        tolerance = int(round(p.align_tolerance_ms * 1e-3 * sample_rate))
+        delays = _template_delays(dense, sigma, before, tolerance, p)
+        if delays.any() and snippets is events.snippets:
+            snippets = snippets.copy()  # shifted here, not in the caller's events
+        for k in np.flatnonzero(delays):
+            d = int(delays[k])
+            logger.debug("Refinement: template %d re-centred by %d samples.", k, d)
+            dense[k] = shift(dense[k], d)
+            # Its matched spikes' and misfits' snippets are windows of the template's.
+            rows = np.flatnonzero((labels == k) | (labels == MISFIT - k))
+            snippets[rows] = shift_events(snippets[rows], d)
+            delay[rows] = d
+            held[:, rows] = np.clip(held[:, rows] + d, 0, n_t)
+            n_recentred += 1
     template_homes = np.abs(dense).max(axis=1).argmax(axis=1)
     whitener = SnippetWhitener(covariance, sigma, local)
     whitener.fit_temporal([(snippets[labels == k], int(template_homes[k]))
@@ -505,6 +574,19 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     new_groups = _event_groups(labels, homes, samples, n_t, sigma, snippet_events, p)
     groups += new_groups
     n_new = len(new_groups)
+    if recentre:
+        # The new groups too, with their events (no two groups share one).
+        group_delays = _group_delays(groups, sigma, before, tolerance, p)
+        if any(group_delays) and snippets is events.snippets:
+            snippets = snippet_events.snippets = snippets.copy()
+        for g, d in zip(groups, group_delays):
+            if d:
+                logger.debug("Refinement: a new group (n=%d, home %d) re-centred by %d "
+                             "samples.", g.n_spikes, g.home, d)
+                g.mean = shift(g.mean, d)
+                snippets[g.rows] = shift_events(snippets[g.rows], d)
+                delay[g.rows] += d
+                held[:, g.rows] = np.clip(held[:, g.rows] + d, 0, n_t)
     n_rescaled = n_rebuilt = 0
 
     # Merges, most similar pairs first.
@@ -515,8 +597,11 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     positions = np.asarray(positions, dtype=np.float64)
     # `copies`: the templates found to be copies of one shape at two amplitudes.
     # `apart`: the pairs alike in waveform that their spikes told apart (`kept_apart`).
+    valid = [(int(held[0, g.rows].max()), int(held[1, g.rows].min())) if len(g.rows)
+             else (0, n_t) for g in groups]
+    delays = [int(np.median(delay[g.rows])) if len(g.rows) else 0 for g in groups]
     pairs, copies, apart = alike_pairs(groups, owners, parents, snippet_events, sigma,
-                                       positions, max_lag, samples, jitter, p)
+                                       positions, max_lag, samples, jitter, p, valid, delays)
     alive, n_merged = merge_groups(groups, pairs, owners, snippet_events, refractory, same,
                                    n_samples)
     kept = [g for g, a in zip(groups, alive) if a]
@@ -561,7 +646,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         troughs = np.asarray(templates.trough)
         kinds = np.where(labels >= 0, labels, np.where(labels <= MISFIT, MISFIT - labels, -1))
         starts = samples - np.where(kinds >= 0, troughs[np.maximum(kinds, 0)],
-                                    window_means.before)
+                                    window_means.before) - delay
         outside = np.ones(n_channels, dtype=bool)
         for g in kept:
             outside[:] = True
@@ -592,10 +677,11 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
             g.cluster_id = next_id
             next_id += 1
         ids.append(g.cluster_id)
-    changed = bool(n_split or n_new or n_merged or n_dropped or n_rescaled or n_rebuilt)
+    changed = bool(n_split or n_new or n_merged or n_dropped or n_rescaled or n_rebuilt
+                   or n_recentred)
     logger.info("Template refinement: %d split, %d new, %d merged, %d dropped, %d rescaled, "
-                "%d rebuilt: %d -> %d templates.", n_split, n_new, n_merged, n_dropped,
-                n_rescaled, n_rebuilt, templates.n_templates, len(kept))
+                "%d rebuilt, %d re-centred: %d -> %d templates.", n_split, n_new, n_merged,
+                n_dropped, n_rescaled, n_rebuilt, n_recentred, templates.n_templates, len(kept))
     return Bunch(
         means=np.stack([g.mean for g in kept]) if kept else np.zeros((0, n_t, n_channels)),
         n_spikes=np.array([g.counted(copies) for g in kept], dtype=np.int64),
@@ -604,4 +690,4 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         kept_apart=np.array([(ids[a], ids[b]) for a, b in kept_apart],
                             dtype=np.int64).reshape(-1, 2),
         n_new=n_new, n_merged=n_merged, n_dropped=n_dropped, n_rescaled=n_rescaled,
-        n_rebuilt=n_rebuilt)
+        n_rebuilt=n_rebuilt, n_recentred=n_recentred)

@@ -690,7 +690,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             refined = refine(templates, events, counts, noise_std, collect.local,
                              channel_positions, n_samples, rate, next_id,
                              o.refine_parameters, covariance=covariance,
-                             window_means=window_means)
+                             window_means=window_means, before=before)
             events = None  # not through the next pass
             if window_means is not None:
                 window_means.set_matched(None, None, None, None)
