@@ -80,6 +80,19 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def _status_values(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """The values (KB) of `keys` in ``/proc/<pid>/status``, read once; those found."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(keys):
+                    values[line.split(":", 1)[0] + ":"] = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return values
+
+
 def _descendants(pid: int) -> list[int]:
     try:
         import psutil
@@ -117,25 +130,29 @@ class TreeMemory:
         self.anon: dict[int, int] = {}  # sampled maximum of RssAnon (not a true peak)
         with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
             self._cmdline = f.read()
+        self._execd: set[int] = set()  # descendants whose command line is their own
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
 
     def sample(self) -> None:
         for pid in _descendants(os.getpid()):
             # A child forked but not yet exec'd ('spawn' forks then execs) shows this
-            # process's high-water mark: skip it until its command line changes.
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read() == self._cmdline:
-                        continue
-            except OSError:
-                continue
-            hwm = _status_kb(pid, "VmHWM:")
-            if hwm > self.peaks.get(pid, 0):
-                self.peaks[pid] = hwm
-            anon = _status_kb(pid, "RssAnon:")
-            if anon > self.anon.get(pid, 0):
-                self.anon[pid] = anon
+            # process's high-water mark: skip it until its command line changes (checked
+            # until it has: this thread shares the sort's process and its GIL, so each
+            # sample reads as few files as it can).
+            if pid not in self._execd:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if f.read() == self._cmdline:
+                            continue
+                except OSError:
+                    continue
+                self._execd.add(pid)
+            status = _status_values(pid, ("VmHWM:", "RssAnon:"))
+            if status.get("VmHWM:", 0) > self.peaks.get(pid, 0):
+                self.peaks[pid] = status["VmHWM:"]
+            if status.get("RssAnon:", 0) > self.anon.get(pid, 0):
+                self.anon[pid] = status["RssAnon:"]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -203,3 +220,123 @@ def tree_cpu_seconds() -> float:
             continue
         cpu += sum(int(v) for v in fields[11:15]) / tick
     return cpu
+
+
+# -- Timeline of a process tree ---------------------------------------------------------
+
+
+class CpuTimeline:
+    """Who used the CPU when: this process's threads and its descendants, sampled by a thread.
+
+    Every `interval` s, the CPU time (user + system, ``/proc/<pid>/task/<tid>/stat``)
+    of each thread of this process and of each descendant (worker processes, the
+    forkserver), and the ``phy`` logger's messages with their times (`handler`, to
+    add to the logger). `table` gives, per `bin_s`, each one's share of a core and
+    the messages logged then; `phases` the CPU seconds of each between marks. On a
+    quiet machine, a bin whose shares add up to less than the cores is idle capacity
+    (on a loaded one, the shares are the run's share of the cores).
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import logging
+        import time
+
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.messages: list[tuple[float, str, str]] = []
+        self.start = time.time()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
+        timeline = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                timeline.messages.append((record.created, record.threadName,
+                                          record.getMessage()[:120]))
+
+        self.handler = _Handler(logging.INFO)
+
+    def _cpu(self, path: str) -> float | None:
+        try:
+            with open(path) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _sample(self) -> None:
+        import time
+
+        me, now, cpu = os.getpid(), time.time(), {}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid in os.listdir(f"/proc/{me}/task"):
+            if int(tid) != threading.get_native_id():  # not this sampler
+                value = self._cpu(f"/proc/{me}/task/{tid}/stat")
+                if value is not None:
+                    # Python's threads by name (numba's, BLAS's by id).
+                    cpu["main" if int(tid) == me else
+                        f"thread {names.get(int(tid), tid)}"] = value
+        for pid in _descendants(me):
+            value = self._cpu(f"/proc/{pid}/stat")
+            if value is not None:
+                cpu[f"process {pid}"] = value
+        self.samples.append((now, cpu))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> CpuTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _bins(self, bin_s: float) -> tuple[list[str], list[list[float]]]:
+        if not self.samples:
+            return [], []
+        n = int((self.samples[-1][0] - self.start) / bin_s) + 1
+        previous: dict[str, float] = {}
+        usage: dict[str, list[float]] = {}
+        for t, cpu in self.samples:
+            b = min(n - 1, int((t - self.start) / bin_s))
+            for who, value in cpu.items():
+                if who in previous:
+                    usage.setdefault(who, [0.0] * n)[b] += value - previous[who]
+                previous[who] = value
+        who = [w for w in sorted(usage, key=lambda w: (w != "main", w))
+               if sum(usage[w]) >= 0.05]  # threads and processes that did something
+        return who, [[usage[w][b] for w in who] for b in range(n)]
+
+    def table(self, bin_s: float = 0.25) -> str:
+        """Per `bin_s` (rows), each thread's or process's share of a core (%)."""
+        who, rows = self._bins(bin_s)
+        lines = [f"# columns: {', '.join(f'{i}={w}' for i, w in enumerate(who))}",
+                 "#   s  " + " ".join(f"{i:>4d}" for i in range(len(who)))]
+        messages = sorted(self.messages)
+        for b, row in enumerate(rows):
+            said = [f"[{thread}] {text}" for t, thread, text in messages
+                    if b * bin_s <= t - self.start < (b + 1) * bin_s]
+            lines.append(f"{b * bin_s:6.2f} " + " ".join(f"{100 * v / bin_s:4.0f}" for v in row)
+                         + ("  " + " | ".join(said) if said else ""))
+        return "\n".join(lines)
+
+    def phases(self, marks: dict[str, float]) -> str:
+        """CPU seconds of each thread and process between consecutive `marks` (name: seconds
+        from the start), and the phase's wall-clock time."""
+        who, rows = self._bins(0.05)
+        names, ends = list(marks), [marks[m] for m in marks]
+        lines = []
+        for i, (name, end) in enumerate(zip(names, ends)):
+            start = ends[i - 1] if i else 0.0
+            cpu = [sum(r[j] for b, r in enumerate(rows) if start <= b * 0.05 < end)
+                   for j in range(len(who))]
+            lines.append(f"# {name}: {end - start:.2f} s wall, {sum(cpu):.2f} s CPU ("
+                         + ", ".join(f"{w} {c:.2f}" for w, c in zip(who, cpu) if c >= 0.01)
+                         + ")")
+        return "\n".join(lines)

@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/sort.py [--channels 32,384] [--duration 20] [--seed 0]
                               [--data-dir /tmp/phy-bench] [--out-dir DIR]
-                              [--no-template-matching] [--refine-rounds 2]
+                              [--no-template-matching] [--refine-rounds 2] [--timeline]
 
 For each channel count (built-in probes ``linear32``, ``neuropixels1`` and
 ``dense1024``), the cached synthetic recording of ``--data-dir`` (written
@@ -47,6 +47,12 @@ that the peak memory is that run's. The output goes to ``--out-dir``. Columns:
   proposes as units (the masked EM's: not its noise and MUA clusters 0 and
   1; the template matching's: all its templates).
 
+With ``--timeline``, ``OUT_DIR/<recording>.timeline.txt`` shows where the sort's
+time went (`_common.CpuTimeline`): each phase's wall-clock and CPU seconds per
+thread of the sorting process and per worker process, then each one's share of a
+core per 0.25 s with the log's messages. On a quiet machine, a phase whose CPU is
+well under twice its wall-clock time (two cores) leaves a core idle.
+
 A warm-up sort of a short recording runs first (untimed) so that the numba
 kernels are compiled into their on-disk cache.
 """
@@ -64,6 +70,7 @@ from pathlib import Path
 from _common import (
     PROBES,
     SEED,
+    CpuTimeline,
     TreeMemory,
     add_recording_arguments,
     channel_counts,
@@ -130,18 +137,35 @@ def evaluate_template_dir(path: Path, gt_path: Path) -> dict:
                            for k in missed])
 
 
-def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None) -> dict:
+def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None,
+              timeline: str | None = None) -> dict:
+    import contextlib
+    import logging
+
     from phy_core.progress import ProgressReporter
     from phy_spikesort.pipeline import sort_recording
 
     matching = False if refine_rounds is None else dict(refine_rounds=refine_rounds)
     cpu0 = tree_cpu_seconds()
-    with TreeMemory() as tree:
+    cpu_timeline = CpuTimeline() if timeline else None
+    with TreeMemory() as tree, (cpu_timeline or contextlib.nullcontext()):
+        if cpu_timeline is not None:
+            logger = logging.getLogger("phy")
+            logger.addHandler(cpu_timeline.handler)
+            logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
         detect_reporter = ProgressReporter()
         # The workers' final high-water marks, read before they exit.
         detect_reporter.connect(tree.sample, event="complete")
         result = sort_recording(prm, output_dir=out_dir, overwrite=True,
                                 detect_reporter=detect_reporter, template_matching=matching)
+    if cpu_timeline is not None:
+        logging.getLogger("phy").removeHandler(cpu_timeline.handler)
+        ends = dict(detect=result.detect_s)
+        ends.update(cluster=ends["detect"] + result.cluster_s)
+        ends.update(tmatch=ends["cluster"] + result.tmatch_s)
+        ends.update(label=result.total_s)
+        Path(timeline).write_text(f"# {prm}\n{cpu_timeline.phases(ends)}\n"
+                                  f"{cpu_timeline.table()}\n", encoding="utf-8")
     out = dict(channels=0, spikes=result.n_spikes, clusters=result.n_clusters,
                duration=result.duration_s, detect=result.detect_s, cluster=result.cluster_s,
                tmatch=result.tmatch_s, label=result.label_s, label_cpu=result.label_cpu_s,
@@ -163,11 +187,13 @@ def child_run(prm: str, out_dir: str, evaluate: bool, refine_rounds: int | None)
     return out
 
 
-def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | None = 2) -> dict:
+def run(prm: Path, out_dir: Path, evaluate: bool = True, refine_rounds: int | None = 2,
+        timeline: Path | None = None) -> dict:
     rounds = [] if refine_rounds is None else ["--child-refine-rounds", str(refine_rounds)]
+    where = [] if timeline is None else ["--child-timeline", str(timeline)]
     proc = subprocess.run([sys.executable, __file__, "--child", str(prm), str(out_dir)]
-                          + ([] if evaluate else ["--no-eval"]) + rounds, capture_output=True,
-                          text=True)
+                          + ([] if evaluate else ["--no-eval"]) + rounds + where,
+                          capture_output=True, text=True)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
         raise RuntimeError(f"the sort failed on {prm} (exit code {proc.returncode})")
@@ -223,14 +249,20 @@ def main() -> None:
                         help="detection and masked EM only")
     parser.add_argument("--refine-rounds", type=int, default=2,
                         help="template refinement rounds before the final matching (default 2)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="write OUT_DIR/<recording>.timeline.txt: each process's and "
+                             "thread's CPU use per 0.25 s, the log's messages, and the CPU "
+                             "seconds of each phase (where a quiet machine's cores idle)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-timeline", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-refine-rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         print(json.dumps(child_run(*args.child, evaluate=not args.no_eval,
-                                   refine_rounds=args.child_refine_rounds)))
+                                   refine_rounds=args.child_refine_rounds,
+                                   timeline=args.child_timeline)))
         return
     refine_rounds = None if args.no_template_matching else args.refine_rounds
 
@@ -252,8 +284,9 @@ def main() -> None:
     for c in channels:
         probe = PROBES[c]
         prm = recording(data_dir, probe, args.duration, args.seed)
-        result = run(prm, out_root / f"{probe}-{args.duration:g}s-seed{args.seed}",
-                     refine_rounds=refine_rounds)
+        name = f"{probe}-{args.duration:g}s-seed{args.seed}"
+        result = run(prm, out_root / name, refine_rounds=refine_rounds,
+                     timeline=out_root / f"{name}.timeline.txt" if args.timeline else None)
         print(row(result), flush=True)
         if "tm_missed" in result:
             print(missed_line(result), flush=True)

@@ -291,17 +291,17 @@ class _TemplateNoiseInBackground:
     matching then measures the noise itself.
     """
 
-    def __init__(self, executor, prm_path, group: int, options: dict) -> None:
+    def __init__(self, executor, prm_path, group: int, options: dict, then=None) -> None:
         import threading
 
         self._result: list = []
         # The executor's ordered map blocks until the results: a thread waits for them.
         self._thread = threading.Thread(target=self._run,
-                                        args=(executor, str(prm_path), group, options),
+                                        args=(executor, str(prm_path), group, options, then),
                                         name="phy-tmatch-noise", daemon=True)
         self._thread.start()
 
-    def _run(self, executor, prm_path: str, group: int, options: dict) -> None:
+    def _run(self, executor, prm_path: str, group: int, options: dict, then=None) -> None:
         from phy_tmatch.noise import measure_noise
 
         try:
@@ -310,6 +310,8 @@ class _TemplateNoiseInBackground:
         except Exception as exc:  # noqa: BLE001 - the template matching measures it itself
             logger.debug("Template noise in the workers failed (%s: %s).",
                          type(exc).__name__, exc)
+        if then is not None:
+            then()  # e.g. the next work beside the EM (`_reserve_template_scratch`)
 
     def wait(self) -> None:
         self._thread.join()
@@ -339,6 +341,30 @@ def _warm_up_template_workers(executor, prm) -> None:
     except Exception as exc:  # noqa: BLE001 - the template matching warms them up itself
         logger.debug("Template warm-up in the workers failed (%s: %s).", type(exc).__name__,
                      exc)
+
+
+def _reserve_template_scratch(executor, prm, group: int, options: dict) -> None:
+    """The workers make the template matching's chunk-sized scratch arrays
+    (`phy_tmatch.worker.reserve_scratch`, of `phy_tmatch.runner.worker_scratch`), without
+    waiting.
+
+    A worker's first matching job would otherwise fault in their fresh pages (~300 MB
+    at 384 channels: 0.4-0.8 s of wall clock on a virtual machine, little of it CPU
+    time) while the others wait for its chunk. Submitted during the masked EM, after
+    the template matching's noise (`_TemplateNoiseInBackground`'s `then`), which its
+    first pass needs sooner.
+    """
+    if not hasattr(executor, "warm_up"):
+        return
+    from phy_tmatch.runner import worker_scratch
+    from phy_tmatch.worker import reserve_scratch
+
+    try:
+        shapes = worker_scratch(prm, group, **options)
+        executor.warm_up(reserve_scratch, shapes)
+    except Exception as exc:  # noqa: BLE001 - the jobs make their arrays themselves
+        logger.debug("Template scratch arrays in the workers failed (%s: %s).",
+                     type(exc).__name__, exc)
 
 
 class _OneJobAtATime:
@@ -583,9 +609,12 @@ def sort_recording(prm_path: str | os.PathLike, output_dir: str | os.PathLike | 
                     _warm_up_template_workers(workers.get(), prm)
                     warmed = True
                 # The template matching's noise, which needs no cluster, measured by a
-                # worker (idle otherwise) while the masked EM runs here.
-                tmatch_noise = _TemplateNoiseInBackground(workers.get(), prm.path, group,
-                                                          tmatch_options)
+                # worker (idle otherwise) while the masked EM runs here; then the workers
+                # make the matching's scratch arrays.
+                tmatch_noise = _TemplateNoiseInBackground(
+                    workers.get(), prm.path, group, tmatch_options,
+                    then=lambda group=group: _reserve_template_scratch(
+                        workers.get(), prm, group, tmatch_options))
             if (auto_label and tmatch_options is not None and noise_job is None
                     and group not in clustered
                     and getattr(workers.get(), "name", "") != "serial"):

@@ -338,6 +338,54 @@ def match_spikes(prm_path: str | os.PathLike, spike_samples, spike_clusters,
     return path
 
 
+def _match_parameters(o: Bunch, rate: float) -> MatchParameters:
+    """The pursuit's parameters from the options, at sample rate `rate`."""
+    return MatchParameters(
+        z_threshold=float(o.z_threshold), amplitude_min=o.amplitude_range[0],
+        amplitude_max=o.amplitude_range[1],
+        amplitude_tolerance=float(o.amplitude_tolerance),
+        amplitude_prior_std=(None if o.amplitude_prior_std is None
+                             else float(o.amplitude_prior_std)),
+        refractory=int(round(o.refractory_ms * 1e-3 * rate)), max_rounds=int(o.max_rounds))
+
+
+def _match_chunks(n_samples: int, chunk_size: int, n_t: int, filter_margin: int,
+                  parameters: MatchParameters) -> list:
+    """The matching passes' chunks, overlapping by the pursuit's dependency radius."""
+    from phy_detect.chunks import plan_chunks
+
+    return plan_chunks(n_samples, chunk_size, margin_samples(n_t, parameters, filter_margin))
+
+
+def _longest(chunks: list) -> int:
+    """The most rows a chunk of `chunks` loads (its margins included)."""
+    return max((c.load_stop - c.load_start for c in chunks), default=0)
+
+
+def worker_scratch(prm, channel_group: int | None = None, **options: Any) -> dict:
+    """The chunk-sized scratch arrays of the matching jobs on `prm`'s recording and the
+    probe's `channel_group` (`worker.match_scratch_shapes`), to make them ahead
+    (`worker.reserve_scratch`).
+
+    `options`: the template matching's (`DEFAULTS`; others are ignored). They do not
+    depend on the clusters: a sort makes them while its masked EM runs.
+    """
+    from phy_detect.filtering import Filter
+
+    from .worker import match_scratch_shapes, traces
+
+    o = _options({name: value for name, value in options.items() if name in DEFAULTS})
+    n_channels = len(_group_channels(prm, channel_group)[0])
+    rate = float(prm.traces.sample_rate)
+    margin = Filter(**filter_arguments(prm)).margin_samples
+    _, n_t = template_window(float(o.before_ms), float(o.after_ms), rate)
+    chunks = _match_chunks(int(traces(str(prm.path)).shape[0]),
+                           max(1, int(round(o.chunk_size_s * rate))), n_t, margin,
+                           _match_parameters(o, rate))
+    return match_scratch_shapes(_longest(chunks), n_channels,
+                                collect=int(o.refine_rounds) > 0)
+
+
 def _excerpt_chunks(n_samples: int, n_excerpts: int, size: int, margin: int) -> list:
     """`n_excerpts` chunks of `size` samples evenly spread (the whole recording if short)."""
     from phy_detect.chunks import Chunk
@@ -516,7 +564,6 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
          executor, reporter, o: Bunch,
          noise_statistics: NoiseStatistics | None = None,
          on_idle: Callable[[], Any] | None = None) -> tuple[Bunch, Any, dict]:
-    from phy_detect.chunks import plan_chunks
     from phy_detect.filtering import Filter
 
     from .worker import traces
@@ -539,13 +586,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
     n_samples = int(traces(str(prm.path)).shape[0])
     before, n_t = template_window(float(o.before_ms), float(o.after_ms), rate)
     chunk_size = max(1, int(round(o.chunk_size_s * rate)))
-    parameters = MatchParameters(
-        z_threshold=float(o.z_threshold), amplitude_min=o.amplitude_range[0],
-        amplitude_max=o.amplitude_range[1],
-        amplitude_tolerance=float(o.amplitude_tolerance),
-        amplitude_prior_std=(None if o.amplitude_prior_std is None
-                             else float(o.amplitude_prior_std)),
-        refractory=int(round(o.refractory_ms * 1e-3 * rate)), max_rounds=int(o.max_rounds))
+    parameters = _match_parameters(o, rate)
     prm_path = str(prm.path)
 
     # 1. Templates: sums of the chosen spikes' windows, per chunk.
@@ -569,8 +610,7 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
              if bounds[i + 1] > bounds[i] or (i in with_noise and not measured)]
     jobs = [(setup, None, parts[i:i + TEMPLATE_CHUNKS_PER_JOB])
             for i in range(0, len(parts), TEMPLATE_CHUNKS_PER_JOB)]
-    match_margin = margin_samples(n_t, parameters, filter_.margin_samples)
-    match_chunks = plan_chunks(n_samples, chunk_size, match_margin)
+    match_chunks = _match_chunks(n_samples, chunk_size, n_t, filter_.margin_samples, parameters)
     n_excerpts = len(_excerpt_chunks(n_samples, int(o.n_noise_excerpts),
                                      int(round(o.noise_excerpt_s * rate)), 0))
     reporter.value_max = len(jobs) + (int(o.refine_rounds) + 1) * (n_excerpts
@@ -586,6 +626,15 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
         if not measured:
             noise.add(part)
         reporter.increment()
+    if hasattr(executor, "warm_up"):
+        # The workers make the matching's scratch arrays while this process makes the
+        # templates (a sort has made the chunk-sized ones during its masked EM:
+        # `worker_scratch`); a quarter more templates than clusters, as refinements add some.
+        from .worker import match_scratch_shapes, reserve_scratch
+
+        executor.warm_up(reserve_scratch, match_scratch_shapes(
+            _longest(match_chunks), len(channels), len(cluster_ids) + len(cluster_ids) // 4 + 8,
+            collect=int(o.refine_rounds) > 0))
     if not noise.medians or not n_used.any():
         raise TemplateMatchingError("No spike of the chosen clusters lies inside the recording.")
     noise_std = noise_std_from_medians(noise.medians)
@@ -709,6 +758,9 @@ def _run(prm, spike_samples, spike_clusters, cluster_ids, channels, channel_posi
             refined = None  # its (K, n_t, C) means: not held through the next pass
             _release_freed_memory()
             cpu.refine += time.process_time() - cpu_parent
+            # While the workers wait (but for `on_idle`'s job): the stage's critical path.
+            logger.debug("Template matching: refinement %d took %.2f s (%.2f s of CPU).",
+                         round_, time.time() - wall_parent, time.process_time() - cpu_parent)
             timeline.append(("parent", f"refine {round_}", wall_parent, time.time()))
             t_matching += time.perf_counter() - t_round
             if not changed:

@@ -173,3 +173,41 @@ def test_work_beside_the_clustering_comes_one_job_at_a_time(recording):
     expected = measure_noise(recording.prm_path, SerialExecutor(), channel_group=0)
     assert stats.key == expected.key and np.array_equal(stats.xtx, expected.xtx)
     np.testing.assert_array_equal(np.stack(stats.medians), np.stack(expected.medians))
+
+
+def test_workers_make_the_matching_scratch_arrays_after_the_noise(recording):
+    """During the masked EM, once the template matching's noise is measured (its jobs
+    first), the workers are asked to make the matching's chunk-sized scratch arrays
+    (`phy_tmatch.runner.worker_scratch` of the channel group, for the stage's options)."""
+    from phy_rawdata.prm import read_prm
+    from phy_spikesort.pipeline import _reserve_template_scratch, _TemplateNoiseInBackground
+    from phy_tmatch import worker
+    from phy_tmatch.runner import worker_scratch
+
+    class Recorder(SerialExecutor):
+        name = "recorder"
+
+        def __init__(self):
+            self.calls = []
+
+        def imap(self, func, jobs):
+            self.calls.append(func.__name__)
+            return super().imap(func, jobs)
+
+        def warm_up(self, func, *args):
+            self.calls.append((func, args))
+            return []
+
+    prm = read_prm(recording.prm_path)
+    options = dict(template_matching_options(recording.prm_path, True), chunk_size_s=1.0)
+    executor = Recorder()
+    noise = _TemplateNoiseInBackground(
+        executor, recording.prm_path, 0, options,
+        then=lambda: _reserve_template_scratch(executor, prm, 0, options))
+    assert noise.result() is not None
+    assert executor.calls[:5] == ["run_job"] * 5 and len(executor.calls) == 6
+    func, (shapes,) = executor.calls[-1]
+    assert func is worker.reserve_scratch and shapes == worker_scratch(prm, 0, **options)
+    # A second longer than the 1 s chunks: their margins; the pooled residual with rounds.
+    assert shapes["chunk"][0][1] == 32 and shapes["chunk"][0][0] > prm.traces.sample_rate
+    assert "pooled" in shapes
