@@ -386,7 +386,8 @@ def main() -> None:
                 out = out_root / f"stages-{name}"
                 prm = with_reference(recording(data_dir, probe, args.duration), out, reference)
                 results.append(run_stages(prm, out, args.repeat))
-                results[-1]["label"] = f"{c} ch" + ("" if reference == "default" else f" +{reference}")
+                suffix = "" if reference == "default" else f" +{reference}"
+                results[-1]["label"] = f"{c} ch{suffix}"
         names = list(dict.fromkeys(name for r in results for name in r["stages"]))
         width = max(len(name) for name in names) + 2
         print(f"{'stage':<{width}}" + "".join(f"{r['label']:>13}" for r in results))
