@@ -240,7 +240,7 @@ def refractory_conflict(s1, s2, window: int, same: int, duration: int) -> bool:
 
 def duplicates(groups: list[Group], owners: list[set[int]], samples: np.ndarray, labels: np.ndarray,
                counts: np.ndarray, template_homes: np.ndarray, positions: np.ndarray,
-               same: int, p: RefineParameters) -> list[int]:
+               same: int, p: RefineParameters, cluster_ids=None) -> list[int]:
     """Indices of the groups whose spikes are mostly other templates' spikes, seen again.
 
     A spike the pursuit matched with a template of another unit's shape leaves
@@ -258,7 +258,8 @@ def duplicates(groups: list[Group], owners: list[set[int]], samples: np.ndarray,
     template dropped no longer counts. Matched spikes are a sample of each
     template's (`counts`: all of them): each counts for the spikes it stands
     for (``counts / sampled``), so that the count of coincidences is unbiased
-    and a sample does not hide a duplicate.
+    and a sample does not hide a duplicate. `cluster_ids` (of the templates)
+    name them in the debug log.
     """
     matched = np.flatnonzero(labels >= 0)
     order = np.argsort(samples[matched], kind="stable")
@@ -285,6 +286,13 @@ def duplicates(groups: list[Group], owners: list[set[int]], samples: np.ndarray,
         covered = float(weight[kinds[ok]].sum())
         if covered > p.duplicate_fraction * len(spikes):
             drop.append(i)
+            if logger.isEnabledFor(logging.DEBUG):
+                by = np.bincount(kinds[ok], weights=weight[kinds[ok]], minlength=len(counts))
+                top = np.argsort(by)[::-1][:3]
+                logger.debug("Refinement: drop %s: %.0f of its %d spikes are spikes of %s seen "
+                             "again (duplicate).", g.label(), covered, len(spikes), ", ".join(
+                                 f"c{int(cluster_ids[k]) if cluster_ids is not None else k}:"
+                                 f"{by[k]:.0f}" for k in top if by[k] > 0))
             if g.parent < 0:  # not a part of a split (whose parent's other part stays)
                 gone[own] = True
     return sorted(drop)

@@ -156,6 +156,11 @@ class ConsolidateParameters:
     composite_explained: float = 0.85
 
 
+def _name(names, k) -> str:
+    """Template `k` in the debug log: its cluster id (``c71``) if `names` are given."""
+    return names[k] if names is not None else f"template {k}"
+
+
 def coincident_pairs(samples: np.ndarray, kinds: np.ndarray, window: int) -> tuple:
     """Every pair of spikes of different templates within `window` samples.
 
@@ -232,10 +237,11 @@ def _refractory_evidence(s1: np.ndarray, s2: np.ndarray, window: int, same: int,
 def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, samples: np.ndarray,
                  amplitudes: np.ndarray, homes: np.ndarray, positions: np.ndarray,
                  n_samples: int, sample_rate: float, p: ConsolidateParameters,
-                 apart: frozenset = frozenset()) -> list:
+                 apart: frozenset = frozenset(), names=None) -> list:
     """Pairs of templates of one unit, ``(cosine, larger, smaller, lag)``, most alike first.
 
-    Not the pairs of `apart` (sets of two template indices).
+    Not the pairs of `apart` (sets of two template indices). `names`: the
+    templates' names in the debug log.
     """
     n_templates = len(dense)
     counts = np.bincount(kinds, minlength=n_templates)
@@ -262,15 +268,15 @@ def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, sample
                         max(refractory, same + abs(lag) + 1), same + abs(lag), n_samples, p)):
                 continue
             if frozenset((int(k), int(m))) in apart:
-                logger.debug("Consolidation: templates %d and %d are alike (%.3f) but the "
-                             "refinement told their spikes apart.", k, m, cos)
+                logger.debug("Consolidation: %s and %s are alike (%.3f) but the refinement "
+                             "told their spikes apart.", _name(names, k), _name(names, m), cos)
                 continue
             # The two date one spike differently (by their lag): closer pairs are one spike.
             if refractory_conflict(samples[kinds == k], samples[kinds == m],
                                    max(refractory, same + abs(lag) + 1), same + abs(lag),
                                    n_samples):
-                logger.debug("Consolidation: templates %d and %d are alike (%.3f) but not "
-                             "refractory.", k, m, cos)
+                logger.debug("Consolidation: %s and %s are alike (%.3f) but not refractory.",
+                             _name(names, k), _name(names, m), cos)
                 continue
             big, small, lag = (k, m, lag) if counts[k] >= counts[m] else (m, k, -lag)
             out.append((cos, int(big), int(small), int(lag)))
@@ -279,10 +285,11 @@ def _merge_pairs(dense: np.ndarray, sigma: np.ndarray, kinds: np.ndarray, sample
 
 def remainders(samples: np.ndarray, kinds: np.ndarray, peaks: np.ndarray, homes: np.ndarray,
                positions: np.ndarray, n_samples: int, window: int,
-               p: ConsolidateParameters) -> np.ndarray:
+               p: ConsolidateParameters, names=None) -> np.ndarray:
     """``(K,)`` bool: the templates most of whose spikes follow a larger one's (docstring).
 
-    `samples` sorted, `kinds` their templates; `peaks`, `homes` as in `duplicate_spikes`.
+    `samples` sorted, `kinds` their templates; `peaks`, `homes` as in `duplicate_spikes`;
+    `names`: the templates' names in the debug log.
     """
     n_templates = len(peaks)
     counts = np.bincount(kinds, minlength=n_templates)
@@ -302,22 +309,23 @@ def remainders(samples: np.ndarray, kinds: np.ndarray, peaks: np.ndarray, homes:
              & (observed > p.duplicate_excess * expected + p.duplicate_min_count)
              & (distance <= p.duplicate_radius_um))
     for b, k, o, e in zip(big[found], small[found], observed[found], expected[found]):
-        logger.debug("Consolidation: %d of the %d spikes of template %d follow template %d's "
-                     "(%.1f expected): a remainder, dropped.", o, counts[k], k, b, e)
+        logger.debug("Consolidation: drop %s (n=%d): %d of its spikes follow %s's (%.1f "
+                     "expected): a remainder.", _name(names, k), counts[k], o, _name(names, b), e)
     out = np.zeros(n_templates, dtype=bool)
     out[small[found]] = True
     return out
 
 
 def foreign_spikes(amplitudes: np.ndarray, kinds: np.ndarray, n_templates: int,
-                   amplitude_min: float, p: ConsolidateParameters) -> np.ndarray:
+                   amplitude_min: float, p: ConsolidateParameters, names=None) -> np.ndarray:
     """The spikes at the bottom of the amplitude range of templates with an excess there.
 
     A template's spikes at ``amplitude_min`` (clipped) are expected to number
     ``n * Phi((amplitude_min - median) / s)``, ``s`` the spread of its upper half
     (``(q75 - median) / 0.6745``); a template with more than ``foreign_excess``
     times that plus ``foreign_min_count`` has taken another unit's spikes there,
-    and those go (module docstring). Returns a boolean mask of the spikes.
+    and those go (module docstring). Returns a boolean mask of the spikes. `names`:
+    the templates' names in the debug log.
     """
     bound = amplitudes <= np.float32(amplitude_min) * np.float32(1 + 1e-6)
     order = np.argsort(kinds, kind="stable")
@@ -334,9 +342,9 @@ def foreign_spikes(amplitudes: np.ndarray, kinds: np.ndarray, n_templates: int,
         spread = max((q75 - median) / 0.6744897501960817, 1e-6)
         expected = len(rows) * float(ndtr((amplitude_min - median) / spread))
         if at_bound > p.foreign_excess * expected + p.foreign_min_count:
-            logger.debug("Consolidation: template %d has %d of %d spikes at the amplitude's "
-                         "lower bound, %.1f expected (median %.2f): removed.", k, at_bound,
-                         len(rows), expected, median)
+            logger.debug("Consolidation: %s has %d of %d spikes at the amplitude's lower "
+                         "bound, %.1f expected (median %.2f): those removed.", _name(names, k),
+                         at_bound, len(rows), expected, median)
             out[rows[bound[rows]]] = True
     return out
 
@@ -475,13 +483,14 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
     positions = np.asarray(positions, dtype=np.float64)
     keep = np.ones(len(samples), dtype=bool)
     window = int(round(p.same_ms * 1e-3 * sample_rate))
+    names = [f"c{int(c)}" for c in templates.cluster_ids]
     if p.remove_duplicates:
         remove, pairs = duplicate_spikes(samples, kinds, peaks, homes, positions, n_samples,
                                          window, p)
         for big, small, observed, expected in pairs:
-            logger.debug("Consolidation: template %d (peak %.1f) matched %d spikes of template "
-                         "%d (peak %.1f) again (%.1f expected by chance).", small,
-                         peaks[small], observed, big, peaks[big], expected)
+            logger.debug("Consolidation: %s (peak %.1f) matched %d spikes of %s (peak %.1f) "
+                         "again (%.1f expected by chance): those removed.", names[small],
+                         peaks[small], observed, names[big], peaks[big], expected)
         counts = np.bincount(kinds, minlength=n_templates)
         lost = np.bincount(kinds[remove], minlength=n_templates)
         rest = np.bincount(kinds[~remove], minlength=n_templates)
@@ -491,10 +500,13 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
             median = medians[k]
             if median < amplitude_min + p.drop_amplitude_margin:
                 drop[k] = True
-            logger.debug("Consolidation: template %d lost %d of %d spikes; the rest's median "
-                         "amplitude %.2f: %s.", k, lost[k], counts[k], median,
-                         "dropped" if drop[k] else "kept")
+            logger.debug("Consolidation: %s %s (n=%d): lost %d spikes matched again; the "
+                         "rest's median amplitude %.2f.", "drop" if drop[k] else "keep",
+                         names[k], counts[k], lost[k], median)
         drop &= counts > 0
+        for k in np.flatnonzero(drop & (rest < p.min_spikes)):
+            logger.debug("Consolidation: drop %s (n=%d): %d spikes left after those matched "
+                         "again.", names[k], counts[k], rest[k])
         keep = ~remove & ~drop[kinds]
         info["n_duplicate_spikes"] = int(remove.sum())
         info["n_dropped"] = int(drop.sum())
@@ -502,20 +514,20 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
         # A remainder is a duplicate dated a little apart: off with the duplicates.
         rows = np.flatnonzero(keep)
         remainder = remainders(samples[rows], kinds[rows], peaks, homes, positions, n_samples,
-                               int(round(p.remainder_ms * 1e-3 * sample_rate)), p)
+                               int(round(p.remainder_ms * 1e-3 * sample_rate)), p, names)
         if p.drop_tails:
             # Also at any lag where the two windows overlap (a strong unit's waveform
             # outlasts its template's window: its tail is matched 1.4-1.5 ms on); chance
             # grows with the window, so the 1 ms test above stays for the closer ones.
             remainder |= remainders(samples[rows], kinds[rows], peaks, homes, positions,
-                                    n_samples, dense.shape[1] - 1, p)
+                                    n_samples, dense.shape[1] - 1, p, names)
         keep &= ~remainder[kinds]
         info["n_dropped"] += int(remainder.sum())
     n_foreign = 0
     if p.remove_foreign:
         rows = np.flatnonzero(keep)
         foreign = rows[foreign_spikes(amplitudes[rows], kinds[rows], n_templates,
-                                      amplitude_min, p)]
+                                      amplitude_min, p, names)]
         keep[foreign] = False
         n_foreign = len(foreign)
     if p.min_rate_hz > 0:
@@ -526,8 +538,8 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
             (medians < amplitude_min + p.drop_amplitude_margin)
             | (medians > amplitude_max - p.drop_amplitude_margin))
         for k in np.flatnonzero(rare):
-            logger.debug("Consolidation: template %d has %d spikes, median amplitude %.2f: "
-                         "dropped (rare, clipped).", k, rest[k], medians[k])
+            logger.debug("Consolidation: drop %s (n=%d): median amplitude %.2f (rare, "
+                         "clipped).", names[k], rest[k], medians[k])
         keep &= ~rare[kinds]
         info["n_dropped"] += int(rare.sum())
         if p.drop_composites:
@@ -540,7 +552,7 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
         k_kinds = kinds[keep]
         pairs = _merge_pairs(dense, sigma, k_kinds, samples[keep], amplitudes[keep], homes,
                              positions, n_samples, sample_rate, p,
-                             frozenset(frozenset((int(a), int(b))) for a, b in apart))
+                             frozenset(frozenset((int(a), int(b))) for a, b in apart), names)
         kinds = kinds.copy()
         samples = samples.copy()
         amplitudes = amplitudes.copy()
@@ -566,8 +578,8 @@ def consolidate(result: Bunch, templates, noise_std: np.ndarray, positions: np.n
             kinds[rows] = big
             merged_into[small] = big
             info["n_merged"] += 1
-            logger.debug("Consolidation: template %d (n=%d) merged into %d (cosine %.3f, lag %d).",
-                         small, len(rows), big, cos, lag)
+            logger.debug("Consolidation: merge %s (n=%d) into %s (cosine %.3f, lag %d).",
+                         names[small], len(rows), names[big], cos, lag)
     kept = np.flatnonzero(keep)
     order = kept[np.argsort(samples[kept], kind="stable")]
     out = Bunch(result)

@@ -59,6 +59,12 @@ class Group:
     amplitude_copy : bool
         Whether it is a scaled copy of an amplitude split (the pursuit gives it
         the amplitude prior: `phy_tmatch.runner`).
+    origin : str
+        Where it comes from, for the debug log (`label`): ``c71`` a template kept
+        whole (its cluster id: the masked EM cluster or the refinement's template
+        it was made from), ``c71.s0`` a part of its split by shape, ``c71.a1`` a
+        copy of its split by amplitude, ``r958.0``/``m958.0`` a part of the
+        residual events/misfits of home channel 958, ``A+B`` a merge.
     """
 
     mean: np.ndarray
@@ -75,6 +81,11 @@ class Group:
     scale: float = 1.0
     snippet_mean: bool = False
     amplitude_copy: bool = False
+    origin: str = "?"
+
+    def label(self) -> str:
+        """Its origin and the spikes it stands for, for the debug log: ``c71 (n=457)``."""
+        return f"{self.origin} (n={self.n_spikes})"
 
     def counted(self, copies: set[int]) -> int:
         """The spike count its template is built with (`build_templates`' channel test).

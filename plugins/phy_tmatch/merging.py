@@ -6,10 +6,11 @@ unless their spikes tell them apart beyond a scale and a shift, or alike
 snippets (`phy_tmatch.comparison.compare_snippets`; for groups of residual
 events, alike in shape and amplitude), or means within their noise
 (`phy_tmatch.comparison.indistinct`); never the parts of one split, misfits and
-the template they were too large for, nor (``amplitude_split``) two groups whose
-amplitudes form two modes. `merge_groups` merges the pairs, most alike first,
-when their spike trains are refractory with each other (see the module
-docstring of `phy_tmatch.refine`).
+the template they were too large for, nor a group of residual events at other
+templates' spikes and a group of matched spikes (`coincident_matches`), nor
+(``amplitude_split``) two groups whose amplitudes form two modes. `merge_groups`
+merges the pairs, most alike first, when their spike trains are refractory with
+each other (see the module docstring of `phy_tmatch.refine`).
 """
 
 from __future__ import annotations
@@ -47,11 +48,63 @@ def _two_amplitude_modes(g: Group, h: Group, events: EventSnippets, samples: np.
     return modes is not None and modes_independent(modes, samples[rows], p)
 
 
+def coincident_matches(groups: list[Group], samples: np.ndarray, labels: np.ndarray,
+                       counts: np.ndarray, template_homes: np.ndarray, positions: np.ndarray,
+                       same: int, p: RefineParameters) -> list[dict[int, float] | None]:
+    """Per group of residual events, the spikes of each template its events fall on.
+
+    ``{template: spikes}``: the matched spikes within `same` samples of its events
+    of each template whose peak channel lies within ``p.merge_radius_um`` of its
+    home, each sampled spike counting for the spikes it stands for (``counts /
+    sampled``, as in `phy_tmatch.comparison.duplicates`); None for the other groups.
+    """
+    matched = np.flatnonzero(labels >= 0)
+    order = np.argsort(samples[matched], kind="stable")
+    m_samples, m_kinds = samples[matched][order], labels[matched][order]
+    weight = np.asarray(counts, dtype=np.float64) / np.maximum(
+        np.bincount(m_kinds, minlength=len(counts)), 1)
+    out: list[dict[int, float] | None] = []
+    for g in groups:
+        spikes = np.asarray(g.samples)
+        if not g.residual or not len(spikes):
+            out.append(None)
+            continue
+        lo = np.searchsorted(m_samples, spikes - same, side="left")
+        hi = np.searchsorted(m_samples, spikes + same, side="right")
+        width = hi - lo
+        kinds = m_kinds[np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())]
+        near = np.linalg.norm(positions[template_homes] - positions[g.home], axis=1) \
+            <= p.merge_radius_um
+        kinds = kinds[near[kinds]]
+        by = np.bincount(kinds, weights=weight[kinds], minlength=len(counts))
+        out.append({int(k): float(by[k]) for k in np.flatnonzero(by)})
+    return out
+
+
+def _others_remainder(g: Group, coincident: dict[int, float] | None, owners: set[int],
+                      p: RefineParameters) -> bool:
+    """Whether a group of residual events is mostly at the spikes of templates not in `owners`.
+
+    What a template leaves of its unit's spikes (their far field, a misfit) is
+    collected as residual events at those spikes: fragments of that unit, not of
+    a template they resemble nearby. Merged into one (its mean, by the snippets:
+    half that template's spikes, half the other unit's remainders), it made a
+    template of neither unit, which matched the other unit's spikes again and the
+    consolidation dropped (1024 channels, 200 s: unit 51, SNR 4.3, lost with its
+    template). Such a group is dropped after the merges (`duplicates`).
+    """
+    if coincident is None:
+        return False
+    foreign = sum(w for k, w in coincident.items() if k not in owners)
+    return foreign > p.duplicate_fraction * len(g.samples)
+
+
 def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[int]],
                 events: EventSnippets, sigma: np.ndarray, positions: np.ndarray, max_lag: int,
                 samples: np.ndarray, jitter: float | None,
                 p: RefineParameters, valid: list[tuple[int, int]] | None = None,
-                delays: list[int] | None = None) -> tuple[list, set[int], list]:
+                delays: list[int] | None = None, coincident: list | None = None
+                ) -> tuple[list, set[int], list]:
     """The pairs of groups that may be one unit, the templates found to be copies, and the
     pairs kept apart.
 
@@ -69,6 +122,10 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
     delays : per group, how far it was re-centred (`phy_tmatch.alignment`), or None:
         the lag at which two groups were alike as the pass dated them is their
         lag plus the difference of their delays.
+    coincident : per group, `coincident_matches` (or None: not tested). A group of
+        residual events mostly at the spikes of templates other than another
+        group's owners is not merged with it (`_others_remainder`), unless that
+        group is also of residual events (the two, merged, face the duplicate test).
 
     Returns
     -------
@@ -140,24 +197,49 @@ def alike_pairs(groups: list[Group], owners: list[set[int]], parents: list[set[i
                                    min(groups[i].n_spikes, groups[i].n_averaged),
                                    min(groups[j].n_spikes, groups[j].n_averaged), home,
                                    whitener, local, p, groups[i].spread, groups[j].spread)
+            if alike and coincident is not None:
+                for a, b in ((i, j), (j, i)):
+                    if alike and not groups[b].residual and _others_remainder(
+                            groups[a], coincident[a], owners[b], p):
+                        logger.debug("Refinement: %s is at other templates' spikes (%.0f): "
+                                     "not merged with %s.", groups[a].label(), sum(
+                                         w for k, w in coincident[a].items()
+                                         if k not in owners[b]), groups[b].label())
+                        alike = False
             if alike and p.amplitude_split and jitter is not None and _two_amplitude_modes(
                     groups[i], groups[j], events, samples, jitter, p):
                 # Units of one shape told apart by their amplitudes (a split of a previous
                 # round): merged, they would be split again.
-                logger.debug("Refinement: groups %d and %d are alike but their amplitudes "
-                             "form two modes.", i, j)
+                logger.debug("Refinement: %s and %s are alike but their amplitudes form "
+                             "two modes.", groups[i].label(), groups[j].label())
                 alike = False
                 copies.update(g.cluster_id for g in (groups[i], groups[j])
                               if g.cluster_id is not None)
-            logger.debug("Refinement: groups %d (n=%d, home %d) and %d (n=%d, home %d): "
-                         "similarity %.3f, amplitude ratio %.2f, lag %d: %s.", i,
-                         groups[i].n_spikes, hi, j, groups[j].n_spikes, hj, cos, ratio, lag,
-                         "alike" if alike else "distinct")
+            logger.debug("Refinement: %s home %d and %s home %d: similarity %.3f, amplitude "
+                         "ratio %.2f, lag %d: %s.", groups[i].label(), hi, groups[j].label(), hj,
+                         cos, ratio, lag, "alike" if alike else "distinct")
             if alike:
                 pairs.append((cos, i, j, lag, by_snippets))
             elif by_waveform:
                 apart.append((i, j))
     return pairs, copies, apart
+
+
+def merged_origin(big: str, small: str, max_members: int = 3) -> str:
+    """The origin (`Group.origin`) of a merge of two groups, for the debug log.
+
+    Its members joined by ``+`` (the larger group's first); beyond `max_members`,
+    the first and their count: ``c71+...(5)``.
+    """
+    members = []
+    count = 0
+    for origin in (big, small):
+        head, _, more = origin.partition("+...(")
+        members += head.split("+")
+        count += int(more[:-1]) if more else len(head.split("+"))
+    if count <= max_members:
+        return "+".join(members)
+    return f"{members[0]}+...({count})"
 
 
 def merge_groups(groups: list[Group], pairs: list, owners: list[set[int]],
@@ -173,16 +255,19 @@ def merge_groups(groups: list[Group], pairs: list, owners: list[set[int]],
     """
     alive = [True] * len(groups)
     n_merged = 0
-    for _, i, j, lag, by_snippets in sorted(pairs, reverse=True):
+    for cos, i, j, lag, by_snippets in sorted(pairs, reverse=True):
         if not (alive[i] and alive[j]):
             continue
         # The two may date one spike differently (by their lag).
         if refractory_conflict(groups[i].samples, groups[j].samples,
                                max(refractory, same + abs(lag) + 1), same + abs(lag), n_samples):
-            logger.debug("Refinement: groups %d and %d are alike but not refractory.", i, j)
+            logger.debug("Refinement: %s and %s are alike (%.3f) but not refractory: not "
+                         "merged.", groups[i].label(), groups[j].label(), cos)
             continue
         big, small = (i, j) if groups[i].n_spikes >= groups[j].n_spikes else (j, i)
         g, h = groups[big], groups[small]
+        logger.debug("Refinement: merge %s into %s (similarity %.3f, lag %d, by %s).", h.label(),
+                     g.label(), cos, lag, "snippets" if by_snippets else "waveforms")
         # The smaller one aligned on the bigger one (whose spike times stay).
         if by_snippets:
             # Alike by their events, not by their waveforms: a template's waveform
@@ -203,6 +288,7 @@ def merge_groups(groups: list[Group], pairs: list, owners: list[set[int]],
         g.cluster_id = None
         g.snippet_mean = g.snippet_mean or by_snippets
         g.samples = np.concatenate([g.samples, h.samples])
+        g.origin = merged_origin(g.origin, h.origin)
         alive[small] = False
         owners[big] |= owners[small]
         n_merged += 1

@@ -53,7 +53,9 @@ channels near their home channel. From them, in the parent process:
   alike in shape (cosine >= `fragment_similarity` where the means stand out) and
   amplitude to another group's events: residual events are chosen by their
   troughs, so their mean is biased and a test of means would keep a weak unit's
-  fragments apart; never the two parts of a split of this round), unless
+  fragments apart; never the two parts of a split of this round, nor a group of
+  residual events most of whose events fall on other templates' spikes into a
+  group that does not own them: those are another unit's remainders), unless
   their spike trains are not refractory with each other (units have a dead
   time, so a unit split in two has almost no pair of spikes closer than
   `refractory_ms`).
@@ -134,7 +136,7 @@ from .amplitude import (
 )
 from .comparison import duplicates, shift, spread
 from .groups import EventSnippets, Group
-from .merging import alike_pairs, merge_groups
+from .merging import alike_pairs, coincident_matches, merge_groups
 from .residual import MISFIT
 from .snippet_whitener import SnippetWhitener
 from .split import split_units, with_far_field
@@ -306,8 +308,11 @@ def _template_groups(templates, dense: np.ndarray, counts: np.ndarray, labels: n
     n_split = n_dropped = 0
     for k in range(templates.n_templates):
         rows = np.flatnonzero(labels == k)
+        name = f"c{int(templates.cluster_ids[k])}"
         if counts[k] < p.min_spikes:
             n_dropped += 1
+            logger.debug("Refinement: drop %s (n=%d): fewer than %d spikes matched.", name,
+                         counts[k], p.min_spikes)
             continue
         home = int(template_homes[k])
         x = events.whitened(rows, home)
@@ -321,17 +326,21 @@ def _template_groups(templates, dense: np.ndarray, counts: np.ndarray, labels: n
                     amps, noise_var = amplitudes(x, template_w, slope_w)
                     modes = amplitude_modes(amps, noise_var, p, jitter)
                     if modes is not None and not modes_independent(modes, samples[rows], p):
-                        logger.debug("Refinement: template %d: amplitude modes that depend on "
+                        logger.debug("Refinement: %s: amplitude modes that depend on "
                                      "time or on the interval since the previous spike: one "
-                                     "unit.", k)
+                                     "unit.", name)
                         modes = None
                 if modes is not None:
                     # Two units of one shape: each a scaled copy of the template (the mean
                     # of a mode's few spikes is noisier); the next pass assigns the spikes.
                     n_split += 1
-                    logger.debug("Refinement: template %d (n=%d, amplitude noise %.3f) split "
-                                 "by amplitude: groups %d, %d.", k, len(rows),
-                                 np.sqrt(noise_var), len(groups), len(groups) + 1)
+                    logger.debug("Refinement: split %s (n=%d, %d sampled) by amplitude "
+                                 "(noise %.3f): %s.%s (n=%d, amplitude %.2f), %s.%s (n=%d, "
+                                 "amplitude %.2f).", name, counts[k], len(rows),
+                                 np.sqrt(noise_var),
+                                 *[v for j in (0, 1) for v in (
+                                     name, f"a{j}", int((modes == j).sum()),
+                                     float(amps[modes == j].mean()))])
                     for j in (0, 1):
                         part = np.flatnonzero(modes == j)
                         r = rows[part]
@@ -348,7 +357,7 @@ def _template_groups(templates, dense: np.ndarray, counts: np.ndarray, labels: n
                             home=home, samples=samples[r], parent=k, n_averaged=n_equal,
                             spread=spread(x[part], p), rows=r, snippet_home=home,
                             residual=False, scale=1.0, snippet_mean=False,
-                            amplitude_copy=True))
+                            amplitude_copy=True, origin=f"{name}.a{j}"))
                     continue
                 mean, error = mean_amplitude(x, template_w, slope_w)
                 change = abs(mean - 1.0)
@@ -359,10 +368,14 @@ def _template_groups(templates, dense: np.ndarray, counts: np.ndarray, labels: n
                 mean=dense[k], n_spikes=int(counts[k]), cluster_id=int(templates.cluster_ids[k]),
                 home=home, samples=samples[rows], parent=-1,
                 n_averaged=int(templates.n_spikes[k]), spread=spread(x, p), rows=rows,
-                snippet_home=home, residual=False, scale=scale, snippet_mean=False))
+                snippet_home=home, residual=False, scale=scale, snippet_mean=False,
+                origin=name))
             continue
         n_split += 1
-        for part in parts:
+        logger.debug("Refinement: split %s (n=%d, %d sampled) by shape: %s.", name, counts[k],
+                     len(rows), ", ".join(f"{name}.s{j} (n={len(part)})"
+                                          for j, part in enumerate(parts)))
+        for j, part in enumerate(parts):
             r = rows[part]
             mean = events.embed(r, home)
             if p.split_far_field:
@@ -372,7 +385,8 @@ def _template_groups(templates, dense: np.ndarray, counts: np.ndarray, labels: n
             groups.append(Group(
                 mean=mean, n_spikes=len(r), cluster_id=None, home=peak, samples=samples[r],
                 parent=k, n_averaged=len(r), spread=spread(x[part], p), rows=r,
-                snippet_home=home, residual=False, scale=1.0, snippet_mean=True))
+                snippet_home=home, residual=False, scale=1.0, snippet_mean=True,
+                origin=f"{name}.s{j}"))
     return groups, n_split, n_dropped
 
 
@@ -393,22 +407,25 @@ def _event_groups(labels: np.ndarray, homes: np.ndarray, samples: np.ndarray, n_
             if len(rows) < p.min_spikes:
                 continue
             x = events.whitened(rows, home)
-            for part in split_units(x, p, n_t=n_t):
+            for j, part in enumerate(split_units(x, p, n_t=n_t)):
                 r = rows[part]
+                # Misfits are whole spikes aligned by their template, not events chosen
+                # by their troughs (the merges' rule for those does not apply).
+                misfits = bool(labels[r[0]] <= MISFIT) if len(r) else False
+                origin = f"{'m' if misfits else 'r'}{int(home)}.{j}"
                 if len(r) < p.min_spikes:
                     continue
                 mean = events.embed(r, home)
                 snr = np.abs(mean[:, home]).max() / sigma[home]
                 if snr < p.new_min_snr:
                     continue
-                # Misfits are whole spikes aligned by their template, not events chosen
-                # by their troughs (the merges' rule for those does not apply).
-                misfits = bool(labels[r[0]] <= MISFIT)
+                logger.debug("Refinement: new group %s (n=%d, peak %.1f sigma).", origin, len(r),
+                             snr)
                 groups.append(Group(
                     mean=mean, n_spikes=len(r), cluster_id=None, home=int(home),
                     samples=samples[r], parent=-1, n_averaged=len(r),
                     spread=spread(x[part], p), rows=r, snippet_home=int(home),
-                    residual=not misfits, scale=1.0, snippet_mean=True))
+                    residual=not misfits, scale=1.0, snippet_mean=True, origin=origin))
     return groups
 
 
@@ -600,8 +617,11 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
     valid = [(int(held[0, g.rows].max()), int(held[1, g.rows].min())) if len(g.rows)
              else (0, n_t) for g in groups]
     delays = [int(np.median(delay[g.rows])) if len(g.rows) else 0 for g in groups]
+    coincident = coincident_matches(groups, samples, labels, counts, template_homes, positions,
+                                    same, p) if p.drop_duplicates else None
     pairs, copies, apart = alike_pairs(groups, owners, parents, snippet_events, sigma,
-                                       positions, max_lag, samples, jitter, p, valid, delays)
+                                       positions, max_lag, samples, jitter, p, valid, delays,
+                                       coincident)
     alive, n_merged = merge_groups(groups, pairs, owners, snippet_events, refractory, same,
                                    n_samples)
     kept = [g for g, a in zip(groups, alive) if a]
@@ -610,7 +630,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         # joined that template, and made its waveform better.
         kept_owners = [o for o, a in zip(owners, alive) if a]
         drop = set(duplicates(kept, kept_owners, samples, labels, counts, template_homes,
-                              positions, same, p))
+                              positions, same, p, cluster_ids=templates.cluster_ids))
         for i in drop:
             if kept[i].residual and kept[i].cluster_id is None:
                 n_new -= 1
@@ -665,6 +685,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         if g.cluster_id is not None and g.scale != 1.0:
             g.mean = g.mean * g.scale
             n_rescaled += 1
+            logger.debug("Refinement: rescale %s by %.3f.", g.label(), g.scale)
     ids = []
     # Two units of one shape, each a template scaled from the other's (split now, or kept
     # apart by their amplitudes): the pursuit's amplitude prior tells their spikes apart.
@@ -676,6 +697,7 @@ def refine(templates, events: Bunch, counts: np.ndarray, sigma_channels: np.ndar
         if g.cluster_id is None:
             g.cluster_id = next_id
             next_id += 1
+            logger.debug("Refinement: %s -> template c%d.", g.label(), g.cluster_id)
         ids.append(g.cluster_id)
     changed = bool(n_split or n_new or n_merged or n_dropped or n_rescaled or n_rebuilt
                    or n_recentred)

@@ -556,6 +556,9 @@ def _keep_unchanged(old, refined: Bunch, new):
 def _drop_small(result: Bunch, templates, min_spikes: int) -> Bunch:
     """The spikes of the templates that matched at least `min_spikes` spikes."""
     counts = np.bincount(result.spike_templates, minlength=templates.n_templates)
+    for k in np.flatnonzero(counts < min_spikes):
+        logger.debug("Template matching: drop c%d (n=%d): fewer than %d spikes in the last "
+                     "pass.", templates.cluster_ids[k], counts[k], min_spikes)
     keep = counts[result.spike_templates] >= min_spikes
     return Bunch({key: value[keep] for key, value in result.items()})
 

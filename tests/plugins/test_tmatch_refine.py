@@ -436,3 +436,52 @@ def test_templates_alike_whose_spikes_tell_two_units_apart_are_named_kept_apart(
     # Two templates of one unit are merged: nothing kept apart.
     out = _refine_pair_of_templates(np.random.default_rng(0), 1.0, 0.0)
     assert len(out.cluster_ids) == 1 and out.kept_apart.shape == (0, 2)
+
+
+# -- Residual events at another template's spikes: not merged into a template they resemble -----
+
+
+def _other_shape(rng, n: int, home: int) -> np.ndarray:
+    """`n` spikes of a unit of another shape (narrower, later trough) centred on `home`."""
+    t = np.arange(N_T)[:, None] - 19.0
+    footprint = np.exp(-0.5 * ((np.arange(N_CHANNELS) - home) / 1.5) ** 2)
+    waveform = -9.0 * np.exp(-0.5 * (t / 1.2) ** 2) * footprint[None, :]
+    return waveform[None] * (1.0 + 0.1 * rng.standard_normal((n, 1, 1))) + \
+        rng.standard_normal((n, N_T, N_CHANNELS))
+
+
+def _refine_with_remainders(rng, n_remainders: int, at_other: bool) -> tuple:
+    """Refine a template of unit A (c7, 100 spikes), one of unit B (c9, 100 spikes, another
+    shape, 40 um away) and `n_remainders` residual events alike to A's spikes, dated at B's
+    spikes (`at_other`: what B's template leaves of them) or on their own."""
+    positions = np.c_[np.zeros(N_CHANNELS), 20.0 * np.arange(N_CHANNELS)]
+    local = local_channels(positions, N_CHANNELS)
+    a, b = _spikes(rng, 100, 1.0), _other_shape(rng, 100, HOME + 2)
+    rest = 0.9 * _spikes(rng, n_remainders, 1.0)
+    t_a, t_b = np.arange(100) * 6000, np.arange(100) * 6000 + 3000
+    t_rest = t_b[:n_remainders] + 1 if at_other else np.arange(n_remainders) * 6000 + 1500
+    templates = build_templates(np.stack([a.mean(axis=0), b.mean(axis=0)]),
+                                np.array([100, 100]), np.array([7, 9]), np.ones(N_CHANNELS))
+    x = np.concatenate([a, b, rest])
+    events = Bunch(samples=np.r_[t_a, t_b, t_rest],
+                   labels=np.r_[np.zeros(100, np.int64), np.ones(100, np.int64),
+                                np.full(n_remainders, -1)],
+                   homes=np.full(len(x), HOME), snippets=x[:, :, local[HOME]].astype(np.float32))
+    out = refine(templates, events, np.array([100, 100]), np.ones(N_CHANNELS), local,
+                 positions, 600000, 30000.0, next_id=10)
+    return out, templates
+
+
+def test_residual_events_at_another_templates_spikes_do_not_join_a_template_they_resemble():
+    # 1024 channels, 200 s: unit 51's template (SNR 4.3) joined 295 residual events at
+    # a strong neighbour's spikes, alike in shape; the merged template matched neither
+    # unit and the consolidation dropped it.
+    for seed in range(3):
+        out, templates = _refine_with_remainders(np.random.default_rng(seed), 60, True)
+        # A and B stay as they were; the remainders are dropped as B's spikes seen again.
+        assert out.cluster_ids.tolist() == [7, 9] and out.n_merged == 0
+        assert np.allclose(out.means[0], templates.dense()[0], atol=1e-5)
+        # Residual events of A's shape on their own (A's spikes its template missed) still
+        # join A's template.
+        out, _ = _refine_with_remainders(np.random.default_rng(seed), 30, False)
+        assert out.n_merged == 1 and len(out.cluster_ids) == 2 and 9 in out.cluster_ids
