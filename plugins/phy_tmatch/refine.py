@@ -89,7 +89,7 @@ channels near their home channel. From them, in the parent process:
   threshold, so its mean is too large (by 10-20 %), and a template too large
   matches only the unit's larger spikes. After the merges, which compare the
   waveforms the pass matched with.
-- **Rebuild** (``rebuild``, on) a template kept whole (rather than rescale it) whose
+- **Rebuild** (``rebuild``, off by default) a template kept whole (rather than rescale it) whose
   waveform is the mean of far fewer spikes than the pass's snippets of its
   matched spikes (a template made from a few dozen residual events or misfits):
   their mean, without the spikes of other amplitudes (`_rebuilt`), on its home's
@@ -203,7 +203,7 @@ class RefineParameters:
     or bursts is one unit). ``split_far_field`` (on): the parts of a split alike
     to their template keep its waveform beyond their home's local channels
     (`with_far_field`). ``misfits``: new templates also from the spikes matched
-    at the amplitude's upper bound (the "find" step). ``rebuild`` (on),
+    at the amplitude's upper bound (the "find" step). ``rebuild`` (off),
     ``rebuild_ratio``, ``rebuild_min_spikes``, ``rebuild_trim``: a template kept
     whole whose matched spikes' snippets are at least ``rebuild_ratio`` times the
     spikes its waveform was averaged from, and at least ``rebuild_min_spikes``
@@ -256,7 +256,7 @@ class RefineParameters:
     amplitude_split_independence: float = 3.0
     amplitude_split_free_margin: float = 0.0
     misfits: bool = True
-    rebuild: bool = True
+    rebuild: bool = False
     rebuild_ratio: float = 3.0
     rebuild_min_spikes: int = 50
     rebuild_trim: float = 4.0

@@ -43,7 +43,8 @@ def _refine_narrow_template(rng, averaged: int, p: RefineParameters | None = Non
 
 def test_a_template_from_few_events_gets_its_units_footprint_from_its_matched_spikes():
     rng = np.random.default_rng(3)
-    out, templates, snippets = _refine_narrow_template(rng, N_FEW)
+    out, templates, snippets = _refine_narrow_template(rng, N_FEW,
+                                                       RefineParameters(rebuild=True))
     assert out.n_rebuilt == 1 and out.changed and out.n_split == 0
     assert out.cluster_ids.tolist() == [7]  # the same template, made again
     truth, mean = _spike(), out.means[0]
@@ -69,9 +70,10 @@ def test_a_template_from_few_events_gets_its_units_footprint_from_its_matched_sp
 def test_a_template_is_left_as_it_is_without_many_more_spikes_or_when_off():
     rng = np.random.default_rng(5)
     # 300 snippets are fewer than `rebuild_ratio` (3) times the 150 spikes it averaged.
-    out, templates, _ = _refine_narrow_template(rng, 150)
+    out, templates, _ = _refine_narrow_template(rng, 150, RefineParameters(rebuild=True))
     assert out.n_rebuilt == 0
     np.testing.assert_allclose(out.means[0], templates.dense()[0], atol=1e-5)
-    out, templates, _ = _refine_narrow_template(rng, N_FEW, RefineParameters(rebuild=False))
+    # Off by default.
+    out, templates, _ = _refine_narrow_template(rng, N_FEW)
     assert out.n_rebuilt == 0
     np.testing.assert_allclose(out.means[0], templates.dense()[0], atol=1e-5)
