@@ -238,6 +238,31 @@ def refractory_conflict(s1, s2, window: int, same: int, duration: int) -> bool:
     return observed > max(2.0, 0.3 * expected)
 
 
+class MatchedSpikes:
+    """A pass's sampled matched spikes in time order, to find those near given events.
+
+    `samples`, `labels`: the pass's events (matched spikes have a template index
+    ``>= 0``); `counts`: every template's matched spikes (the events are a sample
+    of them). ``weight[k]``: the spikes each sampled spike of template ``k``
+    stands for (``counts / sampled``), so that counts of coincidences are unbiased.
+    """
+
+    def __init__(self, samples: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> None:
+        matched = np.flatnonzero(labels >= 0)
+        order = np.argsort(samples[matched], kind="stable")
+        self.samples, self.kinds = samples[matched][order], labels[matched][order]
+        sampled = np.bincount(self.kinds, minlength=len(counts))
+        self.weight = np.asarray(counts, dtype=np.float64) / np.maximum(sampled, 1)
+
+    def near(self, spikes: np.ndarray, same: int) -> np.ndarray:
+        """The templates of every matched spike within `same` samples of one of `spikes`."""
+        lo = np.searchsorted(self.samples, spikes - same, side="left")
+        hi = np.searchsorted(self.samples, spikes + same, side="right")
+        width = hi - lo
+        index = np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())
+        return self.kinds[index]
+
+
 def duplicates(groups: list[Group], owners: list[set[int]], samples: np.ndarray, labels: np.ndarray,
                counts: np.ndarray, template_homes: np.ndarray, positions: np.ndarray,
                same: int, p: RefineParameters, cluster_ids=None) -> list[int]:
@@ -261,11 +286,8 @@ def duplicates(groups: list[Group], owners: list[set[int]], samples: np.ndarray,
     and a sample does not hide a duplicate. `cluster_ids` (of the templates)
     name them in the debug log.
     """
-    matched = np.flatnonzero(labels >= 0)
-    order = np.argsort(samples[matched], kind="stable")
-    m_samples, m_kinds = samples[matched][order], labels[matched][order]
-    sampled = np.bincount(m_kinds, minlength=len(counts))
-    weight = np.asarray(counts, dtype=np.float64) / np.maximum(sampled, 1)
+    matched = MatchedSpikes(samples, labels, counts)
+    weight = matched.weight
     gone = np.zeros(len(counts), dtype=bool)
     drop = []
     for i in sorted(range(len(groups)), key=lambda i: (groups[i].n_spikes, i)):
@@ -276,12 +298,7 @@ def duplicates(groups: list[Group], owners: list[set[int]], samples: np.ndarray,
         own = np.array(sorted(owners[i]), dtype=np.int64)
         near = np.linalg.norm(positions[template_homes] - positions[g.home], axis=1) \
             <= p.merge_radius_um
-        lo = np.searchsorted(m_samples, spikes - same, side="left")
-        hi = np.searchsorted(m_samples, spikes + same, side="right")
-        # Every matched spike within `same` samples of one of the group's spikes.
-        width = hi - lo
-        index = np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())
-        kinds = m_kinds[index]
+        kinds = matched.near(spikes, same)
         ok = near[kinds] & ~gone[kinds] & ~np.isin(kinds, own)
         covered = float(weight[kinds[ok]].sum())
         if covered > p.duplicate_fraction * len(spikes):

@@ -112,7 +112,7 @@ from scipy.special import ndtr
 
 from phy_core.bunch import Bunch
 
-from .comparison import coincidences, refractory_conflict, similarity
+from .comparison import coincidences, refractory_conflict, shift, similarity
 
 logger = logging.getLogger("phy")
 
@@ -375,16 +375,6 @@ def _best_fit(target: np.ndarray, waveforms: np.ndarray, candidates, max_lag: in
     return best
 
 
-def _delayed(w: np.ndarray, lag: int) -> np.ndarray:
-    """`w` ``(n_t, C)`` delayed by `lag` samples (zeros where it has none)."""
-    out = np.zeros_like(w)
-    if lag >= 0:
-        out[lag:] = w[:len(w) - lag]
-    else:
-        out[:len(w) + lag] = w[-lag:]
-    return out
-
-
 def composites(scaled: np.ndarray, rest: np.ndarray, bound: float, homes: np.ndarray,
                positions: np.ndarray, p: ConsolidateParameters) -> np.ndarray:
     """``(K,)`` bool: the rare templates whose waveform one or two common ones make up.
@@ -411,12 +401,12 @@ def composites(scaled: np.ndarray, rest: np.ndarray, bound: float, homes: np.nda
         _, j1, lag1, a1 = _best_fit(target, scaled, candidates, max_lag)
         if j1 < 0:
             continue
-        residual = target - a1 * _delayed(scaled[j1], lag1)
+        residual = target - a1 * shift(scaled[j1], lag1)
         _, j2, lag2, _ = _best_fit(residual, scaled, candidates[candidates != j1], max_lag)
         if j2 >= 0:
             # The two scales fitted together (the first alone took some of the second's).
-            basis = np.stack([_delayed(scaled[j1], lag1).ravel(),
-                              _delayed(scaled[j2], lag2).ravel()], axis=1)
+            basis = np.stack([shift(scaled[j1], lag1).ravel(),
+                              shift(scaled[j2], lag2).ravel()], axis=1)
             scales = np.linalg.lstsq(basis, target.ravel(), rcond=None)[0]
             if (scales > 0).all():
                 residual = target - (basis @ scales).reshape(target.shape)

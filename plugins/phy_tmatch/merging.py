@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .amplitude import amplitude_modes, amplitudes, modes_independent
-from .comparison import compare_snippets, indistinct, refractory_conflict, shift, similarity
+from .comparison import (
+    MatchedSpikes,
+    compare_snippets,
+    indistinct,
+    refractory_conflict,
+    shift,
+    similarity,
+)
 from .groups import EventSnippets, Group
 
 if TYPE_CHECKING:
@@ -58,21 +65,15 @@ def coincident_matches(groups: list[Group], samples: np.ndarray, labels: np.ndar
     home, each sampled spike counting for the spikes it stands for (``counts /
     sampled``, as in `phy_tmatch.comparison.duplicates`); None for the other groups.
     """
-    matched = np.flatnonzero(labels >= 0)
-    order = np.argsort(samples[matched], kind="stable")
-    m_samples, m_kinds = samples[matched][order], labels[matched][order]
-    weight = np.asarray(counts, dtype=np.float64) / np.maximum(
-        np.bincount(m_kinds, minlength=len(counts)), 1)
+    matched = MatchedSpikes(samples, labels, counts)
+    weight = matched.weight
     out: list[dict[int, float] | None] = []
     for g in groups:
         spikes = np.asarray(g.samples)
         if not g.residual or not len(spikes):
             out.append(None)
             continue
-        lo = np.searchsorted(m_samples, spikes - same, side="left")
-        hi = np.searchsorted(m_samples, spikes + same, side="right")
-        width = hi - lo
-        kinds = m_kinds[np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())]
+        kinds = matched.near(spikes, same)
         near = np.linalg.norm(positions[template_homes] - positions[g.home], axis=1) \
             <= p.merge_radius_um
         kinds = kinds[near[kinds]]
