@@ -121,18 +121,50 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-class TreeMemory:
+class PeriodicSampler:
+    """A context manager whose thread calls `sample` every `interval` s until it exits.
+
+    Subclasses define `sample`; with ``final_sample``, it is called once more on exit.
+    """
+
+    final_sample = True
+
+    def __init__(self, interval: float, name: str) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.final_sample:
+            self.sample()
+
+
+class TreeMemory(PeriodicSampler):
     """Peak VmHWM (KB) of each descendant of this process, sampled by a thread."""
 
+    final_sample = False
+
     def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
+        super().__init__(interval, "tree-memory")
         self.peaks: dict[int, int] = {}
         self.anon: dict[int, int] = {}  # sampled maximum of RssAnon (not a true peak)
         with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
             self._cmdline = f.read()
         self._execd: set[int] = set()  # descendants whose command line is their own
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
 
     def sample(self) -> None:
         for pid in _descendants(os.getpid()):
@@ -153,19 +185,6 @@ class TreeMemory:
                 self.peaks[pid] = status["VmHWM:"]
             if status.get("RssAnon:", 0) > self.anon.get(pid, 0):
                 self.anon[pid] = status["RssAnon:"]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
     @property
     def max_kb(self) -> int:
@@ -225,7 +244,7 @@ def tree_cpu_seconds() -> float:
 # -- Timeline of a process tree ---------------------------------------------------------
 
 
-class CpuTimeline:
+class CpuTimeline(PeriodicSampler):
     """Who used the CPU when: this process's threads and its descendants, sampled by a thread.
 
     Every `interval` s, the CPU time (user + system, ``/proc/<pid>/task/<tid>/stat``)
@@ -241,13 +260,11 @@ class CpuTimeline:
         import logging
         import time
 
-        self.interval = interval
+        super().__init__(interval, "cpu-timeline")
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.messages: list[tuple[float, str, str]] = []
         self.start = time.time()
         self._tick = os.sysconf("SC_CLK_TCK")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
         timeline = self
 
         class _Handler(logging.Handler):
@@ -265,7 +282,7 @@ class CpuTimeline:
             return None
         return (int(fields[11]) + int(fields[12])) / self._tick
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         import time
 
         me, now, cpu = os.getpid(), time.time(), {}
@@ -282,20 +299,6 @@ class CpuTimeline:
             if value is not None:
                 cpu[f"process {pid}"] = value
         self.samples.append((now, cpu))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> CpuTimeline:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
     def _bins(self, bin_s: float) -> tuple[list[str], list[list[float]]]:
         if not self.samples:

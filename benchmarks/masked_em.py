@@ -39,11 +39,17 @@ import json
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from _common import PROBES, add_recording_arguments, channel_counts, machine, recording
+from _common import (
+    PROBES,
+    PeriodicSampler,
+    add_recording_arguments,
+    channel_counts,
+    machine,
+    recording,
+)
 
 
 def _counts(result) -> dict:
@@ -52,13 +58,12 @@ def _counts(result) -> dict:
                 k3=s.n_accurate_snr_3)
 
 
-class AnonPeak:
+class AnonPeak(PeriodicSampler):
     """The largest ``RssAnon`` of this process seen by a sampling thread (MB)."""
 
     def __init__(self, interval: float = 0.01) -> None:
-        self.peak, self._interval = 0.0, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval, "anon-peak")
+        self.peak = 0.0
 
     def sample(self) -> None:
         with open("/proc/self/status") as f:
@@ -66,19 +71,6 @@ class AnonPeak:
                 if line.startswith("RssAnon:"):
                     self.peak = max(self.peak, int(line.split()[1]) / 1024)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> AnonPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 def child_run(kwik: str, groundtruth: str) -> dict:
